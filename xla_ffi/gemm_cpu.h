@@ -1,0 +1,24 @@
+// The CPU approximate batched GEMM behind the FFI target "approxjax_gemm".
+#ifndef APPROXJAX_GEMM_CPU_H_
+#define APPROXJAX_GEMM_CPU_H_
+
+#include "xla/ffi/api/ffi.h"
+
+namespace approxjax {
+
+// XLA FFI handler: out[..., M, N] = sum_k approx(lhs[..., M, K], rhs[..., K, N])
+// with numpy-style broadcasting over the leading dimensions of lhs, rhs, lut
+// and out (all of one rank), lhs stored (K, M) when transpose_lhs and rhs
+// stored (N, K) when transpose_rhs, and lut[..., 2**m, 2**m].
+XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCpu);
+
+// XLA FFI handler: out[..., n] = approx(a[..., n], b[..., n]) elementwise, with
+// the leading dimensions of a, b, lut[..., 2**m, 2**m] and out broadcast.
+XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);
+
+// Name of the kernel variant chosen on this CPU ("Avx2", "Baseline", ...).
+const char* CpuKernelName();
+
+}  // namespace approxjax
+
+#endif  // APPROXJAX_GEMM_CPU_H_

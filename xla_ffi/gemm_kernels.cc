@@ -1,0 +1,216 @@
+// One instruction-set variant of the inner kernels (see gemm_kernels.h). The
+// build compiles this file once per variant with APPROXJAX_VARIANT set to
+// Baseline, Avx2 or Avx512 and matching -m flags; GCC/Clang vector extensions
+// give one source for every width.
+#include <algorithm>
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "approx_multiply.h"
+#include "gemm_kernels.h"
+
+#ifndef APPROXJAX_VARIANT
+#define APPROXJAX_VARIANT Baseline
+#endif
+#ifndef APPROXJAX_VEC_BYTES
+#define APPROXJAX_VEC_BYTES 16
+#endif
+
+#define APPROXJAX_CAT2(a, b) a##b
+#define APPROXJAX_CAT(a, b) APPROXJAX_CAT2(a, b)
+#define APPROXJAX_STR2(a) #a
+#define APPROXJAX_STR(a) APPROXJAX_STR2(a)
+
+namespace approxjax {
+namespace {
+
+typedef float Vec __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
+constexpr int kLanes = APPROXJAX_VEC_BYTES / 4;
+constexpr int kVecs = kBlockCols / kLanes;
+
+// The exact scale of an operand: its sign and exponent with the fraction
+// cleared (a signed zero for zeros and subnormals).
+inline bool IsRegular(uint32_t bits, int range) {
+  const int e = BiasedExponent(bits);
+  return e == 0 || (e != 255 && e >= 127 - range && e <= 127 + range);
+}
+
+void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
+              int64_t ks, int m, int range, uint16_t* idx, float* scale,
+              uint8_t* row_irregular) {
+  const int shift = 23 - m;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * rs;
+    uint16_t* ir = idx + r * k;
+    float* sr = scale + r * k;
+    uint8_t irregular = 0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const uint32_t bits = FloatBits(s[kk * ks]);
+      const bool regular = IsRegular(bits, range);
+      irregular |= !regular;
+      ir[kk] = static_cast<uint16_t>((bits & kFracMask) >> shift);
+      sr[kk] = regular ? BitsFloat(bits & 0xff800000u) : 0.0f;
+    }
+    row_irregular[r] = irregular;
+  }
+}
+
+void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
+              int64_t ncols, int m, int range, uint16_t* jb, float* sb) {
+  const int shift = 23 - m;
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    uint16_t* jr = jb + kk * kBlockCols;
+    float* sr = sb + kk * kBlockCols;
+    for (int64_t c = 0; c < kBlockCols; ++c) {
+      if (c < ncols) {
+        const uint32_t bits = FloatBits(b[kk * bk + c * bc]);
+        jr[c] = static_cast<uint16_t>((bits & kFracMask) >> shift);
+        sr[c] = IsRegular(bits, range) ? BitsFloat(bits & 0xff800000u) : 0.0f;
+      } else {
+        jr[c] = 0;
+        sr[c] = 0.0f;
+      }
+    }
+  }
+}
+
+#if defined(__AVX2__)
+// Transposes eight rows of eight floats in registers.
+inline void Transpose8x8(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
+                         __m256& r4, __m256& r5, __m256& r6, __m256& r7) {
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+void BuildTable(float* tab, const float* rows, int m, const float* b,
+                int64_t bk, int64_t bc, int64_t kc, int64_t ncols, int range) {
+  const int64_t size = int64_t{1} << m;
+  alignas(64) uint16_t jb[kBlockCols];
+  alignas(64) float sb[kBlockCols];
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    PackCols(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb);
+    float* t = tab + kk * size * kBlockCols;
+#if defined(__AVX2__)
+    if (size >= 8) {
+      // tab[v][c] = rows[jb[c]][v] * sb[c]: a transpose of the 64 gathered
+      // rows, done as 8x8 register transposes of contiguous loads.
+      for (int c0 = 0; c0 < kBlockCols; c0 += 8) {
+        const float* p[8];
+        for (int i = 0; i < 8; ++i) p[i] = rows + int64_t{jb[c0 + i]} * size;
+        const __m256 scale = _mm256_load_ps(sb + c0);
+        for (int64_t v0 = 0; v0 < size; v0 += 8) {
+          __m256 r0 = _mm256_loadu_ps(p[0] + v0), r1 = _mm256_loadu_ps(p[1] + v0);
+          __m256 r2 = _mm256_loadu_ps(p[2] + v0), r3 = _mm256_loadu_ps(p[3] + v0);
+          __m256 r4 = _mm256_loadu_ps(p[4] + v0), r5 = _mm256_loadu_ps(p[5] + v0);
+          __m256 r6 = _mm256_loadu_ps(p[6] + v0), r7 = _mm256_loadu_ps(p[7] + v0);
+          Transpose8x8(r0, r1, r2, r3, r4, r5, r6, r7);
+          float* o = t + v0 * kBlockCols + c0;
+          _mm256_store_ps(o + 0 * kBlockCols, _mm256_mul_ps(r0, scale));
+          _mm256_store_ps(o + 1 * kBlockCols, _mm256_mul_ps(r1, scale));
+          _mm256_store_ps(o + 2 * kBlockCols, _mm256_mul_ps(r2, scale));
+          _mm256_store_ps(o + 3 * kBlockCols, _mm256_mul_ps(r3, scale));
+          _mm256_store_ps(o + 4 * kBlockCols, _mm256_mul_ps(r4, scale));
+          _mm256_store_ps(o + 5 * kBlockCols, _mm256_mul_ps(r5, scale));
+          _mm256_store_ps(o + 6 * kBlockCols, _mm256_mul_ps(r6, scale));
+          _mm256_store_ps(o + 7 * kBlockCols, _mm256_mul_ps(r7, scale));
+        }
+      }
+      continue;
+    }
+#endif
+    for (int c = 0; c < kBlockCols; ++c) {
+      const float* src = rows + int64_t{jb[c]} * size;
+      for (int64_t v = 0; v < size; ++v) t[v * kBlockCols + c] = src[v] * sb[c];
+    }
+  }
+}
+
+// Rows swept together, so that at least eight FMA chains are in flight.
+constexpr int kRowsTogether = kVecs >= 8 ? 1 : 8 / kVecs;
+
+template <int R>
+inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
+                      const float* scale, int64_t ld, int64_t kc,
+                      const float* tab, int64_t stride) {
+  Vec acc[R][kVecs];
+  for (int q = 0; q < R; ++q) {
+    const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * kBlockCols);
+    for (int v = 0; v < kVecs; ++v) acc[q][v] = out[v];
+  }
+  const float* tk = tab;
+  for (int64_t kk = 0; kk < kc; ++kk, tk += stride) {
+    for (int q = 0; q < R; ++q) {
+      const int64_t at = (r + q) * ld + kk;
+      const Vec* row =
+          reinterpret_cast<const Vec*>(tk + int64_t{idx[at]} * kBlockCols);
+      const float s = scale[at];
+      for (int v = 0; v < kVecs; ++v) acc[q][v] += row[v] * s;
+    }
+  }
+  for (int q = 0; q < R; ++q) {
+    Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * kBlockCols);
+    for (int v = 0; v < kVecs; ++v) out[v] = acc[q][v];
+  }
+}
+
+void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                const float* scale, int64_t ld, int64_t kc, const float* tab,
+                int m) {
+  const int64_t stride = (int64_t{1} << m) * kBlockCols;
+  int64_t r = 0;
+  for (; r + kRowsTogether <= rows; r += kRowsTogether) {
+    SweepRows<kRowsTogether>(cblk, r, idx, scale, ld, kc, tab, stride);
+  }
+  for (; r < rows; ++r) SweepRows<1>(cblk, r, idx, scale, ld, kc, tab, stride);
+}
+
+void GatherSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                 const float* scale, int64_t ld, int64_t kc, const uint16_t* jb,
+                 const float* sb, const float* lut, int m) {
+  const int64_t size = int64_t{1} << m;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* __restrict out = cblk + r * kBlockCols;
+    alignas(64) float acc[kBlockCols];
+    for (int c = 0; c < kBlockCols; ++c) acc[c] = out[c];
+    const uint16_t* ir = idx + r * ld;
+    const float* sr = scale + r * ld;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const float* row = lut + int64_t{ir[kk]} * size;
+      const float s = sr[kk];
+      const uint16_t* jk = jb + kk * kBlockCols;
+      const float* sk = sb + kk * kBlockCols;
+      for (int c = 0; c < kBlockCols; ++c) acc[c] += row[jk[c]] * (s * sk[c]);
+    }
+    for (int c = 0; c < kBlockCols; ++c) out[c] = acc[c];
+  }
+}
+
+}  // namespace
+
+const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
+  static const KernelTable table = {
+      APPROXJAX_STR(APPROXJAX_VARIANT), PackRows,  BuildTable, TableSweep,
+      PackCols,                         GatherSweep,
+  };
+  return table;
+}
+
+}  // namespace approxjax

@@ -1,0 +1,28 @@
+// nanobind module _approxjax_cpu: exports the CPU FFI handlers as capsules.
+#include <nanobind/nanobind.h>
+
+#include "gemm_cpu.h"
+
+namespace nb = nanobind;
+
+namespace {
+
+template <typename T>
+nb::capsule EncapsulateFfiHandler(T* fn) {
+  return nb::capsule(reinterpret_cast<void*>(fn));
+}
+
+}  // namespace
+
+NB_MODULE(_approxjax_cpu, m) {
+  m.doc() = "approxjax CPU kernels (XLA FFI handlers).";
+  m.def("registrations", []() {
+    nb::dict d;
+    d["approxjax_gemm"] = EncapsulateFfiHandler(approxjax::ApproxGemmCpu);
+    d["approxjax_multiply"] =
+        EncapsulateFfiHandler(approxjax::ApproxMultiplyCpu);
+    return d;
+  });
+  m.def("kernel_variant", []() { return approxjax::CpuKernelName(); },
+        "The instruction-set variant of the CPU kernels chosen on this CPU.");
+}
