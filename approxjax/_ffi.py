@@ -83,9 +83,7 @@ def gemm(
     n_cols = rhs.shape[1] if transpose_rhs else rhs.shape[2]
     out = jax.ShapeDtypeStruct((g, m_rows, n_cols), jnp.float32)
     call = jax.ffi.ffi_call(GEMM_TARGET, out, vmap_method="expand_dims")
-    return call(
-        lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs)
-    )
+    return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
 
 
 def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:

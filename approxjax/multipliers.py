@@ -51,9 +51,7 @@ def _validated_table(lut: Any) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
         raise TypeError(f"lut must be a real array convertible to float32; got {lut!r}") from e
     if raw.dtype.kind not in "fiu":
-        raise TypeError(
-            f"lut must be a real array convertible to float32; got dtype {raw.dtype}"
-        )
+        raise TypeError(f"lut must be a real array convertible to float32; got dtype {raw.dtype}")
     _mantissa_bits_of_shape(raw.shape)
     with np.errstate(over="ignore", invalid="ignore"):
         table = raw.astype(np.float32)
@@ -148,11 +146,31 @@ class Multiplier:
         return obj
 
     def tree_flatten(self):
-        return (self.lut,), (self.mantissa_bits, self.names)
+        return (self.lut,), (self.mantissa_bits, _Names(self.names))
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls._unchecked(children[0], aux[0], aux[1])
+        return cls._unchecked(children[0], aux[0], tuple(aux[1]))
+
+
+class _Names(tuple):
+    """Names in a pytree's static data that compare equal to any other names.
+
+    Names are labels for reports: two multipliers with the same m but other
+    names must share one compiled program, so names never enter the
+    comparison that JAX's caches make between tree structures.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return isinstance(other, _Names)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(_Names)
 
 
 def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:

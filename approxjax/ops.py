@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from jax import lax
 from approxjax import _ffi
 from approxjax.multipliers import Multiplier
 
-GradMultiplier = Union[Multiplier, None, Literal["forward"]]
+GradMultiplier = Multiplier | None | Literal["forward"]
 
 _ACCEPTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -85,9 +85,7 @@ def _check_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers):
                 f"dimension_numbers use a {side} dimension twice: contracting+batch = {dims}"
             )
     if len(lc) != len(rc):
-        raise ValueError(
-            f"lhs and rhs need as many contracting dimensions; got {lc} and {rc}"
-        )
+        raise ValueError(f"lhs and rhs need as many contracting dimensions; got {lc} and {rc}")
     if len(lb) != len(rb):
         raise ValueError(f"lhs and rhs need as many batch dimensions; got {lb} and {rb}")
     for kind, ld, rd in (("contracting", lc, rc), ("batch", lb, rb)):
@@ -112,9 +110,7 @@ class _GemmConfig:
 def _exact_bmm(a, b, transpose_a, transpose_b):
     ca = 1 if transpose_a else 2
     cb = 2 if transpose_b else 1
-    return lax.dot_general(
-        a, b, (((ca,), (cb,)), ((0,), (0,))), precision=lax.Precision.HIGHEST
-    )
+    return lax.dot_general(a, b, (((ca,), (cb,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
 
 
 def _gemm(a, b, lut, transpose_a=False, transpose_b=False):
@@ -160,7 +156,9 @@ def _mode_and_lut(value: GradMultiplier):
 def dot_general(
     lhs: jax.Array,
     rhs: jax.Array,
-    dimension_numbers: tuple[tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]],
+    dimension_numbers: tuple[
+        tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]
+    ],
     precision: Any = None,
     preferred_element_type: Any = None,
     *,

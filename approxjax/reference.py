@@ -80,9 +80,7 @@ def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:
     el = jnp.where(sub, 1 - shift, el)
     exp = el + ea + eb - 254
     scaled = sign | (jnp.clip(exp, 0, 254).astype(jnp.uint32) << 23) | fl
-    out = jnp.where(
-        (entry == 0) | (exp <= 0), sign, jnp.where(exp >= 255, sign | _INF, scaled)
-    )
+    out = jnp.where((entry == 0) | (exp <= 0), sign, jnp.where(exp >= 255, sign | _INF, scaled))
     a_nan = (ea == 255) & ((ab & _FRAC) != 0)
     b_nan = (eb == 255) & ((bb & _FRAC) != 0)
     a_inf, b_inf = (ea == 255) & ~a_nan, (eb == 255) & ~b_nan

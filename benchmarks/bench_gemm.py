@@ -1,0 +1,145 @@
+"""Approximate GEMM against XLA's float32 dot, measured in the same run.
+
+Usage:
+  python benchmarks/bench_gemm.py             # print the table
+  python benchmarks/bench_gemm.py --record    # ... and append it to benchmarks/RESULTS.md
+  python benchmarks/bench_gemm.py --quick     # fewer shapes (smoke test)
+
+Each row times a jitted call (median of repeats after a warm-up) of
+``approxjax.dot_general`` and of ``jnp.dot`` in float32 on the same operands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import approxjax as ax
+
+DN = (((1,), (0,)), ((), ()))
+
+# (label, M, K, N): the 1024 cube, and the GEMMs of LeNet-5 and of a small
+# CIFAR ResNet's 3x3 convolution (as im2col GEMMs) at batch 128, forward
+# (x @ W), input gradient (g @ W^T) and weight gradient (x^T @ g).
+SHAPES = [
+    ("square 1024", 1024, 1024, 1024),
+    ("lenet conv2 fwd", 128 * 10 * 10, 150, 16),
+    ("lenet conv2 dgrad", 128 * 10 * 10, 16, 150),
+    ("lenet conv2 wgrad", 150, 128 * 10 * 10, 16),
+    ("lenet fc1 fwd", 128, 400, 120),
+    ("lenet fc1 dgrad", 128, 120, 400),
+    ("lenet fc1 wgrad", 400, 128, 120),
+    ("resnet 3x3x16 fwd", 128 * 32 * 32, 144, 16),
+    ("resnet 3x3x16 wgrad", 144, 128 * 32 * 32, 16),
+]
+
+
+def _time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def _row(label, m_rows, k, n, m, repeats, stack=1):
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.standard_normal((m_rows, k)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+    native = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
+    if stack == 1:
+        mult = ax.truncated(m)
+        approx = jax.jit(lambda a, b, mu: ax.dot_general(a, b, DN, multiplier=mu))
+    else:
+        mult = ax.stack([ax.truncated(m)] * stack)
+        approx = jax.jit(
+            jax.vmap(lambda a, b, mu: ax.dot_general(a, b, DN, multiplier=mu), (None, None, 0))
+        )
+    t_native = _time(native, a, b, repeats=repeats)
+    t_approx = _time(approx, a, b, mult, repeats=repeats)
+    return {
+        "shape": f"{label} ({m_rows}x{k}x{n})" + (f" x{stack} multipliers" if stack > 1 else ""),
+        "m": m,
+        "approx_ms": t_approx,
+        "native_ms": t_native,
+        "ratio": t_approx / t_native,
+    }
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, kernel variant {ax.cpu_kernel_variant()}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
+    parser.add_argument("--quick", action="store_true", help="few shapes, few repeats")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    repeats = 2 if args.quick else args.repeats
+    plan = [(s, 7, 1) for s in SHAPES[: 1 if args.quick else None]]
+    if not args.quick:
+        plan += [(SHAPES[0], m, 1) for m in (3, 5, 10, 12)]
+        plan += [(("square 512", 512, 512, 512), 7, 1), (("square 512", 512, 512, 512), 7, 8)]
+    rows = []
+    print(f"{'shape':<48} {'m':>3} {'approx ms':>10} {'native ms':>10} {'ratio':>7}", flush=True)
+    for (label, mm, k, n), m, stack in plan:
+        r = _row(label, mm, k, n, m, repeats, stack)
+        rows.append(r)
+        print(
+            f"{r['shape']:<48} {r['m']:>3} {r['approx_ms']:>10.2f} {r['native_ms']:>10.2f} "
+            f"{r['ratio']:>7.2f}",
+            flush=True,
+        )
+    if args.record:
+        path = Path(__file__).with_name("RESULTS.md")
+        stamp = datetime.date.today().isoformat()
+        lines = [
+            f"\n### bench_gemm.py, {stamp}, commit {_commit()}\n",
+            f"Machine: {_machine()}; jax {jax.__version__}; backend {jax.default_backend()}.\n",
+            "Native: `jnp.dot` float32, precision HIGHEST, same run.\n\n",
+            "| shape | m | approx ms | native ms | ratio |\n|---|---|---|---|---|\n",
+        ]
+        lines += [
+            f"| {r['shape']} | {r['m']} | {r['approx_ms']:.2f} | {r['native_ms']:.2f} | "
+            f"{r['ratio']:.2f} |\n"
+            for r in rows
+        ]
+        with path.open("a") as f:
+            f.writelines(lines)
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""approxjax.dot_general against the reference on random shapes and dimension numbers."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _util import bits, random_nonzero
+from hypothesis import given
+from hypothesis import strategies as st
+from jax import lax
+
+import approxjax as ax
+from approxjax import reference as ref
+
+
+@st.composite
+def dot_problems(draw):
+    """Random (lhs shape, rhs shape, dimension_numbers) with permuted dimensions."""
+    nb = draw(st.integers(0, 2))
+    nc = draw(st.integers(0, 2))
+    nlf = draw(st.integers(0, 2))
+    nrf = draw(st.integers(0, 2))
+    size = st.integers(1, 6)
+    batch = [draw(size) for _ in range(nb)]
+    contract = [draw(size) for _ in range(nc)]
+    lfree = [draw(size) for _ in range(nlf)]
+    rfree = [draw(size) for _ in range(nrf)]
+    lhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
+    lhs_roles += [("f", i) for i in range(nlf)]
+    rhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
+    rhs_roles += [("f", i) for i in range(nrf)]
+    lhs_roles = draw(st.permutations(lhs_roles))
+    rhs_roles = draw(st.permutations(rhs_roles))
+
+    def shape(roles, free):
+        sizes = {"b": batch, "c": contract, "f": free}
+        return tuple(sizes[r][i] for r, i in roles)
+
+    def where(roles, kind):
+        return tuple(roles.index((kind, i)) for i in range(len({"b": batch, "c": contract}[kind])))
+
+    dn = (
+        (where(lhs_roles, "c"), where(rhs_roles, "c")),
+        (where(lhs_roles, "b"), where(rhs_roles, "b")),
+    )
+    return shape(lhs_roles, lfree), shape(rhs_roles, rfree), dn
+
+
+@given(problem=dot_problems(), m=st.sampled_from([0, 1, 4, 7, 9, 10]), seed=st.integers(0, 2**31))
+def test_against_reference(problem, m, seed):
+    lhs_shape, rhs_shape, dn = problem
+    rng = np.random.default_rng(seed)
+    lhs = random_nonzero(rng, lhs_shape)
+    rhs = random_nonzero(rng, rhs_shape)
+    mult = ax.truncated(m)
+    got = np.asarray(ax.dot_general(lhs, rhs, dn, multiplier=mult))
+    want = np.asarray(ref.dot_general(lhs, rhs, dn, mult.lut))
+    assert got.shape == want.shape == lax.dot_general(lhs, rhs, dn).shape
+    bound = ref.dot_general_bound(lhs, rhs, dn, mult.lut)
+    assert np.all(np.abs(got.astype(np.float64) - want) <= bound), (got, want, bound)
+    # The kernels add products in order of k: bit for bit that order.
+    np.testing.assert_array_equal(
+        bits(got), bits(ref.sequential_dot_general(lhs, rhs, dn, mult.lut))
+    )
+
+
+@pytest.mark.parametrize(
+    "shape", [(300, 200, 500), (517, 64, 130), (1, 700, 3), (129, 1, 257), (64, 3000, 65)]
+)
+@pytest.mark.parametrize("m", [2, 7, 8, 10])
+def test_large_gemms_bit_exact_in_k_order(shape, m, rng):
+    """Several blocks, threads, both operand roles, table and gather paths."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    mult = ax.truncated(m)
+    dn = (((1,), (0,)), ((), ()))
+    got = np.asarray(jax.jit(lambda a, b: ax.dot_general(a, b, dn, multiplier=mult))(lhs, rhs))
+    want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
+    np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def test_irregular_operands_in_a_large_gemm(rng):
+    """inf, NaN, zeros, subnormals and extreme exponents inside big GEMMs."""
+    lhs = random_nonzero(rng, (150, 90))
+    rhs = random_nonzero(rng, (90, 170))
+    lhs[3, 5], lhs[7, 0], lhs[9, 9] = np.inf, np.nan, 2.0**100
+    lhs[10, :] = 0.0
+    lhs[11, 4] = 1e-41
+    rhs[2, 8], rhs[6, 33], rhs[40, 100] = -np.inf, 2.0**-110, 3e38
+    rhs[:, 150] = -0.0
+    for mult in (ax.truncated(7), ax.truncated(10)):
+        dn = (((1,), (0,)), ((), ()))
+        got = ax.dot_general(lhs, rhs, dn, multiplier=mult)
+        want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
+        np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def test_exact_multiplier_matches_lax(rng):
+    lhs = random_nonzero(rng, (4, 30, 20))
+    rhs = random_nonzero(rng, (4, 20, 10))
+    dn = (((2,), (1,)), ((0,), (0,)))
+    got = ax.dot_general(lhs, rhs, dn, multiplier=None)
+    np.testing.assert_array_equal(got, lax.dot_general(lhs, rhs, dn))
+
+
+def test_exact_table_equals_lax_on_short_mantissas(rng):
+    """Operands with <= m fraction bits multiply exactly under truncated(m)."""
+    m = 10
+    lhs = np.round(rng.uniform(-4, 4, (33, 47)) * 256) / 256
+    rhs = np.round(rng.uniform(-4, 4, (47, 21)) * 256) / 256
+    lhs, rhs = lhs.astype(np.float32), rhs.astype(np.float32)
+    dn = (((1,), (0,)), ((), ()))
+    got = np.asarray(ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(m)))
+    want = np.asarray(lax.dot_general(lhs, rhs, dn, precision=lax.Precision.HIGHEST))
+    bound = ref.accumulation_bound(np.abs(lhs) @ np.abs(rhs), 47)
+    assert np.all(np.abs(got.astype(np.float64) - want) <= bound)
+
+
+def test_dtypes_and_preferred_element_type(rng):
+    lhs = jnp.asarray(random_nonzero(rng, (8, 16)), jnp.bfloat16)
+    rhs = jnp.asarray(random_nonzero(rng, (16, 4)), jnp.bfloat16)
+    mult = ax.truncated(7)
+    dn = (((1,), (0,)), ((), ()))
+    out = ax.dot_general(lhs, rhs, dn, multiplier=mult)
+    assert out.dtype == jnp.bfloat16
+    out32 = ax.dot_general(lhs, rhs, dn, multiplier=mult, preferred_element_type=jnp.float32)
+    assert out32.dtype == jnp.float32
+    want = ref.sequential_dot_general(
+        lhs.astype(jnp.float32), rhs.astype(jnp.float32), dn, mult.lut
+    )
+    np.testing.assert_array_equal(bits(out32), bits(want))
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float32), np.asarray(jnp.asarray(want).astype(jnp.bfloat16), np.float32)
+    )
+    half = ax.dot_general(lhs.astype(jnp.float16), rhs, dn, multiplier=mult)
+    assert half.dtype == jnp.result_type(jnp.float16, jnp.bfloat16)
+
+
+def test_empty_contraction_and_empty_output(rng):
+    mult = ax.truncated(3)
+    dn = (((1,), (0,)), ((), ()))
+    out = ax.dot_general(
+        np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), dn, multiplier=mult
+    )
+    np.testing.assert_array_equal(bits(out), bits(np.zeros((3, 4), np.float32)))
+    assert ax.dot_general(
+        np.ones((0, 5), np.float32), np.ones((5, 2), np.float32), dn, multiplier=mult
+    ).shape == (0, 2)
+
+
+def test_precision_is_accepted(rng):
+    lhs = random_nonzero(rng, (5, 6))
+    rhs = random_nonzero(rng, (6, 7))
+    dn = (((1,), (0,)), ((), ()))
+    mult = ax.truncated(7)
+    a = ax.dot_general(lhs, rhs, dn, precision=lax.Precision.HIGHEST, multiplier=mult)
+    b = ax.dot_general(lhs, rhs, dn, multiplier=mult)
+    np.testing.assert_array_equal(bits(a), bits(b))
+
+
+_VARIANT_SCRIPT = """
+import hashlib, numpy as np, approxjax as ax
+rng = np.random.default_rng(5)
+out = []
+for (mm, k, n), m in [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10)]:
+    a = rng.standard_normal((mm, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    a[3, 3] = np.inf
+    out.append(np.asarray(ax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                                         multiplier=ax.truncated(m))).tobytes())
+print(ax.cpu_kernel_variant(), hashlib.sha256(b"".join(out)).hexdigest())
+"""
+
+
+def test_every_cpu_kernel_variant_gives_the_same_bits(tmp_path):
+    results = {}
+    for variant in ("baseline", "avx2", "avx512"):
+        env = dict(os.environ, APPROXJAX_CPU_KERNEL=variant, JAX_PLATFORMS="cpu")
+        proc = subprocess.run(
+            [sys.executable, "-c", _VARIANT_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        name, digest = proc.stdout.split()
+        results[name] = digest
+    assert "Baseline" in results
+    assert len(set(results.values())) == 1, results

@@ -1,0 +1,134 @@
+"""Bad input raises a clear exception before any kernel runs (or an FFI error from it)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import approxjax as ax
+from approxjax import _ffi
+
+DN = (((1,), (0,)), ((), ()))
+A = np.ones((3, 4), np.float32)
+B = np.ones((4, 5), np.float32)
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (4, 8), (4,), (2, 2, 3), (0, 0)])
+def test_lut_shape(shape):
+    with pytest.raises(ValueError, match=r"lut must have shape \(2\*\*m, 2\*\*m\).*got"):
+        ax.Multiplier(np.ones(shape, np.float32))
+
+
+def test_lut_too_large_m():
+    with pytest.raises(ValueError, match="8192"):
+        jax.eval_shape(lambda t: ax.Multiplier(t), jax.ShapeDtypeStruct((8192, 8192), jnp.float32))
+
+
+@pytest.mark.parametrize(
+    "table,kind",
+    [
+        (np.ones((2, 2), np.complex64), TypeError),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError),
+        (np.ones((2, 2), bool), TypeError),
+    ],
+)
+def test_lut_not_float32_convertible(table, kind):
+    with pytest.raises(kind, match="lut must be a real array"):
+        ax.Multiplier(table)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -1.0, 1e39])
+def test_lut_bad_entries(bad):
+    table = np.ones((4, 4), np.float64)
+    table[2, 1] = bad
+    with pytest.raises(ValueError, match=r"finite and >= 0.*lut\[2, 1\]"):
+        ax.Multiplier(table)
+
+
+def test_negative_zero_entries_are_canonical():
+    table = np.ones((2, 2), np.float32)
+    table[0, 0] = -0.0
+    lut = np.asarray(ax.Multiplier(table).lut)
+    assert not np.signbit(lut[0, 0])
+
+
+@pytest.mark.parametrize(
+    "m,kind", [(13, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_mantissa_bits_out_of_range(m, kind):
+    with pytest.raises(kind, match="mantissa bits m"):
+        ax.truncated(m)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int8, np.complex64, np.uint8])
+def test_operand_dtypes(dtype):
+    with pytest.raises(
+        TypeError, match=f"lhs must be float32, bfloat16 or float16; got {np.dtype(dtype)}"
+    ):
+        ax.dot_general(A.astype(dtype), B, DN, multiplier=ax.truncated(3))
+
+
+def test_float64_operands():
+    with jax.enable_x64(True):
+        with pytest.raises(TypeError, match="rhs must be .* got float64"):
+            ax.dot_general(A, B.astype(np.float64), DN, multiplier=ax.truncated(3))
+
+
+def test_mismatched_contracting_sizes():
+    with pytest.raises(
+        ValueError, match="contracting dimension sizes differ: lhs dimension 1 has size 4"
+    ):
+        ax.dot_general(A, np.ones((5, 5), np.float32), DN, multiplier=ax.truncated(3))
+
+
+@pytest.mark.parametrize(
+    "dn,match",
+    [
+        ("nonsense", "dimension_numbers must be"),
+        ((((1,),), ((), ())), "dimension_numbers must be"),
+        ((((2,), (0,)), ((), ())), "lhs dimension 2, but lhs has rank 2"),
+        ((((1,), (0,)), ((1,), (1,))), "uses? a lhs dimension twice"),
+        ((((1,), (0, 1)), ((), ())), "as many contracting dimensions"),
+        ((((1,), (0,)), ((0,), ())), "as many batch dimensions"),
+        ((((1,), (-1,)), ((), ())), "rhs dimension -1"),
+    ],
+)
+def test_malformed_dimension_numbers(dn, match):
+    with pytest.raises(ValueError, match=match):
+        ax.dot_general(A, B, dn, multiplier=ax.truncated(3))
+
+
+def test_bad_multiplier_arguments():
+    with pytest.raises(TypeError, match="multiplier must be a Multiplier"):
+        ax.dot_general(A, B, DN, multiplier=np.ones((2, 2)))
+    with pytest.raises(TypeError, match="input_grad_multiplier must be"):
+        ax.dot_general(A, B, DN, multiplier=ax.truncated(2), input_grad_multiplier="exact")
+    with pytest.raises(ValueError, match="stack of multipliers"):
+        ax.dot_general(A, B, DN, multiplier=ax.stack([ax.truncated(2), ax.truncated(2)]))
+    with pytest.raises(ValueError, match="need an approximate forward multiplier"):
+        ax.dot_general(A, B, DN, multiplier=None, weight_grad_multiplier=ax.truncated(2))
+
+
+def test_stack_errors():
+    with pytest.raises(ValueError, match="share one m"):
+        ax.stack([ax.truncated(2), ax.truncated(3)])
+    with pytest.raises(ValueError, match="at least one"):
+        ax.stack([])
+
+
+def test_traced_bad_table_is_an_ffi_error_not_a_crash():
+    bad = jnp.full((4, 4), -1.0)
+
+    @jax.jit
+    def f(t):
+        return ax.dot_general(A, B, DN, multiplier=ax.Multiplier(t))
+
+    with pytest.raises(Exception, match="lut entries must be finite and >= \\+0.0"):
+        jax.block_until_ready(f(bad))
+
+
+def test_gpu_without_cuda_extension_says_how_to_build(monkeypatch):
+    monkeypatch.setattr(_ffi, "_approxjax_cuda", None)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(RuntimeError, match="APPROXJAX_CUDA=ON pip install"):
+        ax.dot_general(A, B, DN, multiplier=ax.truncated(2))
