@@ -2,13 +2,16 @@
 // threading. The inner loops live in gemm_kernels.cc (one object per
 // instruction set); the bit-level multiply in approx_multiply.h.
 //
-// Design (see docs in approxjax/_ffi.py and benchmarks/RESULTS.md):
-//   * One operand is "streamed" (its rows packed once into table index and
-//     exact scale), the other is "tabled": for a block of 64 of its columns
-//     and a few k, the per-tile table tab[k][v][c] = lut[v, j(b)] * scale(b)
-//     turns the inner loop into plain FMA streams over contiguous rows of the
-//     table. The operand with the longer free dimension is streamed, so the
-//     table is built as few times as possible.
+// Design:
+//   * One operand is "streamed" (a tile of its rows is packed into table index
+//     and exact scale), the other is "tabled": for a block of NC of its
+//     columns and a few k, the per-tile table
+//     tab[k][v][c] = lut[v, j(b[k, c])] * scale(b[k, c]) turns the inner loop
+//     into plain FMA streams over contiguous rows of the table. A cost model
+//     picks which operand is streamed and NC (64, or 16 for narrow outputs).
+//   * Packing is fused into each tile (nothing operand-sized is allocated);
+//     the tiles of a stack of multipliers that share operands are computed
+//     together, so they share the packing of the streamed operand.
 //   * Every output is the sum of its products in order of k, starting from
 //     -0.0 (so a single product keeps its sign of zero); products are exact,
 //     so FMA or not, every instruction set gives the same bits.
@@ -24,9 +27,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <memory>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "approx_multiply.h"
@@ -37,12 +42,11 @@ namespace ffi = xla::ffi;
 namespace approxjax {
 namespace {
 
-// Budgets that keep a worker's table and output block in its L2 cache.
-// Measured on a 2-core Zen machine (benchmarks/RESULTS.md): an L2-sized table
-// (fewer passes over the output block) beat an L1-sized one.
+// Budgets measured on a 2-core Zen machine (benchmarks/RESULTS.md): an
+// L2-sized table (fewer passes over the output block) beat an L1-sized one.
 constexpr int64_t kTableFloats = 64 * 1024;  // 256 KiB of per-tile table
-constexpr int64_t kBlockRows = 1024;          // output block: 256 KiB
-constexpr int64_t kGatherDepth = 256;        // k per packed column block
+constexpr int64_t kBlockRows = 1024;         // rows of an output tile
+constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
 
 struct AlignedDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -66,6 +70,13 @@ struct Operand {
   int64_t matrix_count;              // product of its leading dims
 };
 
+// Output batch elements that read the same operand matrices (and differ only
+// in their table): computed together so they share packing.
+struct Group {
+  int64_t oa, ob;
+  std::vector<std::pair<int64_t, int64_t>> members;  // (batch index, lut offset)
+};
+
 // The whole problem after validation, shared by every worker.
 struct Problem {
   const float* lhs;
@@ -77,41 +88,22 @@ struct Problem {
   int range;                      // regular exponent range
   bool transpose_lhs, transpose_rhs;
   bool swap;   // stream rhs^T and table lhs^T
-  bool table;  // per-tile tables (else gather)
+  int nc;      // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
   Operand a, b, l;
   int64_t batch;  // product of out_lead
+  std::vector<Group> groups;
+  int64_t group_size;  // members computed together (<= members of a group)
 
   // Streamed side (rows R) and tabled side (cols C), both of depth K.
   int64_t rows, cols;
   int64_t s_rs, s_ks, t_ks, t_cs;  // element strides
-  const float* s_data;
-  const float* t_data;
-  const Operand* s_op;
-  const Operand* t_op;
+  std::vector<float> lut_t;        // transposed tables (when !swap)
 
-  // Packed streamed operand: [s_op->matrix_count][rows][depth].
-  AlignedArray<uint16_t> idx;
-  AlignedArray<float> scale;
-  std::vector<uint8_t> row_irregular;  // [s matrices][rows]
-  std::vector<uint8_t> col_irregular;  // [t matrices][cols]
-  std::vector<float> lut_t;            // transposed tables (table, !swap)
-
-  int64_t col_blocks, row_chunk, row_chunks, units;
+  int64_t col_blocks, row_chunk, row_chunks, member_chunks, units;
   int64_t kc;
   const KernelTable* kernels;
-
-  // Offsets (in matrices) of batch element g in each operand.
-  void Offsets(int64_t g, int64_t* oa, int64_t* ob, int64_t* ol) const {
-    *oa = *ob = *ol = 0;
-    for (int d = static_cast<int>(out_lead.size()) - 1; d >= 0; --d) {
-      const int64_t i = g % out_lead[d];
-      g /= out_lead[d];
-      *oa += i * a.lead_stride[d];
-      *ob += i * b.lead_stride[d];
-      *ol += i * l.lead_stride[d];
-    }
-  }
+  const BlockKernels* block;
 
   float Lhs(int64_t oa, int64_t i, int64_t k) const {
     const float* base = lhs + oa * m_rows * depth;
@@ -135,62 +127,74 @@ float SlowOutput(const Problem& p, int64_t oa, int64_t ob, const float* lut,
 
 struct Scratch {
   AlignedArray<float> tab;
-  AlignedArray<float> cblk;
-  AlignedArray<uint16_t> jb;
-  AlignedArray<float> sb;
+  AlignedArray<float> cblk;  // [group_size][row_chunk][nc]
+  AlignedArray<uint16_t> idx;
+  AlignedArray<float> scale;
+  std::vector<uint8_t> row_irregular;
+  std::vector<uint8_t> col_irregular;
 };
 
 void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t rc = unit % p.row_chunks;
-  const int64_t cb = (unit / p.row_chunks) % p.col_blocks;
-  const int64_t g = unit / (p.row_chunks * p.col_blocks);
-  int64_t oa, ob, ol;
-  p.Offsets(g, &oa, &ob, &ol);
-  const int64_t os = p.swap ? ob : oa;
-  const int64_t ot = p.swap ? oa : ob;
+  unit /= p.row_chunks;
+  const int64_t cb = unit % p.col_blocks;
+  unit /= p.col_blocks;
+  const int64_t mc = unit % p.member_chunks;
+  const Group& group = p.groups[unit / p.member_chunks];
+  const int64_t m0 = mc * p.group_size;
+  const int64_t members = std::min<int64_t>(
+      p.group_size, static_cast<int64_t>(group.members.size()) - m0);
+  if (members <= 0) return;  // a smaller group than the largest one
+  const int64_t os = p.swap ? group.ob : group.oa;
+  const int64_t ot = p.swap ? group.oa : group.ob;
   const int64_t lut_size = int64_t{1} << (2 * p.m);
-  const float* lut = p.lut + ol * lut_size;
   const int64_t r0 = rc * p.row_chunk;
   const int64_t rows = std::min(p.row_chunk, p.rows - r0);
-  const int64_t c0 = cb * kBlockCols;
-  const int64_t ncols = std::min<int64_t>(kBlockCols, p.cols - c0);
+  const int64_t c0 = cb * p.nc;
+  const int64_t ncols = std::min<int64_t>(p.nc, p.cols - c0);
+  const int64_t tile = p.row_chunk * p.nc;
 
-  float* cblk = s.cblk.get();
-  const float neg_zero = -0.0f;
-  std::fill(cblk, cblk + rows * kBlockCols, neg_zero);
+  std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
+  std::fill(s.row_irregular.begin(), s.row_irregular.end(), 0);
+  std::fill(s.col_irregular.begin(), s.col_irregular.end(), 0);
 
-  const uint16_t* idx = p.idx.get() + (os * p.rows + r0) * p.depth;
-  const float* scale = p.scale.get() + (os * p.rows + r0) * p.depth;
-  const float* tmat = p.t_data + ot * p.depth * p.cols;  // tabled matrix
+  const float* smat = (p.swap ? p.rhs : p.lhs) + os * p.depth * p.rows;
+  const float* tmat = (p.swap ? p.lhs : p.rhs) + ot * p.depth * p.cols;
   for (int64_t k0 = 0; k0 < p.depth; k0 += p.kc) {
     const int64_t kc = std::min(p.kc, p.depth - k0);
+    // Pack this tile of the streamed operand once for every member.
+    p.kernels->pack_rows(smat + r0 * p.s_rs + k0 * p.s_ks, rows, kc, p.s_rs,
+                         p.s_ks, p.m, p.range, s.idx.get(), s.scale.get(),
+                         s.row_irregular.data());
     const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
-    if (p.table) {
-      const float* lut_rows = p.swap ? lut : p.lut_t.data() + ol * lut_size;
-      p.kernels->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
-                             ncols, p.range);
-      p.kernels->table_sweep(cblk, rows, idx + k0, scale + k0, p.depth, kc,
-                             s.tab.get(), p.m);
-    } else {
-      p.kernels->pack_cols(b, p.t_ks, p.t_cs, kc, ncols, p.m, p.range,
-                           s.jb.get(), s.sb.get());
-      p.kernels->gather_sweep(cblk, rows, idx + k0, scale + k0, p.depth, kc,
-                              s.jb.get(), s.sb.get(), lut, p.m);
+    for (int64_t q = 0; q < members; ++q) {
+      const int64_t ol = group.members[m0 + q].second;
+      const float* lut_rows =
+          p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
+      p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
+                           ncols, p.range, s.col_irregular.data());
+      p.block->table_sweep(s.cblk.get() + q * tile, rows, s.idx.get(),
+                           s.scale.get(), kc, kc, s.tab.get(), p.m);
     }
   }
 
   // Write back, and recompute outputs touched by irregular operands.
-  float* out = p.out + g * p.m_rows * p.n_cols;
-  const uint8_t* rirr = p.row_irregular.data() + os * p.rows + r0;
-  const uint8_t* cirr = p.col_irregular.data() + ot * p.cols + c0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* src = cblk + r * kBlockCols;
-    for (int64_t c = 0; c < ncols; ++c) {
-      const int64_t i = p.swap ? c0 + c : r0 + r;
-      const int64_t n = p.swap ? r0 + r : c0 + c;
-      float v = src[c];
-      if (rirr[r] || cirr[c]) v = SlowOutput(p, oa, ob, lut, i, n);
-      out[i * p.n_cols + n] = v;
+  for (int64_t q = 0; q < members; ++q) {
+    const auto [g, ol] = group.members[m0 + q];
+    const float* lut = p.lut + ol * lut_size;
+    float* out = p.out + g * p.m_rows * p.n_cols;
+    const float* cblk = s.cblk.get() + q * tile;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = cblk + r * p.nc;
+      for (int64_t c = 0; c < ncols; ++c) {
+        const int64_t i = p.swap ? c0 + c : r0 + r;
+        const int64_t n = p.swap ? r0 + r : c0 + c;
+        float v = src[c];
+        if (s.row_irregular[r] || s.col_irregular[c]) {
+          v = SlowOutput(p, group.oa, group.ob, lut, i, n);
+        }
+        out[i * p.n_cols + n] = v;
+      }
     }
   }
 }
@@ -206,13 +210,12 @@ void Worker(const std::shared_ptr<SharedState>& state) {
   try {
     Scratch s;
     const int64_t size = int64_t{1} << p.m;
-    s.cblk = AllocateAligned<float>(p.row_chunk * kBlockCols);
-    if (p.table) {
-      s.tab = AllocateAligned<float>(p.kc * size * kBlockCols);
-    } else {
-      s.jb = AllocateAligned<uint16_t>(p.kc * kBlockCols);
-      s.sb = AllocateAligned<float>(p.kc * kBlockCols);
-    }
+    s.cblk = AllocateAligned<float>(p.group_size * p.row_chunk * p.nc);
+    s.idx = AllocateAligned<uint16_t>(p.row_chunk * p.kc);
+    s.scale = AllocateAligned<float>(p.row_chunk * p.kc);
+    s.row_irregular.assign(p.row_chunk, 0);
+    s.col_irregular.assign(p.nc, 0);
+    s.tab = AllocateAligned<float>(p.kc * size * p.nc);
     for (int64_t u = state->next.fetch_add(1); u < p.units;
          u = state->next.fetch_add(1)) {
       RunUnit(p, u, s);
@@ -268,6 +271,73 @@ ffi::Error LeadStrides(const char* name, ffi::Span<const int64_t> dims,
   }
   op->matrix_count = stride;
   return ffi::Error::Success();
+}
+
+// Matrix offsets of batch element g in three broadcast operands.
+void BatchOffsets(int64_t g, const std::vector<int64_t>& lead, const Operand& x,
+                  const Operand& y, const Operand& z, int64_t* ox, int64_t* oy,
+                  int64_t* oz) {
+  *ox = *oy = *oz = 0;
+  for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
+    const int64_t i = g % lead[d];
+    g /= lead[d];
+    *ox += i * x.lead_stride[d];
+    *oy += i * y.lead_stride[d];
+    *oz += i * z.lead_stride[d];
+  }
+}
+
+// Scans tables for invalid entries and returns the regular exponent range.
+ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
+                      int m, int* range) {
+  int lo = 0, hi = 0;
+  bool any = false;
+  const int64_t elems = count << (2 * m);
+  for (int64_t e = 0; e < elems; ++e) {
+    const float v = lut[e];
+    const uint32_t bits = FloatBits(v);
+    if (!std::isfinite(v) || (bits & kSignMask)) {
+      return ffi::Error::InvalidArgument(
+          std::string(target) +
+          ": lut entries must be finite and >= +0.0; entry " +
+          std::to_string(e) + " is " + std::to_string(v));
+    }
+    if (bits == 0) continue;
+    const int x = SplitLutEntry(v).exp - 127;
+    lo = any ? std::min(lo, x) : x;
+    hi = any ? std::max(hi, x) : x;
+    any = true;
+  }
+  *range = RegularExponentRange(lo, hi);
+  return ffi::Error::Success();
+}
+
+// Picks which operand is streamed (swap) and the column block width from a
+// cost model fitted to this kernel's measured costs: building a table entry
+// costs about 2.5 multiply-adds of the sweep, a narrow block's sweep about 1.3.
+void ChooseLayout(Problem& p, int64_t size) {
+  struct Option {
+    bool swap;
+    int nc;
+  };
+  const Option options[] = {{false, kWideCols},
+                            {false, kNarrowCols},
+                            {true, kWideCols},
+                            {true, kNarrowCols}};
+  double best = -1;
+  for (const Option& o : options) {
+    const double rows = o.swap ? p.n_cols : p.m_rows;
+    const double cols = o.swap ? p.m_rows : p.n_cols;
+    const double padded = std::ceil(cols / o.nc) * o.nc;
+    const double chunks = std::ceil(rows / double(kBlockRows));
+    double cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : 1.0);
+    cost += 2.5 * double(size) * padded * chunks;
+    if (best < 0 || cost < best) {
+      best = cost;
+      p.swap = o.swap;
+      p.nc = o.nc;
+    }
+  }
 }
 
 ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
@@ -329,112 +399,86 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     std::fill(p.out, p.out + out_elems, 0.0f);
     return Done();
   }
-
-  // Validate every table and find the exponent range of its entries.
-  int lo = 0, hi = 0;
-  bool any = false;
-  const int64_t lut_elems = p.l.matrix_count << (2 * m);
-  for (int64_t e = 0; e < lut_elems; ++e) {
-    const float v = p.lut[e];
-    const uint32_t bits = FloatBits(v);
-    if (!std::isfinite(v) || (bits & kSignMask)) {
-      return Failed(ffi::Error::InvalidArgument(
-          "approxjax_gemm: lut entries must be finite and >= +0.0; entry " +
-          std::to_string(e) + " is " + std::to_string(v)));
-    }
-    if (bits == 0) continue;
-    const LutEntry le = SplitLutEntry(v);
-    const int x = le.exp - 127;
-    lo = any ? std::min(lo, x) : x;
-    hi = any ? std::max(hi, x) : x;
-    any = true;
+  if (auto e = ScanTables("approxjax_gemm", p.lut, p.l.matrix_count, m,
+                          &p.range);
+      e.failure()) {
+    return Failed(e);
   }
-  p.range = RegularExponentRange(lo, hi);
 
   p.kernels = &SelectKernels();
-  p.table = m <= kMaxTableBits;
-  p.swap = p.table && p.n_cols > p.m_rows;
+  const int64_t size = int64_t{1} << m;
+  ChooseLayout(p, size);
+  p.block = p.nc == kWideCols ? &p.kernels->wide : &p.kernels->narrow;
   const int64_t lhs_rs = transpose_lhs ? 1 : p.depth;
   const int64_t lhs_ks = transpose_lhs ? p.m_rows : 1;
   const int64_t rhs_ks = transpose_rhs ? 1 : p.n_cols;
   const int64_t rhs_cs = transpose_rhs ? p.depth : 1;
   if (!p.swap) {
     p.rows = p.m_rows, p.cols = p.n_cols;
-    p.s_data = p.lhs, p.t_data = p.rhs;
-    p.s_op = &p.a, p.t_op = &p.b;
     p.s_rs = lhs_rs, p.s_ks = lhs_ks, p.t_ks = rhs_ks, p.t_cs = rhs_cs;
   } else {
     p.rows = p.n_cols, p.cols = p.m_rows;
-    p.s_data = p.rhs, p.t_data = p.lhs;
-    p.s_op = &p.b, p.t_op = &p.a;
     p.s_rs = rhs_cs, p.s_ks = rhs_ks, p.t_ks = lhs_ks, p.t_cs = lhs_rs;
   }
 
+  // Group the batch by operand matrices: members differ only in their table.
+  std::map<std::pair<int64_t, int64_t>, size_t> where;
+  for (int64_t g = 0; g < p.batch; ++g) {
+    int64_t oa, ob, ol;
+    BatchOffsets(g, p.out_lead, p.a, p.b, p.l, &oa, &ob, &ol);
+    auto [it, fresh] = where.try_emplace({oa, ob}, p.groups.size());
+    if (fresh) p.groups.push_back(Group{oa, ob, {}});
+    p.groups[it->second].members.emplace_back(g, ol);
+  }
+  size_t most = 1;
+  for (const Group& grp : p.groups) most = std::max(most, grp.members.size());
+
   try {
-    // Pack the streamed operand once for every multiplier of the batch.
-    const int64_t s_count = p.s_op->matrix_count;
-    const int64_t s_elems = s_count * p.rows * p.depth;
-    p.idx = AllocateAligned<uint16_t>(s_elems);
-    p.scale = AllocateAligned<float>(s_elems);
-    p.row_irregular.assign(s_count * p.rows, 0);
-    for (int64_t sm = 0; sm < s_count; ++sm) {
-      const int64_t off = sm * p.rows * p.depth;
-      p.kernels->pack_rows(p.s_data + off, p.rows, p.depth, p.s_rs, p.s_ks,
-                           m, p.range, p.idx.get() + off, p.scale.get() + off,
-                           p.row_irregular.data() + sm * p.rows);
-    }
-    const int64_t t_count = p.t_op->matrix_count;
-    p.col_irregular.assign(t_count * p.cols, 0);
-    for (int64_t tm = 0; tm < t_count; ++tm) {
-      const float* base = p.t_data + tm * p.depth * p.cols;
-      uint8_t* flags = p.col_irregular.data() + tm * p.cols;
-      for (int64_t k = 0; k < p.depth; ++k) {
-        for (int64_t c = 0; c < p.cols; ++c) {
-          const uint32_t bits = FloatBits(base[k * p.t_ks + c * p.t_cs]);
-          const int e = BiasedExponent(bits);
-          flags[c] |= !(e == 0 || (e != 255 && e >= 127 - p.range &&
-                                   e <= 127 + p.range));
+    if (!p.swap) {  // tables are read along the rhs index: keep lut^T
+      p.lut_t.resize(p.l.matrix_count * size * size);
+      for (int64_t t = 0; t < p.l.matrix_count; ++t) {
+        const float* src = p.lut + t * size * size;
+        float* dst = p.lut_t.data() + t * size * size;
+        for (int64_t i = 0; i < size; ++i) {
+          for (int64_t j = 0; j < size; ++j) {
+            dst[j * size + i] = src[i * size + j];
+          }
         }
       }
     }
   } catch (const std::bad_alloc&) {
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                             "approxjax_gemm: out of memory packing operands"));
+                             "approxjax_gemm: out of memory"));
   }
 
-  const int64_t size = int64_t{1} << m;
-  if (p.table && !p.swap) {
-    p.lut_t.resize(lut_elems);
-    for (int64_t t = 0; t < p.l.matrix_count; ++t) {
-      const float* src = p.lut + t * size * size;
-      float* dst = p.lut_t.data() + t * size * size;
-      for (int64_t i = 0; i < size; ++i) {
-        for (int64_t j = 0; j < size; ++j) dst[j * size + i] = src[i * size + j];
-      }
-    }
-  }
-  p.kc = p.table ? std::clamp<int64_t>(kTableFloats / (size * kBlockCols), 1,
-                                       p.depth)
-                 : std::min(kGatherDepth, p.depth);
-  p.col_blocks = (p.cols + kBlockCols - 1) / kBlockCols;
-  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  p.kc = std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
+  p.col_blocks = (p.cols + p.nc - 1) / p.nc;
+  // Members of a group share a packed tile while their output tiles fit the
+  // budget; tiles keep at least 256 rows so tables are reused enough.
   p.row_chunk = std::min(kBlockRows, p.rows);
+  p.group_size = std::clamp<int64_t>(
+      kTileFloats / (std::min<int64_t>(p.row_chunk, 256) * p.nc), 1, most);
+  p.row_chunk = std::min(
+      p.row_chunk,
+      std::max<int64_t>(kTileFloats / (p.group_size * p.nc), 64));
   p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
+  p.member_chunks = (static_cast<int64_t>(most) + p.group_size - 1) /
+                    p.group_size;
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t tiles = static_cast<int64_t>(p.groups.size()) *
+                        p.member_chunks * p.col_blocks;
   // Split rows further when there are too few units to keep threads busy.
-  const int64_t want = 2 * threads;
-  if (p.batch * p.col_blocks * p.row_chunks < want && p.rows >= 64) {
+  if (tiles * p.row_chunks < 2 * threads && p.rows >= 64) {
     const int64_t chunks = std::min<int64_t>(
-        (want + p.batch * p.col_blocks - 1) / (p.batch * p.col_blocks),
-        p.rows / 32);
+        (2 * threads + tiles - 1) / tiles, p.rows / 32);
     p.row_chunk = (p.rows + chunks - 1) / chunks;
     p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
   }
-  p.units = p.batch * p.col_blocks * p.row_chunks;
+  p.units = tiles * p.row_chunks;
 
   // Small problems run inline; others on XLA's intra-op pool plus this thread.
-  const double work = double(p.units) * p.row_chunk * kBlockCols * p.depth;
-  const int64_t workers =
-      work < 2e6 ? 1 : std::min<int64_t>(threads, p.units);
+  const double work = double(p.batch) * p.m_rows * p.n_cols * p.depth;
+  const int64_t workers = work < 2e6 ? 1 : std::min<int64_t>(threads, p.units);
   state->done = ffi::CountDownPromise(workers);
   ffi::Future future(state->done);
   for (int64_t w = 1; w < workers; ++w) {
@@ -476,24 +520,15 @@ ffi::Error ApproxMultiplyImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   if (auto e = LeadStrides("lut", lud, lead, &ol); e.failure()) return e;
   int64_t batch = 1;
   for (int64_t d : lead) batch *= d;
-  const int64_t lut_elems = ol.matrix_count << (2 * m);
   const float* lp = lut.typed_data();
-  for (int64_t e = 0; e < lut_elems; ++e) {
-    if (!std::isfinite(lp[e]) || (FloatBits(lp[e]) & kSignMask)) {
-      return ffi::Error::InvalidArgument(
-          "approxjax_multiply: lut entries must be finite and >= +0.0; entry " +
-          std::to_string(e) + " is " + std::to_string(lp[e]));
-    }
+  int range;
+  if (auto e = ScanTables("approxjax_multiply", lp, ol.matrix_count, m, &range);
+      e.failure()) {
+    return e;
   }
   for (int64_t g = 0; g < batch; ++g) {
-    int64_t rest = g, xa = 0, xb = 0, xl = 0;
-    for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
-      const int64_t i = rest % lead[d];
-      rest /= lead[d];
-      xa += i * oa.lead_stride[d];
-      xb += i * ob.lead_stride[d];
-      xl += i * ol.lead_stride[d];
-    }
+    int64_t xa, xb, xl;
+    BatchOffsets(g, lead, oa, ob, ol, &xa, &xb, &xl);
     const float* pa = a.typed_data() + xa * n;
     const float* pb = b.typed_data() + xb * n;
     const float* pl = lp + (xl << (2 * m));

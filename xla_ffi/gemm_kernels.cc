@@ -29,46 +29,83 @@ namespace {
 
 typedef float Vec __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
 constexpr int kLanes = APPROXJAX_VEC_BYTES / 4;
-constexpr int kVecs = kBlockCols / kLanes;
 
-// The exact scale of an operand: its sign and exponent with the fraction
-// cleared (a signed zero for zeros and subnormals).
+// Regularity test as a branch-free range check on the biased exponent:
+// zeros/subnormals (e == 0) and exponents in [127 - range, 127 + range].
+struct RegularRange {
+  uint32_t lo, width;  // regular iff e == 0 || e - lo < width (unsigned)
+  explicit RegularRange(int range)
+      : lo(static_cast<uint32_t>(127 - range)),
+        width(range < 0 ? 0u : static_cast<uint32_t>(2 * range + 1)) {}
+  bool operator()(uint32_t bits) const {
+    const uint32_t e = (bits >> 23) & 0xffu;
+    return (e == 0) | ((e - lo) < width);
+  }
+};
+
 inline bool IsRegular(uint32_t bits, int range) {
-  const int e = BiasedExponent(bits);
-  return e == 0 || (e != 255 && e >= 127 - range && e <= 127 + range);
+  return RegularRange(range)(bits);
+}
+
+// One element: index, exact scale (0 where irregular); returns irregular.
+inline bool PackOne(float x, int shift, const RegularRange& regular,
+                    uint16_t* idx, float* scale) {
+  const uint32_t bits = FloatBits(x);
+  const bool ok = regular(bits);
+  *idx = static_cast<uint16_t>((bits & kFracMask) >> shift);
+  *scale = BitsFloat(ok ? (bits & 0xff800000u) : 0u);
+  return !ok;
 }
 
 void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
-              int64_t ks, int m, int range, uint16_t* idx, float* scale,
-              uint8_t* row_irregular) {
+              int64_t ks, int m, int range, uint16_t* __restrict idx,
+              float* __restrict scale, uint8_t* row_irregular) {
   const int shift = 23 - m;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* s = src + r * rs;
-    uint16_t* ir = idx + r * k;
-    float* sr = scale + r * k;
-    uint8_t irregular = 0;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const uint32_t bits = FloatBits(s[kk * ks]);
-      const bool regular = IsRegular(bits, range);
-      irregular |= !regular;
-      ir[kk] = static_cast<uint16_t>((bits & kFracMask) >> shift);
-      sr[kk] = regular ? BitsFloat(bits & 0xff800000u) : 0.0f;
+  const RegularRange regular(range);
+  if (ks == 1 || rs != 1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* s = src + r * rs;
+      uint16_t* ir = idx + r * k;
+      float* sr = scale + r * k;
+      uint32_t irregular = 0;
+      if (ks == 1) {
+        for (int64_t kk = 0; kk < k; ++kk) {
+          irregular |= PackOne(s[kk], shift, regular, ir + kk, sr + kk);
+        }
+      } else {
+        for (int64_t kk = 0; kk < k; ++kk) {
+          irregular |= PackOne(s[kk * ks], shift, regular, ir + kk, sr + kk);
+        }
+      }
+      row_irregular[r] |= irregular != 0;
     }
-    row_irregular[r] = irregular;
+    return;
+  }
+  // Rows contiguous in memory (a transposed operand): walk k outermost.
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float* s = src + kk * ks;
+    for (int64_t r = 0; r < rows; ++r) {
+      row_irregular[r] |=
+          PackOne(s[r], shift, regular, idx + r * k + kk, scale + r * k + kk);
+    }
   }
 }
 
+template <int NC>
 void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
-              int64_t ncols, int m, int range, uint16_t* jb, float* sb) {
+              int64_t ncols, int m, int range, uint16_t* jb, float* sb,
+              uint8_t* col_irregular) {
   const int shift = 23 - m;
   for (int64_t kk = 0; kk < kc; ++kk) {
-    uint16_t* jr = jb + kk * kBlockCols;
-    float* sr = sb + kk * kBlockCols;
-    for (int64_t c = 0; c < kBlockCols; ++c) {
+    uint16_t* jr = jb + kk * NC;
+    float* sr = sb + kk * NC;
+    for (int64_t c = 0; c < NC; ++c) {
       if (c < ncols) {
         const uint32_t bits = FloatBits(b[kk * bk + c * bc]);
         jr[c] = static_cast<uint16_t>((bits & kFracMask) >> shift);
-        sr[c] = IsRegular(bits, range) ? BitsFloat(bits & 0xff800000u) : 0.0f;
+        const bool regular = IsRegular(bits, range);
+        col_irregular[c] |= static_cast<uint8_t>(!regular);
+        sr[c] = regular ? BitsFloat(bits & 0xff800000u) : 0.0f;
       } else {
         jr[c] = 0;
         sr[c] = 0.0f;
@@ -100,19 +137,22 @@ inline void Transpose8x8(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
 }
 #endif
 
+template <int NC>
 void BuildTable(float* tab, const float* rows, int m, const float* b,
-                int64_t bk, int64_t bc, int64_t kc, int64_t ncols, int range) {
+                int64_t bk, int64_t bc, int64_t kc, int64_t ncols, int range,
+                uint8_t* col_irregular) {
   const int64_t size = int64_t{1} << m;
-  alignas(64) uint16_t jb[kBlockCols];
-  alignas(64) float sb[kBlockCols];
+  alignas(64) uint16_t jb[NC];
+  alignas(64) float sb[NC];
   for (int64_t kk = 0; kk < kc; ++kk) {
-    PackCols(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb);
-    float* t = tab + kk * size * kBlockCols;
+    PackCols<NC>(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb,
+                 col_irregular);
+    float* t = tab + kk * size * NC;
 #if defined(__AVX2__)
     if (size >= 8) {
       // tab[v][c] = rows[jb[c]][v] * sb[c]: a transpose of the 64 gathered
       // rows, done as 8x8 register transposes of contiguous loads.
-      for (int c0 = 0; c0 < kBlockCols; c0 += 8) {
+      for (int c0 = 0; c0 < NC; c0 += 8) {
         const float* p[8];
         for (int i = 0; i < 8; ++i) p[i] = rows + int64_t{jb[c0 + i]} * size;
         const __m256 scale = _mm256_load_ps(sb + c0);
@@ -122,93 +162,79 @@ void BuildTable(float* tab, const float* rows, int m, const float* b,
           __m256 r4 = _mm256_loadu_ps(p[4] + v0), r5 = _mm256_loadu_ps(p[5] + v0);
           __m256 r6 = _mm256_loadu_ps(p[6] + v0), r7 = _mm256_loadu_ps(p[7] + v0);
           Transpose8x8(r0, r1, r2, r3, r4, r5, r6, r7);
-          float* o = t + v0 * kBlockCols + c0;
-          _mm256_store_ps(o + 0 * kBlockCols, _mm256_mul_ps(r0, scale));
-          _mm256_store_ps(o + 1 * kBlockCols, _mm256_mul_ps(r1, scale));
-          _mm256_store_ps(o + 2 * kBlockCols, _mm256_mul_ps(r2, scale));
-          _mm256_store_ps(o + 3 * kBlockCols, _mm256_mul_ps(r3, scale));
-          _mm256_store_ps(o + 4 * kBlockCols, _mm256_mul_ps(r4, scale));
-          _mm256_store_ps(o + 5 * kBlockCols, _mm256_mul_ps(r5, scale));
-          _mm256_store_ps(o + 6 * kBlockCols, _mm256_mul_ps(r6, scale));
-          _mm256_store_ps(o + 7 * kBlockCols, _mm256_mul_ps(r7, scale));
+          float* o = t + v0 * NC + c0;
+          _mm256_store_ps(o + 0 * NC, _mm256_mul_ps(r0, scale));
+          _mm256_store_ps(o + 1 * NC, _mm256_mul_ps(r1, scale));
+          _mm256_store_ps(o + 2 * NC, _mm256_mul_ps(r2, scale));
+          _mm256_store_ps(o + 3 * NC, _mm256_mul_ps(r3, scale));
+          _mm256_store_ps(o + 4 * NC, _mm256_mul_ps(r4, scale));
+          _mm256_store_ps(o + 5 * NC, _mm256_mul_ps(r5, scale));
+          _mm256_store_ps(o + 6 * NC, _mm256_mul_ps(r6, scale));
+          _mm256_store_ps(o + 7 * NC, _mm256_mul_ps(r7, scale));
         }
       }
       continue;
     }
 #endif
-    for (int c = 0; c < kBlockCols; ++c) {
+    for (int c = 0; c < NC; ++c) {
       const float* src = rows + int64_t{jb[c]} * size;
-      for (int64_t v = 0; v < size; ++v) t[v * kBlockCols + c] = src[v] * sb[c];
+      for (int64_t v = 0; v < size; ++v) t[v * NC + c] = src[v] * sb[c];
     }
   }
 }
 
 // Rows swept together, so that at least eight FMA chains are in flight.
-constexpr int kRowsTogether = kVecs >= 8 ? 1 : 8 / kVecs;
+template <int NC>
+constexpr int RowsTogether() {
+  return NC / kLanes >= 8 ? 1 : 8 / (NC / kLanes);
+}
 
-template <int R>
+template <int NC, int R>
 inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
                       const float* scale, int64_t ld, int64_t kc,
                       const float* tab, int64_t stride) {
-  Vec acc[R][kVecs];
+  constexpr int kV = NC / kLanes;
+  Vec acc[R][kV];
   for (int q = 0; q < R; ++q) {
-    const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * kBlockCols);
-    for (int v = 0; v < kVecs; ++v) acc[q][v] = out[v];
+    const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
+    for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
   }
   const float* tk = tab;
   for (int64_t kk = 0; kk < kc; ++kk, tk += stride) {
     for (int q = 0; q < R; ++q) {
       const int64_t at = (r + q) * ld + kk;
-      const Vec* row =
-          reinterpret_cast<const Vec*>(tk + int64_t{idx[at]} * kBlockCols);
+      const Vec* row = reinterpret_cast<const Vec*>(tk + int64_t{idx[at]} * NC);
       const float s = scale[at];
-      for (int v = 0; v < kVecs; ++v) acc[q][v] += row[v] * s;
+      for (int v = 0; v < kV; ++v) acc[q][v] += row[v] * s;
     }
   }
   for (int q = 0; q < R; ++q) {
-    Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * kBlockCols);
-    for (int v = 0; v < kVecs; ++v) out[v] = acc[q][v];
+    Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
+    for (int v = 0; v < kV; ++v) out[v] = acc[q][v];
   }
 }
 
+template <int NC>
 void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
                 const float* scale, int64_t ld, int64_t kc, const float* tab,
                 int m) {
-  const int64_t stride = (int64_t{1} << m) * kBlockCols;
+  constexpr int kR = RowsTogether<NC>();
+  const int64_t stride = (int64_t{1} << m) * NC;
   int64_t r = 0;
-  for (; r + kRowsTogether <= rows; r += kRowsTogether) {
-    SweepRows<kRowsTogether>(cblk, r, idx, scale, ld, kc, tab, stride);
+  for (; r + kR <= rows; r += kR) {
+    SweepRows<NC, kR>(cblk, r, idx, scale, ld, kc, tab, stride);
   }
-  for (; r < rows; ++r) SweepRows<1>(cblk, r, idx, scale, ld, kc, tab, stride);
-}
-
-void GatherSweep(float* cblk, int64_t rows, const uint16_t* idx,
-                 const float* scale, int64_t ld, int64_t kc, const uint16_t* jb,
-                 const float* sb, const float* lut, int m) {
-  const int64_t size = int64_t{1} << m;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* __restrict out = cblk + r * kBlockCols;
-    alignas(64) float acc[kBlockCols];
-    for (int c = 0; c < kBlockCols; ++c) acc[c] = out[c];
-    const uint16_t* ir = idx + r * ld;
-    const float* sr = scale + r * ld;
-    for (int64_t kk = 0; kk < kc; ++kk) {
-      const float* row = lut + int64_t{ir[kk]} * size;
-      const float s = sr[kk];
-      const uint16_t* jk = jb + kk * kBlockCols;
-      const float* sk = sb + kk * kBlockCols;
-      for (int c = 0; c < kBlockCols; ++c) acc[c] += row[jk[c]] * (s * sk[c]);
-    }
-    for (int c = 0; c < kBlockCols; ++c) out[c] = acc[c];
-  }
+  for (; r < rows; ++r) SweepRows<NC, 1>(cblk, r, idx, scale, ld, kc, tab, stride);
 }
 
 }  // namespace
 
 const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
   static const KernelTable table = {
-      APPROXJAX_STR(APPROXJAX_VARIANT), PackRows,  BuildTable, TableSweep,
-      PackCols,                         GatherSweep,
+      APPROXJAX_STR(APPROXJAX_VARIANT),
+      PackRows,
+      {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>},
+      {BuildTable<kWideCols>, TableSweep<kWideCols>},
   };
   return table;
 }

@@ -10,48 +10,46 @@
 
 namespace approxjax {
 
-// Width of a column block of the output: one row of a per-tile table.
-constexpr int kBlockCols = 64;
+// Widths of a column block of the output (one row of a per-tile table): wide
+// blocks for wide outputs, narrow ones so that outputs with few columns
+// (convolutions with 16 channels, say) waste no work on padding.
+constexpr int kWideCols = 64;
+constexpr int kNarrowCols = 16;
 
-// Largest m that uses per-tile tables; above it the kernels gather from the LUT.
-constexpr int kMaxTableBits = 8;
+// Kernels for one block width NC.
+struct BlockKernels {
+  // Builds the per-tile table tab[k][v][c] = rows[j(b[k, c]), v] * scale(b[k, c])
+  // for kc x ncols elements of b (b[k * bk + c * bc]); columns ncols..NC-1 are
+  // zero. `rows` is the table read along the tabled operand's index: lut^T
+  // when the tabled operand is the rhs, lut when it is the lhs. Columns with
+  // an element outside the regular exponent range (entry 0 in the table) are
+  // marked in col_irregular[c] (ORed in).
+  void (*build_table)(float* tab, const float* rows, int m, const float* b,
+                      int64_t bk, int64_t bc, int64_t kc, int64_t ncols,
+                      int range, uint8_t* col_irregular);
+
+  // cblk[r][c] += sum over k < kc of tab[k][idx[r, k]][c] * scale[r, k], in
+  // order of k; idx and scale rows are `ld` apart, cblk rows NC apart.
+  void (*table_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
+                      const float* scale, int64_t ld, int64_t kc,
+                      const float* tab, int m);
+
+};
 
 struct KernelTable {
   const char* name;
 
   // Packs `rows` x `k` operand elements src[r * rs + k * ks] into the table
   // index (top m fraction bits) and the exact scale (sign * 2**exponent, a
-  // signed zero for zeros and subnormals). Elements outside the regular
-  // exponent range get scale 0 and mark their row in `row_irregular`.
+  // signed zero for zeros and subnormals), idx/scale rows `k` apart. Elements
+  // outside the regular exponent range get scale 0 and mark their row in
+  // `row_irregular` (ORed in).
   void (*pack_rows)(const float* src, int64_t rows, int64_t k, int64_t rs,
                     int64_t ks, int m, int range, uint16_t* idx, float* scale,
                     uint8_t* row_irregular);
 
-  // Builds the per-tile table tab[k][v][c] = rows[j(b[k, c]), v] * scale(b[k, c])
-  // for kc x ncols elements of b (b[k * bk + c * bc]); columns
-  // ncols..kBlockCols-1 are zero. `rows` is the table read along the tabled
-  // operand's index: lut^T when the tabled operand is the rhs, lut when it is
-  // the lhs.
-  void (*build_table)(float* tab, const float* rows, int m, const float* b,
-                      int64_t bk, int64_t bc, int64_t kc, int64_t ncols,
-                      int range);
-
-  // cblk[r][c] += sum over k < kc of tab[k][idx[r, k]][c] * scale[r, k], in
-  // order of k; idx and scale rows are `ld` apart.
-  void (*table_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
-                      const float* scale, int64_t ld, int64_t kc,
-                      const float* tab, int m);
-
-  // Packs kc x ncols elements of b for gather_sweep: jb[k][c], sb[k][c].
-  void (*pack_cols)(const float* b, int64_t bk, int64_t bc, int64_t kc,
-                    int64_t ncols, int m, int range, uint16_t* jb, float* sb);
-
-  // cblk[r][c] += sum over k < kc of lut[idx[r, k], jb[k][c]] *
-  // (scale[r, k] * sb[k][c]), in order of k.
-  void (*gather_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
-                       const float* scale, int64_t ld, int64_t kc,
-                       const uint16_t* jb, const float* sb, const float* lut,
-                       int m);
+  BlockKernels narrow;  // kNarrowCols
+  BlockKernels wide;    // kWideCols
 };
 
 const KernelTable& KernelsBaseline();
