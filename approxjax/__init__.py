@@ -8,20 +8,47 @@ kernels registered as XLA FFI custom calls.
 
 from approxjax import multipliers, reference
 from approxjax._ffi import cpu_kernel_variant, cuda_available
-from approxjax.multipliers import Multiplier, stack, truncated
+from approxjax.characterize import Characterization, characterize, format_table, plot_errors
+from approxjax.lut_files import load_approxtrain, load_lut, save_approxtrain, save_lut
+from approxjax.models import from_c, from_function
+from approxjax.multipliers import (
+    Multiplier,
+    alm_soa,
+    drum,
+    get,
+    mbm,
+    mitchell,
+    stack,
+    truncated,
+)
 from approxjax.ops import dot_general, multiply
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Characterization",
     "Multiplier",
     "__version__",
+    "alm_soa",
+    "characterize",
     "cpu_kernel_variant",
     "cuda_available",
     "dot_general",
+    "drum",
+    "format_table",
+    "from_c",
+    "from_function",
+    "get",
+    "load_approxtrain",
+    "load_lut",
+    "mbm",
+    "mitchell",
     "multipliers",
     "multiply",
+    "plot_errors",
     "reference",
+    "save_approxtrain",
+    "save_lut",
     "stack",
     "truncated",
 ]

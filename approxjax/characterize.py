@@ -1,0 +1,220 @@
+"""How good is a multiplier? Error metrics over its table and over real operands.
+
+Two views:
+
+* the **table**: every pair of significands ``(1 + i/2**m, 1 + j/2**m)``
+  (exhaustive for ``m <= 10``, a million random pairs above), the table entry
+  against the exact product of those significands: the multiplier's own
+  arithmetic error;
+* **samples**: operand values you pass (a trained layer's weights and
+  activations, say), the full simulated product (:mod:`approxjax.reference`:
+  operand truncation, the table, sign and exponent) against the exact product:
+  the error a network sees.
+
+Metrics (``approx`` and ``exact`` products, ``rel = (approx - exact) / exact``):
+mean relative error (the bias), MRED = mean ``|rel|``, NMED = mean
+``|approx - exact|`` / max ``|exact|``, the largest ``|rel|`` and where it occurs,
+and the error probability (the share of products that are not exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from approxjax.multipliers import Multiplier
+
+EXHAUSTIVE_MAX_BITS = 10
+RANDOM_PAIRS = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorStats:
+    """Error metrics of one set of products."""
+
+    count: int
+    mean_relative_error: float
+    mred: float
+    nmed: float
+    max_relative_error: float
+    worst_operands: tuple[float, float]
+    error_probability: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Characterization:
+    """Error metrics of a multiplier over its table and, if given, operand samples."""
+
+    name: str
+    mantissa_bits: int
+    table: ErrorStats
+    exhaustive: bool
+    samples: ErrorStats | None = None
+
+    def __str__(self) -> str:
+        return format_table([self])
+
+
+def _stats(approx: np.ndarray, exact: np.ndarray, a: np.ndarray, b: np.ndarray) -> ErrorStats:
+    approx, exact = approx.reshape(-1), exact.reshape(-1)
+    err = approx - exact
+    rel = err / exact
+    k = int(np.argmax(np.abs(rel)))
+    return ErrorStats(
+        count=int(exact.size),
+        mean_relative_error=float(rel.mean()),
+        mred=float(np.abs(rel).mean()),
+        nmed=float(np.abs(err).mean() / np.abs(exact).max()),
+        max_relative_error=float(np.abs(rel)[k]),
+        worst_operands=(float(a.reshape(-1)[k]), float(b.reshape(-1)[k])),
+        error_probability=float((err != 0).mean()),
+    )
+
+
+def table_errors(multiplier: Multiplier, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """(approx, exact, x, y) over the table's significand pairs (or a random subset)."""
+    m = multiplier.mantissa_bits
+    side = 1 << m
+    lut = np.asarray(multiplier.lut, np.float64)
+    if m <= EXHAUSTIVE_MAX_BITS:
+        i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    else:
+        rng = np.random.default_rng(seed)
+        i = rng.integers(0, side, RANDOM_PAIRS)
+        j = rng.integers(0, side, RANDOM_PAIRS)
+    x = 1 + i / side
+    y = 1 + j / side
+    return lut[i, j], x * y, x, y
+
+
+def _sample_pairs(samples: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if isinstance(samples, (tuple, list)) and len(samples) == 2:
+        a = np.asarray(samples[0], np.float32)
+        b = np.asarray(samples[1], np.float32)
+        if a.shape == b.shape:  # elementwise pairs
+            a, b = a.reshape(-1), b.reshape(-1)
+            keep = np.isfinite(a) & np.isfinite(b) & (a != 0) & (b != 0)
+            a, b = a[keep], b[keep]
+            if a.size == 0:
+                raise ValueError("samples need finite nonzero operand values")
+            if a.size > RANDOM_PAIRS:
+                pick = rng.choice(a.size, RANDOM_PAIRS, replace=False)
+                a, b = a[pick], b[pick]
+            return a, b
+    else:
+        a = b = np.asarray(samples, np.float32)
+    a = a.reshape(-1)[np.isfinite(a.reshape(-1)) & (a.reshape(-1) != 0)]
+    b = b.reshape(-1)[np.isfinite(b.reshape(-1)) & (b.reshape(-1) != 0)]
+    if a.size == 0 or b.size == 0:
+        raise ValueError("samples need finite nonzero operand values")
+    n = min(RANDOM_PAIRS, max(a.size, b.size) * 16)
+    return a[rng.integers(0, a.size, n)], b[rng.integers(0, b.size, n)]
+
+
+def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) -> Characterization:
+    """Error metrics of a multiplier (see the module docstring).
+
+    Args:
+      multiplier: a single multiplier.
+      samples: optional operands: one array (pairs drawn from it), or a pair
+        ``(a, b)`` (elementwise pairs when shapes match, else random pairs, for
+        example weights and activations of a layer). Zeros and non-finite
+        values are left out.
+      seed: seed for the random pairs.
+    """
+    from approxjax import reference
+
+    if not isinstance(multiplier, Multiplier) or multiplier.batch_shape:
+        raise TypeError("characterize takes one Multiplier (not a stack)")
+    approx, exact, x, y = table_errors(multiplier, seed)
+    table = _stats(approx, exact, x, y)
+    sample_stats = None
+    if samples is not None:
+        a, b = _sample_pairs(samples, seed)
+        got = np.asarray(reference.multiply(a, b, multiplier.lut), np.float64)
+        want = a.astype(np.float64) * b.astype(np.float64)
+        ok = np.isfinite(got) & (want != 0)
+        sample_stats = _stats(got[ok], want[ok], a[ok], b[ok])
+    return Characterization(
+        name=multiplier.name,
+        mantissa_bits=multiplier.mantissa_bits,
+        table=table,
+        exhaustive=multiplier.mantissa_bits <= EXHAUSTIVE_MAX_BITS,
+        samples=sample_stats,
+    )
+
+
+def format_table(results: Sequence[Characterization]) -> str:
+    """Several characterizations side by side, one row per multiplier and view."""
+    head = (
+        f"{'multiplier':<22} {'view':<8} {'bias':>10} {'MRED':>10} {'NMED':>10} "
+        f"{'max |rel|':>10} {'at (a, b)':>22} {'P(err)':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        views = [("table" if r.exhaustive else "table~", r.table)]
+        if r.samples is not None:
+            views.append(("samples", r.samples))
+        for view, s in views:
+            at = f"({s.worst_operands[0]:.4g}, {s.worst_operands[1]:.4g})"
+            lines.append(
+                f"{r.name:<22} {view:<8} {s.mean_relative_error:>10.3e} {s.mred:>10.3e} "
+                f"{s.nmed:>10.3e} {s.max_relative_error:>10.3e} {at:>22} "
+                f"{s.error_probability:>7.1%}"
+            )
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "plots need matplotlib: pip install 'approxjax[plot]' (or matplotlib)"
+        ) from e
+    return plt
+
+
+def plot_errors(multiplier: Multiplier, path: str | None = None):
+    """A heatmap of the relative error over (i, j) and a histogram of relative errors.
+
+    Returns the matplotlib figure (saved to ``path`` as PNG when given).
+    """
+    plt = _pyplot()
+    m = multiplier.mantissa_bits
+    side = 1 << m
+    lut = np.asarray(multiplier.lut, np.float64)
+    sig = 1 + np.arange(side) / side
+    rel = (lut - np.outer(sig, sig)) / np.outer(sig, sig)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5))
+    lim = max(float(np.abs(rel).max()), 1e-12)
+    im = ax0.imshow(
+        rel,
+        origin="lower",
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
+        extent=(1, 2, 1, 2),
+        interpolation="nearest",
+    )
+    ax0.set_xlabel("significand of b (1 + j/2^m)")
+    ax0.set_ylabel("significand of a (1 + i/2^m)")
+    ax0.set_title(f"{multiplier.name}: relative error")
+    fig.colorbar(im, ax=ax0, fraction=0.046)
+    ax1.hist(rel.reshape(-1), bins=min(100, max(10, side)), color="tab:blue")
+    ax1.axvline(float(rel.mean()), color="k", ls="--", lw=1, label=f"mean {rel.mean():.2e}")
+    ax1.set_xlabel("relative error")
+    ax1.set_ylabel("significand pairs")
+    ax1.set_title("histogram")
+    ax1.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

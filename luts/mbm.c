@@ -1,0 +1,34 @@
+/* The minimally biased multiplier (Saadat, Bokhari, Parameswaran, IEEE TCAD
+ * 2018): Mitchell plus the correction 2^-4 + 2^-6, halved when the fraction
+ * sum carries, left out where adding it would overflow. Same table as
+ * approxjax.multipliers.mbm(m); FORCE_LOWEST_BIT and TRUNCATE_RESULT select
+ * the options of the same names (ApproxTrain's MBM tables set both). */
+#include "model_common.h"
+
+#ifndef FORCE_LOWEST_BIT
+#define FORCE_LOWEST_BIT 0
+#endif
+#ifndef TRUNCATE_RESULT
+#define TRUNCATE_RESULT 0
+#endif
+
+float mbm_mul(float a, float b) {
+  float out;
+  if (aj_special(a, b, &out)) return out;
+  uint32_t i = aj_frac(a), j = aj_frac(b);
+  if (FORCE_LOWEST_BIT && AJ_M > 0) {
+    i |= 1u;
+    j |= 1u;
+  }
+  const double c = 0.0625 + 0.015625;
+  const double s = (double)(i + j) / AJ_ONE;
+  double p;
+  if (s < 1.0) {
+    p = 1.0 + (s + c < 1.0 ? s + c : s);
+  } else {
+    const double f = s - 1.0 + c / 2.0;
+    p = 2.0 * (1.0 + (f < 1.0 ? f : s - 1.0));
+  }
+  if (TRUNCATE_RESULT) p = aj_truncate(p);
+  return aj_finish(a, b, p);
+}
