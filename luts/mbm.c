@@ -5,21 +5,10 @@
  * the options of the same names (ApproxTrain's MBM tables set both). */
 #include "model_common.h"
 
-#ifndef FORCE_LOWEST_BIT
-#define FORCE_LOWEST_BIT 0
-#endif
-#ifndef TRUNCATE_RESULT
-#define TRUNCATE_RESULT 0
-#endif
-
 float mbm_mul(float a, float b) {
   float out;
   if (aj_special(a, b, &out)) return out;
-  uint32_t i = aj_frac(a), j = aj_frac(b);
-  if (FORCE_LOWEST_BIT && AJ_M > 0) {
-    i |= 1u;
-    j |= 1u;
-  }
+  const uint32_t i = aj_kept(a), j = aj_kept(b);
   const double c = 0.0625 + 0.015625;
   const double s = (double)(i + j) / AJ_ONE;
   double p;

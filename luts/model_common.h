@@ -26,9 +26,23 @@ static inline uint32_t aj_bits(float x) {
   return u;
 }
 
+/* Options shared by several models: set the lowest kept fraction bit of each
+ * operand to 1, and truncate the product's significand to AJ_M bits. */
+#ifndef FORCE_LOWEST_BIT
+#define FORCE_LOWEST_BIT 0
+#endif
+#ifndef TRUNCATE_RESULT
+#define TRUNCATE_RESULT 0
+#endif
+
 /* Top AJ_M fraction bits of x (the table index). */
 static inline uint32_t aj_frac(float x) {
   return (aj_bits(x) & 0x7fffffu) >> (23 - AJ_M);
+}
+
+/* The operand fraction a model works on: aj_frac, with FORCE_LOWEST_BIT. */
+static inline uint32_t aj_kept(float x) {
+  return (FORCE_LOWEST_BIT && AJ_M > 0) ? (aj_frac(x) | 1u) : aj_frac(x);
 }
 
 static inline int aj_exp(float x) { return (int)((aj_bits(x) >> 23) & 0xffu); }

@@ -3,10 +3,6 @@
  * TRUNCATE_RESULT=1 for truncated(m, truncate_result=True). */
 #include "model_common.h"
 
-#ifndef TRUNCATE_RESULT
-#define TRUNCATE_RESULT 0
-#endif
-
 float truncated_mul(float a, float b) {
   float out;
   if (aj_special(a, b, &out)) return out;
