@@ -1,0 +1,184 @@
+"""Approximate ``conv_general_dilated``: every product through the multiplier.
+
+The convolution is lowered to one approximate batched GEMM over patches: the
+input is padded and dilated with ``lax.pad`` and the patches are gathered with
+strided ``lax.slice`` (data movement only, no arithmetic), then
+``patches @ kernel`` runs through :func:`approxjax.dot_general`, whose
+custom_vjp makes both gradients approximate GEMMs too. The gradient with
+respect to the input flows back through the slices as sums (the accumulation
+that a direct convolution's backward pass does as well). Nothing falls back to
+exact products.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from approxjax.multipliers import Multiplier
+from approxjax.ops import GradMultiplier, _check_multiplier, _check_operand, dot_general
+
+
+def _pads(padding, lhs_spatial, rhs_spatial, strides, rhs_dilation):
+    if isinstance(padding, str):
+        effective = [(k - 1) * d + 1 for k, d in zip(rhs_spatial, rhs_dilation, strict=True)]
+        return [tuple(p) for p in lax.padtype_to_pads(lhs_spatial, effective, strides, padding)]
+    pads = [tuple(int(v) for v in p) for p in padding]
+    if len(pads) != len(lhs_spatial) or any(len(p) != 2 for p in pads):
+        raise ValueError(
+            f"padding must be 'SAME', 'SAME_LOWER', 'VALID' or {len(lhs_spatial)} (low, high) "
+            f"pairs; got {padding!r}"
+        )
+    return pads
+
+
+def _spatial_tuple(name: str, value, n: int) -> tuple[int, ...]:
+    if value is None:
+        return (1,) * n
+    t = tuple(int(v) for v in value)
+    if len(t) != n or any(v < 1 for v in t):
+        raise ValueError(f"{name} must be {n} positive integers; got {value!r}")
+    return t
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    *,
+    multiplier: Multiplier | None = None,
+    input_grad_multiplier: GradMultiplier = "forward",
+    weight_grad_multiplier: GradMultiplier = "forward",
+) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` with every product through a simulated multiplier.
+
+    Same signature and semantics as :func:`jax.lax.conv_general_dilated` (1-,
+    2- and 3-D and more; strides; 'SAME', 'SAME_LOWER', 'VALID' or explicit
+    padding; lhs and rhs dilation; dimension numbers; feature and batch
+    groups), plus the multipliers of :func:`approxjax.dot_general`.
+    ``multiplier=None`` is XLA's exact convolution. ``precision`` has no effect
+    on approximate products.
+
+    Raises:
+      TypeError: operands are not float32/bfloat16/float16.
+      ValueError: inconsistent shapes, groups, strides, dilations or padding.
+    """
+    lhs = _check_operand("lhs", lhs)
+    rhs = _check_operand("rhs", rhs)
+    _check_multiplier("multiplier", multiplier, allow_forward=False)
+    if lhs.ndim != rhs.ndim or lhs.ndim < 2:
+        raise ValueError(
+            f"lhs and rhs need one rank >= 2; got shapes {tuple(lhs.shape)} and {tuple(rhs.shape)}"
+        )
+    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    if multiplier is None:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            out_dtype,
+        )
+    n = lhs.ndim - 2
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    x = jnp.transpose(lhs, dn.lhs_spec)  # (N, C, *S)
+    w = jnp.transpose(rhs, dn.rhs_spec)  # (O, I, *K)
+    strides = _spatial_tuple("window_strides", window_strides, n)
+    lhs_dil = _spatial_tuple("lhs_dilation", lhs_dilation, n)
+    rhs_dil = _spatial_tuple("rhs_dilation", rhs_dilation, n)
+    fg, bg = int(feature_group_count), int(batch_group_count)
+    batch, channels = x.shape[:2]
+    out_feat, in_feat = w.shape[:2]
+    if fg < 1 or bg < 1 or (fg > 1 and bg > 1):
+        raise ValueError(
+            f"feature_group_count and batch_group_count must be >= 1 and not both > 1; got "
+            f"{fg} and {bg}"
+        )
+    if channels != in_feat * fg:
+        raise ValueError(
+            f"lhs has {channels} input features, but rhs expects {in_feat} per group x "
+            f"feature_group_count {fg} = {in_feat * fg}"
+        )
+    if out_feat % fg or out_feat % bg or batch % bg:
+        raise ValueError(
+            f"output features {out_feat} must divide by feature_group_count {fg} and "
+            f"batch_group_count {bg}, and the batch {batch} by batch_group_count"
+        )
+    if isinstance(padding, str) and any(d != 1 for d in lhs_dil):
+        raise ValueError(
+            f"string padding {padding!r} is not defined with lhs_dilation {lhs_dil} (as in "
+            "lax.conv_general_dilated): give explicit (low, high) pairs"
+        )
+    pads = _pads(padding, x.shape[2:], w.shape[2:], strides, rhs_dil)
+
+    # Pad and dilate the input; gather the patches by strided slices.
+    x = lax.pad(
+        x,
+        jnp.zeros((), x.dtype),
+        [(0, 0, 0), (0, 0, 0)]
+        + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, lhs_dil, strict=True)],
+    )
+    kernel = w.shape[2:]
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, rhs_dil, strict=True)]
+    out_spatial = [
+        max(0, (size - s) // st + 1) for size, s, st in zip(x.shape[2:], span, strides, strict=True)
+    ]
+    if min(out_spatial, default=1) == 0:  # an empty output: nothing to multiply
+        nb = batch // bg
+        y = jnp.zeros((nb, out_feat, *out_spatial), out_dtype)
+        return jnp.transpose(y, np.argsort(dn.out_spec))
+    slices = []
+    for offs in itertools.product(*(range(k) for k in kernel)):
+        start = [0, 0] + [o * d for o, d in zip(offs, rhs_dil, strict=True)]
+        limit = [x.shape[0], x.shape[1]] + [
+            s0 + (o - 1) * st + 1 if o > 0 else s0
+            for s0, o, st in zip(start[2:], out_spatial, strides, strict=True)
+        ]
+        slices.append(lax.slice(x, start, limit, [1, 1, *strides]))
+    kp = int(np.prod(kernel, dtype=np.int64))
+    osz = int(np.prod(out_spatial, dtype=np.int64))
+    patches = jnp.stack(slices, axis=2).reshape(batch, channels, kp, osz)  # (N, C, Kp, O)
+    w = w.reshape(out_feat, in_feat, kp)  # (O, I, Kp)
+
+    kw = dict(
+        multiplier=multiplier,
+        input_grad_multiplier=input_grad_multiplier,
+        weight_grad_multiplier=weight_grad_multiplier,
+        preferred_element_type=jnp.float32,
+    )
+    if bg == 1:
+        og = out_feat // fg
+        a = patches.reshape(batch, fg, in_feat, kp, osz).transpose(1, 0, 4, 2, 3)
+        a = a.reshape(fg, batch * osz, in_feat * kp)
+        b = w.reshape(fg, og, in_feat * kp).transpose(0, 2, 1)
+        y = dot_general(a, b, (((2,), (1,)), ((0,), (0,))), **kw)  # (G, N*O, Og)
+        y = y.reshape(fg, batch, osz, og).transpose(1, 0, 3, 2).reshape(batch, out_feat, osz)
+    else:
+        nb, ob = batch // bg, out_feat // bg
+        a = patches.reshape(bg, nb, channels, kp, osz).transpose(0, 1, 4, 2, 3)
+        a = a.reshape(bg, nb * osz, channels * kp)
+        b = w.reshape(bg, ob, in_feat * kp).transpose(0, 2, 1)
+        y = dot_general(a, b, (((2,), (1,)), ((0,), (0,))), **kw)  # (B, Nb*O, Ob)
+        y = y.reshape(bg, nb, osz, ob).transpose(1, 0, 3, 2).reshape(nb, out_feat, osz)
+    y = y.reshape(y.shape[0], out_feat, *out_spatial).astype(out_dtype)
+    return jnp.transpose(y, np.argsort(dn.out_spec))

@@ -1,0 +1,217 @@
+"""approxjax.conv_general_dilated against XLA's convolution and the reference model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _util import bits, random_nonzero
+from hypothesis import given
+from hypothesis import strategies as st
+from jax import lax
+
+import approxjax as ax
+from approxjax import reference as ref
+
+LAYOUTS = {
+    1: [None, ("NWC", "WIO", "NWC")],
+    2: [None, ("NHWC", "HWIO", "NHWC"), ("NCHW", "HWIO", "NHWC")],
+    3: [None, ("NDHWC", "DHWIO", "NDHWC")],
+}
+
+
+@st.composite
+def conv_problems(draw):
+    n = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from(["none", "feature", "depthwise", "batch"]))
+    g = draw(st.integers(2, 3)) if groups != "none" else 1
+    cin = draw(st.integers(1, 3))
+    cout = draw(st.integers(1, 3))
+    batch = draw(st.integers(1, 3))
+    if groups == "feature":
+        channels, out_feat, in_feat = cin * g, cout * g, cin
+    elif groups == "depthwise":
+        channels, out_feat, in_feat = g, g * cout, 1
+    else:
+        channels, out_feat, in_feat = cin, cout * (g if groups == "batch" else 1), cin
+    if groups == "batch":
+        batch *= g
+    kernel = [draw(st.integers(1, 3)) for _ in range(n)]
+    spatial = [draw(st.integers(k, k + 4)) for k in kernel]
+    strides = [draw(st.integers(1, 2)) for _ in range(n)]
+    lhs_dil = [draw(st.integers(1, 2)) for _ in range(n)]
+    rhs_dil = [draw(st.integers(1, 2)) for _ in range(n)]
+    padding = draw(
+        st.one_of(
+            st.sampled_from(["SAME", "VALID", "SAME_LOWER"]),
+            st.lists(st.tuples(st.integers(-1, 2), st.integers(0, 2)), min_size=n, max_size=n),
+        )
+    )
+    if isinstance(padding, str) and any(d > 1 for d in lhs_dil):
+        padding = [(1, 0)] * n  # string padding is undefined with lhs dilation
+    layout = draw(st.sampled_from(LAYOUTS[n]))
+    lhs_shape = (batch, channels, *spatial)
+    rhs_shape = (out_feat, in_feat, *kernel)
+    if layout is not None:  # permute the NC... / OI... shapes into the layout
+        spatial_chars = "DHW"[3 - n :]
+        lhs_shape = tuple(lhs_shape[("NC" + spatial_chars).index(c)] for c in layout[0])
+        rhs_shape = tuple(rhs_shape[("OI" + spatial_chars).index(c)] for c in layout[1])
+    fg = g if groups in ("feature", "depthwise") else 1
+    bg = g if groups == "batch" else 1
+    return dict(
+        lhs_shape=lhs_shape,
+        rhs_shape=rhs_shape,
+        window_strides=tuple(strides),
+        padding=padding if isinstance(padding, str) else tuple(padding),
+        lhs_dilation=tuple(lhs_dil),
+        rhs_dilation=tuple(rhs_dil),
+        dimension_numbers=layout,
+        feature_group_count=fg,
+        batch_group_count=bg,
+    )
+
+
+def _args(p, lhs, rhs):
+    return (
+        lhs,
+        rhs,
+        p["window_strides"],
+        p["padding"],
+        p["lhs_dilation"],
+        p["rhs_dilation"],
+        p["dimension_numbers"],
+        p["feature_group_count"],
+        p["batch_group_count"],
+    )
+
+
+def _short_mantissas(rng, shape):
+    """Values with <= 4 fraction bits: products exact under truncated(10)."""
+    return (np.round(rng.uniform(-4, 4, shape) * 4) / 4 + 0.125).astype(np.float32)
+
+
+@given(problem=conv_problems(), seed=st.integers(0, 2**31))
+def test_exact_table_equals_xla_convolution(problem, seed):
+    rng = np.random.default_rng(seed)
+    lhs = _short_mantissas(rng, problem["lhs_shape"])
+    rhs = _short_mantissas(rng, problem["rhs_shape"])
+    want = lax.conv_general_dilated(*_args(problem, lhs, rhs), precision=lax.Precision.HIGHEST)
+    got = ax.conv_general_dilated(*_args(problem, lhs, rhs), multiplier=ax.truncated(10))
+    assert got.shape == want.shape
+    # Exact products of short values: sums are exact too (all terms are multiples of 1/256).
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def _reference_conv(problem, lhs, rhs, lut):
+    """Independent reference: XLA's own patches, then reference.dot_general."""
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, problem["dimension_numbers"])
+    x = jnp.transpose(lhs, dn.lhs_spec)
+    w = jnp.transpose(rhs, dn.rhs_spec)
+    out = jnp.transpose(
+        lax.conv_general_dilated(*_args(problem, lhs, rhs), precision=lax.Precision.HIGHEST),
+        dn.out_spec,
+    )
+    assert problem["batch_group_count"] == 1
+    patches = lax.conv_general_dilated_patches(
+        x,
+        w.shape[2:],
+        problem["window_strides"],
+        problem["padding"],
+        problem["lhs_dilation"],
+        problem["rhs_dilation"],
+        precision=lax.Precision.HIGHEST,
+    )  # (N, C * prod(K), *O) with C major
+    g = problem["feature_group_count"]
+    n, ckp = patches.shape[:2]
+    osz = int(np.prod(patches.shape[2:]))
+    a = patches.reshape(n, g, ckp // g, osz).transpose(1, 0, 3, 2).reshape(g, n * osz, ckp // g)
+    og = w.shape[0] // g
+    b = w.reshape(g, og, -1).transpose(0, 2, 1)
+    y = ref.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), lut)
+    y = y.reshape(g, n, osz, og).transpose(1, 0, 3, 2).reshape(out.shape)
+    bound = ref.accumulation_bound(
+        np.asarray(ref.dot_general(jnp.abs(a), jnp.abs(b), (((2,), (1,)), ((0,), (0,))), lut))
+        .reshape(g, n, osz, og)
+        .transpose(1, 0, 3, 2)
+        .reshape(out.shape),
+        a.shape[-1],
+    )
+    return y, bound, dn
+
+
+@given(problem=conv_problems(), seed=st.integers(0, 2**31))
+def test_against_reference(problem, seed):
+    if problem["batch_group_count"] > 1:
+        return  # covered by the exact-table test (XLA's patches have no batch groups)
+    rng = np.random.default_rng(seed)
+    lhs = random_nonzero(rng, problem["lhs_shape"])
+    rhs = random_nonzero(rng, problem["rhs_shape"])
+    mult = ax.mitchell(7)
+    got = ax.conv_general_dilated(*_args(problem, lhs, rhs), multiplier=mult)
+    want, bound, dn = _reference_conv(problem, lhs, rhs, mult.lut)
+    got = np.asarray(jnp.transpose(got, dn.out_spec), np.float64)
+    assert np.all(np.abs(got - np.asarray(want)) <= bound + 1e-30)
+
+
+def test_gradients_are_approximate_gemms(rng):
+    x = random_nonzero(rng, (2, 3, 6, 6))
+    w = random_nonzero(rng, (4, 3, 3, 3))
+    mult = ax.mitchell(7)
+
+    def loss(x, w, **kw):
+        return jnp.sum(jnp.sin(ax.conv_general_dilated(x, w, (1, 1), "SAME", **kw)))
+
+    gx, gw = jax.grad(loss, argnums=(0, 1))(x, w, multiplier=mult)
+    ex, ew = jax.grad(loss, argnums=(0, 1))(x, w, multiplier=None)
+    # Close to exact, but not exact: the backward GEMMs went through Mitchell.
+    assert 0 < float(jnp.max(jnp.abs(gx - ex))) < 0.5 * float(jnp.max(jnp.abs(ex)))
+    assert 0 < float(jnp.max(jnp.abs(gw - ew)))
+    gx2, gw2 = jax.grad(loss, argnums=(0, 1))(
+        x, w, multiplier=mult, input_grad_multiplier=None, weight_grad_multiplier=None
+    )
+    _, vjp = jax.vjp(
+        lambda x, w: ax.conv_general_dilated(x, w, (1, 1), "SAME", multiplier=mult), x, w
+    )
+    y = ax.conv_general_dilated(x, w, (1, 1), "SAME", multiplier=mult)
+    _, exact_vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME"), x, w)
+    ex2, ew2 = exact_vjp(jnp.cos(y))
+    np.testing.assert_allclose(gx2, ex2, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(gw2, ew2, rtol=2e-5, atol=2e-5)
+
+
+def test_vmap_over_multipliers(rng):
+    x = random_nonzero(rng, (2, 5, 5, 3))
+    w = random_nonzero(rng, (3, 3, 3, 4))
+    stack = ax.stack([ax.mitchell(5), ax.mbm(5), ax.truncated(5)])
+
+    def f(mu):
+        return ax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), multiplier=mu
+        )
+
+    got = jax.jit(jax.vmap(f))(stack)
+    for i in range(3):
+        np.testing.assert_array_equal(bits(got[i]), bits(f(stack[i])))
+
+
+def test_conv_errors(rng):
+    with pytest.raises(ValueError, match="string padding 'SAME' is not defined with lhs_dilation"):
+        ax.conv_general_dilated(
+            random_nonzero(rng, (1, 1, 4)),
+            random_nonzero(rng, (1, 1, 2)),
+            (1,),
+            "SAME",
+            (2,),
+            multiplier=ax.mitchell(3),
+        )
+    x = random_nonzero(rng, (1, 4, 5, 5))
+    w = random_nonzero(rng, (2, 3, 3, 3))
+    with pytest.raises(ValueError, match="lhs has 4 input features, but rhs expects 3"):
+        ax.conv_general_dilated(x, w, (1, 1), "SAME", multiplier=ax.mitchell(3))
+    with pytest.raises(ValueError, match="window_strides must be 2 positive integers"):
+        ax.conv_general_dilated(x, w[:, :1].repeat(4, 1), (0, 1), "SAME", multiplier=ax.mitchell(3))
+    with pytest.raises(ValueError, match="padding must be"):
+        ax.conv_general_dilated(
+            x, w[:, :1].repeat(4, 1), (1, 1), [(1, 1)], multiplier=ax.mitchell(3)
+        )
+    with pytest.raises(TypeError, match="lhs must be float32"):
+        ax.conv_general_dilated(x.astype(np.int32), w, (1, 1), "SAME", multiplier=ax.mitchell(3))
