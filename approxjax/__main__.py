@@ -1,6 +1,7 @@
 """The approxjax command line (also ``python -m approxjax``).
 
-Commands: ``demo``, ``lut build``, ``lut info``, ``characterize``.
+Commands: ``sweep`` (the main job), ``report``, ``demo``, ``lut build``, ``lut info``,
+``characterize``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,50 @@ def _characterize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from approxjax import experiment
+
+    cfg = experiment.SweepConfig(
+        model=args.model,
+        dataset=args.dataset,
+        multipliers=[m for m in args.multipliers.split(",") if m],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        mode=args.mode,
+        finetune_epochs=args.finetune_epochs,
+        approximate=args.approximate.split(","),
+        exact_layers=args.exact_layer or (),
+        first_exact=args.first_exact,
+        last_exact=args.last_exact,
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+        out_dir=args.out,
+        resume=args.resume,
+    )
+    results = experiment.run_sweep(cfg, progress=lambda msg: print(msg, flush=True))
+    print(experiment.format_results(results))
+    print(f"wrote {args.out}/results.json, results.csv, curves.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from approxjax import experiment
+
+    path = Path(args.results)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from e
+    print(experiment.format_results(results))
+    experiment.write_outputs(results, Path(args.out) if args.out else path.parent)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="approxjax",
@@ -113,6 +158,51 @@ def build_parser() -> argparse.ArgumentParser:
     info = lut_sub.add_parser("info", help="metadata and error metrics of a LUT file")
     info.add_argument("file", help=".npz (approxjax) or .bin (ApproxTrain) table")
     info.set_defaults(func=_lut_info)
+
+    sweep = sub.add_parser("sweep", help="train/evaluate a model under float32 and multipliers")
+    sweep.add_argument(
+        "--model",
+        default="cnn",
+        help="mlp, cnn, lenet5, resnet8, resnet20, transformer (default cnn)",
+    )
+    sweep.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits, mnist, fashion_mnist, cifar10, text (default digits)",
+    )
+    sweep.add_argument("--data-dir", help="dataset folder (for text: the text file)")
+    sweep.add_argument(
+        "--multipliers",
+        default="truncated7,mitchell7,mbm7,drum7",
+        help="comma-separated catalog names with m, .npz/.bin LUT files, or file.c@function:m",
+    )
+    sweep.add_argument("--epochs", type=int, default=3)
+    sweep.add_argument("--batch-size", type=int, default=64)
+    sweep.add_argument("--learning-rate", type=float, default=3e-3)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--mode", choices=["train", "inference", "finetune"], default="train")
+    sweep.add_argument("--finetune-epochs", type=int, default=1)
+    sweep.add_argument(
+        "--approximate",
+        default="forward,input_grad,weight_grad",
+        help="which GEMMs are approximate (forward is required)",
+    )
+    sweep.add_argument(
+        "--exact-layer",
+        action="append",
+        help="regex of layers kept exact (repeatable), e.g. Dense_2",
+    )
+    sweep.add_argument("--first-exact", action="store_true")
+    sweep.add_argument("--last-exact", action="store_true")
+    sweep.add_argument("--train-limit", type=int, help="use only this many training examples")
+    sweep.add_argument("--out", default="approxjax-results", help="output folder")
+    sweep.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser("report", help="re-render the table and plots of a results.json")
+    report.add_argument("results")
+    report.add_argument("--out", help="folder for the CSV and PNG (default: beside the JSON)")
+    report.set_defaults(func=_report)
 
     char = sub.add_parser("characterize", help="error metrics of multipliers, side by side")
     char.add_argument(

@@ -1,0 +1,354 @@
+"""The experiment runner behind ``approxjax sweep``: float32 against many multipliers.
+
+It trains (or evaluates, or fine-tunes) a float32 baseline and every multiplier
+on one dataset; multipliers with the same m train together as one vmapped
+program. Each run writes ``results.json`` (configuration, versions, seed,
+curves, final metrics), ``results.csv`` (one row per multiplier) and
+``curves.png``, with orbax checkpoints after every epoch so a run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from approxjax import datasets, multipliers, networks
+from approxjax.multipliers import Multiplier
+from approxjax.policy import Policy, using
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    model: str = "cnn"
+    dataset: str = "digits"
+    multipliers: Sequence[str] = ("truncated7", "mitchell7", "mbm7", "drum7")
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    mode: str = "train"  # train | inference | finetune
+    finetune_epochs: int = 1
+    approximate: Sequence[str] = ("forward", "input_grad", "weight_grad")
+    exact_layers: Sequence[str] = ()
+    first_exact: bool = False
+    last_exact: bool = False
+    data_dir: str | None = None
+    train_limit: int | None = None
+    out_dir: str = "approxjax-results"
+    resume: bool = False
+
+
+def _load_multiplier(spec: str) -> Multiplier:
+    from approxjax import lut_files, models
+
+    if spec.endswith(".npz"):
+        return lut_files.load_lut(spec)
+    if spec.endswith(".bin"):
+        return lut_files.load_approxtrain(spec)
+    if spec.endswith((".c", ".cc", ".cpp")) and "@" in spec:
+        path, _, rest = spec.partition("@")
+        function, _, m = rest.partition(":")
+        return models.from_c(path, function, int(m))
+    return multipliers.get(spec)
+
+
+def _policy(cfg: SweepConfig, mult: Multiplier | None) -> Policy | None:
+    if mult is None:
+        return None
+    bad = set(cfg.approximate) - {"forward", "input_grad", "weight_grad"}
+    if bad or "forward" not in cfg.approximate:
+        raise ValueError(
+            f"approximate GEMMs must include 'forward' and be among forward, input_grad, "
+            f"weight_grad; got {list(cfg.approximate)}"
+        )
+    return Policy(
+        mult,
+        rules=[(p, None) for p in cfg.exact_layers],
+        first_exact=cfg.first_exact,
+        last_exact=cfg.last_exact,
+        input_grad="forward" if "input_grad" in cfg.approximate else None,
+        weight_grad="forward" if "weight_grad" in cfg.approximate else None,
+    )
+
+
+class _Trainer:
+    def __init__(self, cfg: SweepConfig, model, data: datasets.Dataset):
+        self.cfg, self.model, self.data = cfg, model, data
+        self.opt = optax.adam(cfg.learning_rate)
+
+        def loss_fn(params, x, y, mult):
+            with using(_policy(cfg, mult)):
+                logits = model.apply(params, x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+        def step(params, opt_state, x, y, mult):
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, mult)
+            updates, opt_state = self.opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        self._step, self._eval = step, loss_fn
+
+    def compiled(self, stacked: bool):
+        step, ev = self._step, self._eval
+        if stacked:
+            step = jax.vmap(step, in_axes=(0, 0, None, None, 0))
+            ev = jax.vmap(ev, in_axes=(0, None, None, 0))
+        return jax.jit(step), jax.jit(ev)
+
+    def evaluate(self, ev, params, mult):
+        x, y = self.data.x_test, self.data.y_test
+        bs = max(self.cfg.batch_size, 256)
+        losses, accs, weights = [], [], []
+        for i in range(0, len(x), bs):
+            loss, acc = ev(params, x[i : i + bs], y[i : i + bs], mult)
+            losses.append(np.asarray(loss))
+            accs.append(np.asarray(acc))
+            weights.append(len(x[i : i + bs]))
+        w = np.asarray(weights, np.float64) / sum(weights)
+        return np.tensordot(w, np.stack(losses), 1), np.tensordot(w, np.stack(accs), 1)
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def _run_group(trainer, label, mult, params0, epochs, progress, ckpt_root, history0=None):
+    """Trains one group (float32, or a stack of same-m multipliers) for `epochs`."""
+    cfg, data = trainer.cfg, trainer.data
+    stacked = mult is not None
+    s = len(mult) if stacked else 1
+    step, ev = trainer.compiled(stacked)
+    params = jax.tree_util.tree_map(lambda a: jnp.stack([a] * s), params0) if stacked else params0
+    opt_state = jax.vmap(trainer.opt.init)(params) if stacked else trainer.opt.init(params)
+    history = history0 or {"loss": [], "accuracy": [], "step_seconds": []}
+    ckpt_dir = ckpt_root / label
+    start = 0
+    if cfg.resume and (ckpt_dir / "history.json").exists():
+        saved = json.loads((ckpt_dir / "history.json").read_text())
+        start = saved["epoch"]
+        state = _checkpointer().restore(
+            (ckpt_dir / f"epoch_{start}").resolve(), {"params": params, "opt_state": opt_state}
+        )
+        params, opt_state, history = state["params"], state["opt_state"], saved["history"]
+        progress(f"{label}: resumed after epoch {start}")
+    n = len(data.x_train) if cfg.train_limit is None else min(cfg.train_limit, len(data.x_train))
+    steps = max(n // cfg.batch_size, 1)
+    for epoch in range(start, epochs):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(n)
+        t_steps, t0 = [], None
+        for i in range(steps):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            t = time.perf_counter()
+            params, opt_state, loss = step(
+                params, opt_state, data.x_train[idx], data.y_train[idx], mult
+            )
+            jax.block_until_ready(loss)
+            if t0 is not None or epoch > 0 or i > 0:  # skip the compiling first step
+                t_steps.append(time.perf_counter() - t)
+            t0 = t
+            if (i + 1) % max(steps // 4, 1) == 0:
+                progress(
+                    f"{label}: epoch {epoch + 1}/{epochs} step {i + 1}/{steps} "
+                    f"loss {np.asarray(loss).mean():.4f}"
+                )
+        test_loss, test_acc = trainer.evaluate(ev, params, mult)
+        history["loss"].append(np.atleast_1d(test_loss).tolist())
+        history["accuracy"].append(np.atleast_1d(test_acc).tolist())
+        history["step_seconds"].append(float(np.median(t_steps)) if t_steps else float("nan"))
+        progress(
+            f"{label}: epoch {epoch + 1} test accuracy "
+            + ", ".join(f"{a:.4f}" for a in np.atleast_1d(test_acc))
+        )
+        if cfg.out_dir:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            ck = _checkpointer()
+            ck.save(
+                (ckpt_dir / f"epoch_{epoch + 1}").resolve(),
+                {"params": params, "opt_state": opt_state},
+                force=True,
+            )
+            ck.wait_until_finished()
+            (ckpt_dir / "history.json").write_text(
+                json.dumps({"epoch": epoch + 1, "history": history})
+            )
+    return params, history
+
+
+def _versions() -> dict[str, str]:
+    import flax
+
+    from approxjax import __version__
+
+    return {
+        "approxjax": __version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }
+
+
+def run_sweep(cfg: SweepConfig, progress=print) -> dict[str, Any]:
+    """Runs a sweep (see the module docstring) and returns the results dict."""
+    if cfg.mode not in ("train", "inference", "finetune"):
+        raise ValueError(f"mode must be train, inference or finetune; got {cfg.mode!r}")
+    data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed)
+    model = networks.build(cfg.model, data.num_classes)
+    mults = [_load_multiplier(s) for s in cfg.multipliers]
+    groups: dict[int, list[Multiplier]] = {}
+    for m in mults:
+        groups.setdefault(m.mantissa_bits, []).append(m)
+    params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
+    trainer = _Trainer(cfg, model, data)
+    out = Path(cfg.out_dir)
+    ckpt_root = (out / "checkpoints").resolve()
+    progress(
+        f"sweep: {cfg.model} on {data.name} ({len(data.x_train)} train, "
+        f"{len(data.x_test)} test), mode {cfg.mode}, {len(mults)} multipliers in "
+        f"{len(groups)} vmapped group(s)"
+    )
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "versions": _versions(),
+        "runs": {},
+    }
+    base_params, base_hist = _run_group(
+        trainer, "float32", None, params0, cfg.epochs, progress, ckpt_root
+    )
+    results["runs"]["float32"] = _summary(base_hist, 0)
+    for m, members in sorted(groups.items()):
+        stack = multipliers.stack(members)
+        label = f"m{m}"
+        if cfg.mode == "train":
+            _, hist = _run_group(trainer, label, stack, params0, cfg.epochs, progress, ckpt_root)
+        else:
+            _, ev = trainer.compiled(True)
+            ps = jax.tree_util.tree_map(lambda a, s=len(members): jnp.stack([a] * s), base_params)
+            loss, acc = trainer.evaluate(ev, ps, stack)
+            hist = {
+                "loss": [np.atleast_1d(loss).tolist()],
+                "accuracy": [np.atleast_1d(acc).tolist()],
+                "step_seconds": [float("nan")],
+            }
+            if cfg.mode == "finetune":
+                _, tuned = _run_group(
+                    trainer,
+                    label + "-finetune",
+                    stack,
+                    base_params,
+                    cfg.finetune_epochs,
+                    progress,
+                    ckpt_root,
+                )
+                for key in hist:
+                    hist[key] += tuned[key]
+        for i, mult in enumerate(members):
+            results["runs"][mult.name] = _summary(hist, i)
+    base = results["runs"]["float32"]
+    for run in results["runs"].values():
+        run["accuracy_change"] = run["test_accuracy"] - base["test_accuracy"]
+    if cfg.out_dir:
+        write_outputs(results, out)
+    return results
+
+
+def _summary(hist, i) -> dict[str, Any]:
+    acc = [a[i] for a in hist["accuracy"]]
+    loss = [v[i] for v in hist["loss"]]
+    secs = [s for s in hist["step_seconds"] if s == s]
+    return {
+        "test_accuracy": acc[-1],
+        "test_loss": loss[-1],
+        "accuracy_curve": acc,
+        "loss_curve": loss,
+        "step_seconds": float(np.median(secs)) if secs else None,
+    }
+
+
+def format_results(results: dict[str, Any]) -> str:
+    head = f"{'multiplier':<22} {'test acc':>9} {'vs f32':>8} {'test loss':>10} {'ms/step':>9}"
+    lines = [head, "-" * len(head)]
+    for name, r in results["runs"].items():
+        ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
+        lines.append(
+            f"{name:<22} {r['test_accuracy']:>9.4f} {r['accuracy_change']:>+8.4f} "
+            f"{r['test_loss']:>10.4f} {ms:>9}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.csv and curves.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "multiplier",
+                "test_accuracy",
+                "accuracy_change",
+                "test_loss",
+                "step_seconds",
+                "model",
+                "dataset",
+                "mode",
+                "epochs",
+                "seed",
+            ]
+        )
+        c = results["config"]
+        for name, r in results["runs"].items():
+            w.writerow(
+                [
+                    name,
+                    r["test_accuracy"],
+                    r["accuracy_change"],
+                    r["test_loss"],
+                    r["step_seconds"],
+                    c["model"],
+                    c["dataset"],
+                    c["mode"],
+                    c["epochs"],
+                    c["seed"],
+                ]
+            )
+    plot_curves(results, out / "curves.png")
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> None:
+    from approxjax.characterize import _pyplot
+
+    plt = _pyplot()
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results["runs"].items():
+        epochs = range(1, len(r["accuracy_curve"]) + 1)
+        style = {"color": "k", "lw": 2} if name == "float32" else {}
+        a0.plot(epochs, r["accuracy_curve"], marker="o", label=name, **style)
+        a1.plot(epochs, r["loss_curve"], marker="o", label=name, **style)
+    c = results["config"]
+    a0.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): test accuracy")
+    a1.set_title("test loss")
+    for ax in (a0, a1):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    a0.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
