@@ -239,7 +239,8 @@ def run_sweep(cfg: SweepConfig, progress=print) -> dict[str, Any]:
             _, hist = _run_group(trainer, label, stack, params0, cfg.epochs, progress, ckpt_root)
         else:
             _, ev = trainer.compiled(True)
-            ps = jax.tree_util.tree_map(lambda a, s=len(members): jnp.stack([a] * s), base_params)
+            count = len(members)
+            ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
             loss, acc = trainer.evaluate(ev, ps, stack)
             hist = {
                 "loss": [np.atleast_1d(loss).tolist()],
