@@ -171,10 +171,7 @@ def format_table(results: Sequence[Characterization]) -> str:
 
 def _pyplot():
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # picks a headless backend when there is no display
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "plots need matplotlib: pip install 'approxjax[plot]' (or matplotlib)"

@@ -1,0 +1,166 @@
+"""Writes the example notebooks and executes them (outputs are committed).
+
+    python notebooks/build_notebooks.py            # full size, writes *.ipynb with outputs
+    APPROXJAX_NOTEBOOK_SMALL=1 pytest tests/test_notebooks.py   # what the tests run
+
+Each notebook reads ``APPROXJAX_NOTEBOOK_SMALL`` to shrink its work.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """import os
+SMALL = bool(os.environ.get("APPROXJAX_NOTEBOOK_SMALL"))
+import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn
+import approxjax as ax"""
+
+NOTEBOOKS = {
+    "01_quickstart": [
+        ("md", "# Quickstart: replace `nn.Dense` by `approxjax.Dense`\n\nA small classifier on "
+               "the bundled 8x8 digits; its Dense layers multiply through Mitchell's logarithmic "
+               "multiplier (m = 7), forward and backward."),
+        ("code", SETUP),
+        ("code", """from approxjax import datasets
+data = datasets.load("digits")
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(ax.Dense(64)(x))        # was nn.Dense(64)
+        return ax.Dense(10)(x)              # was nn.Dense(10)
+
+model = MLP()
+params = model.init(jax.random.key(0), data.x_train[:1])
+opt = optax.adam(3e-3)
+opt_state = opt.init(params)"""),
+        ("code", """@jax.jit
+def train_step(params, opt_state, x, y, multiplier):
+    def loss_fn(p):
+        with ax.using(multiplier):
+            logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+mult = ax.mitchell(7)
+for epoch in range(1 if SMALL else 5):
+    for i in range(0, len(data.x_train) - 63, 64):
+        params, opt_state, loss = train_step(params, opt_state, data.x_train[i:i+64],
+                                             data.y_train[i:i+64], mult)
+    with ax.using(mult):
+        acc = jnp.mean(jnp.argmax(model.apply(params, data.x_test), -1) == data.y_test)
+    print(f"epoch {epoch + 1}: loss {float(loss):.3f}, test accuracy {float(acc):.3f}")"""),
+    ],
+    "02_multiplier_sweep": [
+        ("md", "# A multiplier sweep with `vmap` over lookup tables\n\nOne jitted program trains "
+               "one model per multiplier; every GEMM is one kernel call for all of them."),
+        ("code", SETUP),
+        ("code", """from approxjax import experiment
+cfg = experiment.SweepConfig(model="cnn", dataset="digits", epochs=1 if SMALL else 4,
+                             multipliers=["truncated4", "mitchell4", "mbm4", "drum4", "alm_soa4"],
+                             out_dir="sweep-results", train_limit=256 if SMALL else None)
+results = experiment.run_sweep(cfg, progress=lambda msg: None)
+print(experiment.format_results(results))"""),
+        ("code", """import matplotlib.pyplot as plt
+names = list(results["runs"])
+accs = [results["runs"][n]["test_accuracy"] for n in names]
+plt.figure(figsize=(7, 3))
+plt.bar(names, accs, color=["k"] + ["tab:blue"] * (len(names) - 1))
+plt.ylim(min(accs) - 0.05, 1); plt.ylabel("test accuracy"); plt.xticks(rotation=30)
+plt.title("8x8 digits, m = 4"); plt.tight_layout(); plt.show()"""),
+    ],
+    "03_bring_your_own_multiplier": [
+        ("md", "# Bring your own multiplier from C\n\nA C functional model becomes a lookup "
+               "table (compiled with the system compiler, checked to depend on the mantissas "
+               "alone), is characterized, then trained with."),
+        ("code", SETUP),
+        ("code", """source = r'''
+#include <math.h>
+/* truncate both significands to 4 fraction bits, multiply, then drop the
+   product's lowest bits: a made-up narrow multiplier */
+float my_mul(float a, float b) {
+  int ea, eb;
+  float fa = frexpf(fabsf(a), &ea) * 2.0f, fb = frexpf(fabsf(b), &eb) * 2.0f;
+  fa = floorf(fa * 16.0f) / 16.0f;  fb = floorf(fb * 16.0f) / 16.0f;
+  float p = floorf(fa * fb * 32.0f) / 32.0f;
+  float r = ldexpf(p, ea + eb - 2);
+  return (a < 0) != (b < 0) ? -r : r;
+}
+'''
+mult = ax.from_c(source, "my_mul", 4)
+print(ax.characterize(mult))
+fig = ax.plot_errors(mult)"""),
+        ("code", """from approxjax import experiment
+ax.save_lut(mult, "my_mul4.npz")
+cfg = experiment.SweepConfig(model="mlp", multipliers=["my_mul4.npz", "truncated4"],
+                             epochs=1 if SMALL else 3, out_dir="", train_limit=256 if SMALL else None)
+print(experiment.format_results(experiment.run_sweep(cfg, progress=lambda m: None)))"""),
+    ],
+    "04_transformer_attention": [
+        ("md", "# A transformer with approximate attention\n\nA character-level language model "
+               "on a text that ships with Python; the projections *and* the query-key and "
+               "attention-value products go through the multiplier."),
+        ("code", SETUP),
+        ("code", """from approxjax import datasets, networks
+data = datasets.load_text(context=32)
+model = networks.CharTransformer(vocab=data.num_classes, dim=32, heads=2, layers=1)
+params = model.init(jax.random.key(0), data.x_train[:1])
+report = []
+ax.approximate(model.apply, ax.mbm(7), report=report)(params, data.x_train[:2])
+for r in report:
+    print(f"{r.index:2d} {r.kind:22s} {r.path}")"""),
+        ("code", """opt = optax.adam(3e-3)
+
+@jax.jit
+def step(params, opt_state, x, y, mult):
+    def loss_fn(p):
+        with ax.using(mult):
+            logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, g = jax.value_and_grad(loss_fn)(params)
+    u, opt_state = opt.update(g, opt_state, params)
+    return optax.apply_updates(params, u), opt_state, loss
+
+for mult in (None, ax.mbm(7)):
+    p, o = params, opt.init(params)
+    for i in range(20 if SMALL else 300):
+        b = (i * 32) % (len(data.x_train) - 32)
+        p, o, loss = step(p, o, data.x_train[b:b+32], data.y_train[b:b+32], mult)
+    print(f"{'float32' if mult is None else mult.name}: training loss {float(loss):.3f}")"""),
+    ],
+}
+
+
+def build(name: str, cells, execute: bool = True, timeout: int = 600) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    for kind, text in cells:
+        nb.cells.append(
+            nbformat.v4.new_markdown_cell(text) if kind == "md" else nbformat.v4.new_code_cell(text)
+        )
+    if execute:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    return nb
+
+
+def main(argv=None) -> int:
+    names = (argv or sys.argv[1:]) or list(NOTEBOOKS)
+    for name in names:
+        nb = build(name, NOTEBOOKS[name])
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+        print(f"wrote {name}.ipynb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
