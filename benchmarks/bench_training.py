@@ -1,0 +1,91 @@
+"""A full training step (forward, backward, optax update) under mitchell(7) vs plain float32.
+
+Usage: python benchmarks/bench_training.py [--record] [--repeats N]
+
+Models from approxjax.networks at batch 128: LeNet-5 on 28x28x1, ResNet-8 on
+32x32x3. The float32 step is the same model with no multiplier (XLA's own
+dot and convolution), measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import approxjax as ax
+from approxjax import networks
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gemm import _commit, _machine  # noqa: E402
+
+
+def _step_time(model, x, y, multiplier, repeats):
+    params = model.init(jax.random.key(0), x[:2])
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss_fn(p):
+            with ax.using(multiplier):
+                logits = model.apply(p, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, g = jax.value_and_grad(loss_fn)(params)
+        u, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, u), opt_state, loss
+
+    params, opt_state, loss = step(params, opt_state)
+    jax.block_until_ready(loss)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        params, opt_state, loss = step(params, opt_state)
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    cases = [
+        ("LeNet-5, 28x28x1, batch 128", networks.LeNet5(10), (128, 28, 28, 1)),
+        ("ResNet-8, 32x32x3, batch 128", networks.ResNet(10, depth=8), (128, 32, 32, 3)),
+    ]
+    rows = []
+    print(f"{'model':<32} {'approx ms':>10} {'float32 ms':>11} {'ratio':>7}", flush=True)
+    for label, model, shape in cases:
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        y = jnp.asarray(rng.integers(0, 10, shape[0]), jnp.int32)
+        native = _step_time(model, x, y, None, args.repeats)
+        approx = _step_time(model, x, y, ax.mitchell(7), args.repeats)
+        rows.append((label, approx, native))
+        print(f"{label:<32} {approx:>10.1f} {native:>11.1f} {approx / native:>7.2f}", flush=True)
+    if args.record:
+        path = Path(__file__).with_name("RESULTS.md")
+        with path.open("a") as f:
+            f.write(f"\n### bench_training.py, {datetime.date.today()}, commit {_commit()}\n")
+            f.write(f"Machine: {_machine()}; jax {jax.__version__}. Training step (forward, "
+                    "backward, Adam) under mitchell(7) vs the same model in float32.\n\n")
+            f.write("| model | approx ms | float32 ms | ratio |\n|---|---|---|---|\n")
+            for label, a, n in rows:
+                f.write(f"| {label} | {a:.1f} | {n:.1f} | {a / n:.2f} |\n")
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
