@@ -56,9 +56,11 @@ def _load_multiplier(spec: str) -> Multiplier:
         return lut_files.load_lut(spec)
     if spec.endswith(".bin"):
         return lut_files.load_approxtrain(spec)
-    if spec.endswith((".c", ".cc", ".cpp")) and "@" in spec:
-        path, _, rest = spec.partition("@")
+    path, at, rest = spec.partition("@")
+    if at and path.endswith((".c", ".cc", ".cpp", ".cxx")):
         function, _, m = rest.partition(":")
+        if not m.isdigit():
+            raise ValueError(f"C model spec {spec!r} must be file.c@function:m")
         return models.from_c(path, function, int(m))
     return multipliers.get(spec)
 
