@@ -78,8 +78,10 @@ def main(argv=None) -> int:
         path = Path(__file__).with_name("RESULTS.md")
         with path.open("a") as f:
             f.write(f"\n### bench_training.py, {datetime.date.today()}, commit {_commit()}\n")
-            f.write(f"Machine: {_machine()}; jax {jax.__version__}. Training step (forward, "
-                    "backward, Adam) under mitchell(7) vs the same model in float32.\n\n")
+            f.write(
+                f"Machine: {_machine()}; jax {jax.__version__}. Training step (forward, "
+                "backward, Adam) under mitchell(7) vs the same model in float32.\n\n"
+            )
             f.write("| model | approx ms | float32 ms | ratio |\n|---|---|---|---|\n")
             for label, a, n in rows:
                 f.write(f"| {label} | {a:.1f} | {n:.1f} | {a / n:.2f} |\n")
