@@ -18,17 +18,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _multiplier_from_spec(spec: str, m: int | None):
-    """A catalog name (mitchell7), an .npz LUT file or an ApproxTrain .bin file."""
-    import approxjax as ax
-
-    if spec.endswith(".npz"):
-        return ax.load_lut(spec)
-    if spec.endswith(".bin"):
-        return ax.load_approxtrain(spec)
-    return ax.get(spec, m)
-
-
 def _lut_build(args: argparse.Namespace) -> int:
     import approxjax as ax
 
@@ -48,8 +37,9 @@ def _lut_build(args: argparse.Namespace) -> int:
 
 def _lut_info(args: argparse.Namespace) -> int:
     import approxjax as ax
+    from approxjax import experiment
 
-    mult = _multiplier_from_spec(args.file, None)
+    mult = experiment.load_multiplier(args.file)
     for key, value in sorted(mult.metadata.items()):
         print(f"{key:>18}: {value}")
     print(ax.characterize(mult))
@@ -58,10 +48,11 @@ def _lut_info(args: argparse.Namespace) -> int:
 
 def _characterize(args: argparse.Namespace) -> int:
     import approxjax as ax
+    from approxjax import experiment
 
     results = []
     for spec in args.multipliers:
-        mult = _multiplier_from_spec(spec, args.mantissa_bits)
+        mult = experiment.load_multiplier(spec, args.mantissa_bits)
         results.append(ax.characterize(mult))
         if args.plot:
             path = args.plot

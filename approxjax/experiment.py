@@ -49,7 +49,9 @@ class SweepConfig:
     resume: bool = False
 
 
-def _load_multiplier(spec: str) -> Multiplier:
+def load_multiplier(spec: str, m: int | None = None) -> Multiplier:
+    """A multiplier from a spec: a catalog name (``mitchell7``, or ``mitchell`` with ``m``),
+    an ``.npz`` LUT file, an ApproxTrain ``.bin`` file, or ``model.c@function:m``."""
     from approxjax import lut_files, models
 
     if spec.endswith(".npz"):
@@ -62,7 +64,7 @@ def _load_multiplier(spec: str) -> Multiplier:
         if not m.isdigit():
             raise ValueError(f"C model spec {spec!r} must be file.c@function:m")
         return models.from_c(path, function, int(m))
-    return multipliers.get(spec)
+    return multipliers.get(spec, m)
 
 
 def _policy(cfg: SweepConfig, mult: Multiplier | None) -> Policy | None:
@@ -151,7 +153,7 @@ def _run_group(trainer, label, mult, params0, epochs, progress, ckpt_root, histo
     steps = max(n // cfg.batch_size, 1)
     for epoch in range(start, epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(n)
-        t_steps, t0 = [], None
+        t_steps = []
         for i in range(steps):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             t = time.perf_counter()
@@ -159,9 +161,8 @@ def _run_group(trainer, label, mult, params0, epochs, progress, ckpt_root, histo
                 params, opt_state, data.x_train[idx], data.y_train[idx], mult
             )
             jax.block_until_ready(loss)
-            if t0 is not None or epoch > 0 or i > 0:  # skip the compiling first step
+            if epoch > 0 or i > 0:  # skip the compiling first step
                 t_steps.append(time.perf_counter() - t)
-            t0 = t
             if (i + 1) % max(steps // 4, 1) == 0:
                 progress(
                     f"{label}: epoch {epoch + 1}/{epochs} step {i + 1}/{steps} "
@@ -212,7 +213,7 @@ def run_sweep(cfg: SweepConfig, progress=print) -> dict[str, Any]:
         raise ValueError(f"mode must be train, inference or finetune; got {cfg.mode!r}")
     data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed)
     model = networks.build(cfg.model, data.num_classes)
-    mults = [_load_multiplier(s) for s in cfg.multipliers]
+    mults = [load_multiplier(s) for s in cfg.multipliers]
     groups: dict[int, list[Multiplier]] = {}
     for m in mults:
         groups.setdefault(m.mantissa_bits, []).append(m)

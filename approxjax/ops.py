@@ -29,6 +29,7 @@ from jax import lax
 
 from approxjax import _ffi
 from approxjax.multipliers import Multiplier
+from approxjax.policy import _check_choice
 
 GradMultiplier = Multiplier | None | Literal["forward"]
 
@@ -48,17 +49,12 @@ def _check_operand(name: str, x: Any) -> jax.Array:
 
 
 def _check_multiplier(name: str, value: Any, allow_forward: bool) -> None:
-    if value is None or isinstance(value, Multiplier):
-        if isinstance(value, Multiplier) and value.lut.ndim != 2:
-            raise ValueError(
-                f"{name} is a stack of multipliers {value.batch_shape}; map over it with "
-                "jax.vmap (in_axes=0) so each call sees one table"
-            )
-        return
-    if allow_forward and isinstance(value, str) and value == "forward":
-        return
-    expected = "a Multiplier, None (exact)" + (" or 'forward'" if allow_forward else "")
-    raise TypeError(f"{name} must be {expected}; got {value!r}")
+    _check_choice(name, value, allow_forward)
+    if isinstance(value, Multiplier) and value.lut.ndim != 2:
+        raise ValueError(
+            f"{name} is a stack of multipliers {value.batch_shape}; map over it with "
+            "jax.vmap (in_axes=0) so each call sees one table"
+        )
 
 
 def _check_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers):

@@ -66,7 +66,7 @@ class GemmMultipliers:
 def _check_choice(name: str, value: Any, allow_forward: bool) -> None:
     if value is None or isinstance(value, Multiplier):
         return
-    if allow_forward and value == FORWARD:
+    if allow_forward and isinstance(value, str) and value == FORWARD:
         return
     raise TypeError(
         f"{name} must be a Multiplier, None (exact)"

@@ -196,9 +196,9 @@ def test_sweep_modes_match_separate_runs(tmp_path):
 
 def test_sweep_multiplier_specs(tmp_path):
     luts = __import__("pathlib").Path(__file__).resolve().parents[1] / "luts"
-    mult = experiment._load_multiplier(f"{luts / 'mitchell.c'}@mitchell_mul:3")
+    mult = experiment.load_multiplier(f"{luts / 'mitchell.c'}@mitchell_mul:3")
     np.testing.assert_array_equal(mult.lut, ax.mitchell(3).lut)
     path = ax.save_lut(ax.mbm(4), tmp_path / "mbm4.npz")
-    assert experiment._load_multiplier(str(path)).name == "mbm4"
+    assert experiment.load_multiplier(str(path)).name == "mbm4"
     with pytest.raises(ValueError, match="unknown multiplier 'booth7'"):
-        experiment._load_multiplier("booth7")
+        experiment.load_multiplier("booth7")

@@ -65,7 +65,6 @@ AlignedArray<T> AllocateAligned(int64_t n) {
 
 // A batch of matrices laid out [lead..., rows, cols] with broadcasting.
 struct Operand {
-  const float* data;
   std::vector<int64_t> lead_stride;  // per leading dim, 0 where broadcast
   int64_t matrix_count;              // product of its leading dims
 };
