@@ -88,6 +88,7 @@ def _sweep(args: argparse.Namespace) -> int:
         train_limit=args.train_limit,
         out_dir=args.out,
         resume=args.resume,
+        mesh=args.mesh,
     )
     results = experiment.run_sweep(cfg, progress=lambda msg: print(msg, flush=True))
     print(experiment.format_results(results))
@@ -188,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--train-limit", type=int, help="use only this many training examples")
     sweep.add_argument("--out", default="approxjax-results", help="output folder")
     sweep.add_argument("--resume", action="store_true", help="continue from checkpoints in --out")
+    sweep.add_argument(
+        "--mesh",
+        default="auto",
+        help="devices to use: 'auto' (every visible device on the data axis when the batch "
+        "splits evenly), 'none' (one device), or axis sizes like 'sweep=4,data=2' "
+        "(multiplier stacks split over sweep, batches over data)",
+    )
     sweep.set_defaults(func=_sweep)
 
     report = sub.add_parser("report", help="re-render the table and plots of a results.json")

@@ -9,6 +9,12 @@ JAX's FFI leaves open live in one place:
   over S instead of copying them S times. The kernels broadcast numpy-style
   over all leading dimensions, so nested ``vmap`` works too.
 * attributes are cast to the exact C++ types the handlers bind.
+* each call is a JAX primitive of its own (``approxjax_gemm``,
+  ``approxjax_multiply``) whose batching rule is the ``expand_dims`` above and
+  whose lowering wraps the FFI call in the partitioning rules of
+  :mod:`approxjax._partition`, so ``jit`` over sharded operands runs it on
+  local shards, and whose type carries the varying manual axes of its operands
+  so it works inside ``shard_map``;
 * the CPU module always registers; the CUDA module registers when it was
   built, and asking for a GPU without it raises an error that says how to
   build it.
@@ -16,10 +22,17 @@ JAX's FFI leaves open live in one place:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax._src import dispatch  # the one private name used: see the lowering below
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from approxjax import _approxjax_cpu
+from approxjax import _approxjax_cpu, _partition
 
 try:  # The CUDA extension is optional (CMake option APPROXJAX_CUDA).
     from approxjax import _approxjax_cuda  # type: ignore[attr-defined]
@@ -59,6 +72,158 @@ def _check_backend() -> None:
         raise RuntimeError(CUDA_BUILD_HINT)
 
 
+def _local_result(operand, shape):
+    """The FFI call's result type: per device, with the operand's varying manual axes."""
+    aval = jax.typeof(operand)
+    if aval.mat.varying:
+        sharding = NamedSharding(aval.sharding.mesh, PartitionSpec())
+        return jax.ShapeDtypeStruct(
+            shape, jnp.float32, sharding=sharding, manual_axis_type=aval.mat
+        )
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def _raw_gemm(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
+    m_rows = lhs.shape[-1] if transpose_lhs else lhs.shape[-2]
+    n_cols = rhs.shape[-2] if transpose_rhs else rhs.shape[-1]
+    lead = np.broadcast_shapes(lhs.shape[:-2], rhs.shape[:-2], lut.shape[:-2])
+    out = _local_result(lhs, (*lead, m_rows, n_cols))
+    call = jax.ffi.ffi_call(GEMM_TARGET, out)
+    return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
+
+
+def _raw_multiply(a, b, lut):
+    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], lut.shape[:-2])
+    out = _local_result(a, (*lead, a.shape[-1]))
+    return jax.ffi.ffi_call(MULTIPLY_TARGET, out)(a, b, lut)
+
+
+gemm_p = Primitive("approxjax_gemm")
+multiply_p = Primitive("approxjax_multiply")
+
+
+def _gemm_shape(lhs, rhs, lut, transpose_lhs, transpose_rhs):
+    lead = np.broadcast_shapes(lhs.shape[:-2], rhs.shape[:-2], lut.shape[:-2])
+    m_rows = lhs.shape[-1] if transpose_lhs else lhs.shape[-2]
+    n_cols = rhs.shape[-2] if transpose_rhs else rhs.shape[-1]
+    return (*lead, m_rows, n_cols)
+
+
+_GEMM_RULE = dict(replicated=("l1", "l2"), reduced=("k",))
+_MULTIPLY_RULE = dict(replicated=("l1", "l2"), reduced=())
+
+
+def _gemm_core(transpose_lhs, transpose_rhs):
+    lhs_core = ("k", "m") if transpose_lhs else ("m", "k")
+    rhs_core = ("n", "k") if transpose_rhs else ("k", "n")
+    return (lhs_core, rhs_core, ("l1", "l2"), ("m", "n"))
+
+
+_MULTIPLY_CORE = (("e",), ("e",), ("l1", "l2"), ("e",))
+
+
+def _result_aval(avals, shape, core, rule):
+    """float32 result typed like JAX's own ops: varying manual axes, and a sharding
+    that follows the partitioning rule where the mesh's axes are explicit."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = PartitionSpec()
+    if not mesh.empty and any(t == AxisType.Explicit for t in mesh.axis_types):
+        spec = _partition.result_spec(
+            [a.shape for a in avals], shape, core, [a.sharding.spec for a in avals], **rule
+        )
+    return jax.core.ShapedArray(
+        shape, jnp.float32, sharding=NamedSharding(mesh, spec), manual_axis_type=avals[0].mat
+    )
+
+
+def _gemm_abstract(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
+    shape = _gemm_shape(lhs, rhs, lut, transpose_lhs, transpose_rhs)
+    core = _gemm_core(transpose_lhs, transpose_rhs)
+    return _result_aval((lhs, rhs, lut), shape, core, _GEMM_RULE)
+
+
+def _multiply_abstract(a, b, lut):
+    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], lut.shape[:-2])
+    return _result_aval((a, b, lut), (*lead, a.shape[-1]), _MULTIPLY_CORE, _MULTIPLY_RULE)
+
+
+gemm_p.def_abstract_eval(_gemm_abstract)
+multiply_p.def_abstract_eval(_multiply_abstract)
+# Eager calls compile the primitive on its own, as JAX does for its own ops.
+gemm_p.def_impl(jax.jit(gemm_p.bind, static_argnames=("transpose_lhs", "transpose_rhs")))
+multiply_p.def_impl(jax.jit(multiply_p.bind))
+
+
+def _expand_dims_rule(prim):
+    """vmap: a mapped operand brings its axis to the front, others get a size-1 axis."""
+
+    def rule(args, dims, **params):
+        moved = [
+            jnp.expand_dims(x, 0) if d is None else jnp.moveaxis(x, d, 0)
+            for x, d in zip(args, dims, strict=True)
+        ]
+        return prim.bind(*moved, **params), 0
+
+    return rule
+
+
+batching.primitive_batchers[gemm_p] = _expand_dims_rule(gemm_p)
+batching.primitive_batchers[multiply_p] = _expand_dims_rule(multiply_p)
+
+
+@functools.lru_cache(maxsize=1024)
+def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs):
+    out = _gemm_shape(*(np.empty(s, np.bool_) for s in shapes), transpose_lhs, transpose_rhs)
+
+    def impl(lhs, rhs, lut):
+        return _raw_gemm(lhs, rhs, lut, transpose_lhs=transpose_lhs, transpose_rhs=transpose_rhs)
+
+    return _partition.partitioned(
+        impl,
+        shapes,
+        out,
+        _gemm_core(transpose_lhs, transpose_rhs),
+        **_GEMM_RULE,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _partitioned_multiply(shapes):
+    lead = np.broadcast_shapes(shapes[0][:-1], shapes[1][:-1], shapes[2][:-2])
+    return _partition.partitioned(
+        _raw_multiply,
+        shapes,
+        (*lead, shapes[0][-1]),
+        _MULTIPLY_CORE,
+        **_MULTIPLY_RULE,
+    )
+
+
+def _gemm_lowering(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
+    shapes = (lhs.shape, rhs.shape, lut.shape)
+    return _partitioned_gemm(shapes, transpose_lhs, transpose_rhs)(lhs, rhs, lut)
+
+
+def _multiply_lowering(a, b, lut):
+    return _partitioned_multiply((a.shape, b.shape, lut.shape))(a, b, lut)
+
+
+# Like custom_partitioning's own primitive, ours need the device assignment while lowering.
+dispatch.prim_requires_devices_during_lowering.update((gemm_p, multiply_p))
+mlir.register_lowering(gemm_p, mlir.lower_fun(_gemm_lowering, multiple_results=False))
+mlir.register_lowering(multiply_p, mlir.lower_fun(_multiply_lowering, multiple_results=False))
+
+
+def same_varying_axes(*xs):
+    """Cast operands to the union of their varying manual axes (inside shard_map)."""
+    varying = [jax.typeof(x).mat.varying for x in xs]
+    union = frozenset().union(*varying)
+    return [
+        x if v == union else jax.lax.pcast(x, tuple(sorted(union - v)), to="varying")
+        for x, v in zip(xs, varying, strict=True)
+    ]
+
+
 def gemm(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -78,12 +243,10 @@ def gemm(
       float32 ``(G, M, N)``.
     """
     _check_backend()
-    g = lhs.shape[0]
-    m_rows = lhs.shape[2] if transpose_lhs else lhs.shape[1]
-    n_cols = rhs.shape[1] if transpose_rhs else rhs.shape[2]
-    out = jax.ShapeDtypeStruct((g, m_rows, n_cols), jnp.float32)
-    call = jax.ffi.ffi_call(GEMM_TARGET, out, vmap_method="expand_dims")
-    return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
+    lhs, rhs, lut = same_varying_axes(lhs, rhs, lut)
+    return gemm_p.bind(
+        lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs)
+    )
 
 
 def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:
@@ -92,6 +255,4 @@ def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:
     ``lut`` has shape ``(2**m, 2**m)``.
     """
     _check_backend()
-    out = jax.ShapeDtypeStruct(a.shape, jnp.float32)
-    call = jax.ffi.ffi_call(MULTIPLY_TARGET, out, vmap_method="expand_dims")
-    return call(a, b, lut)
+    return multiply_p.bind(*same_varying_axes(a, b, lut))

@@ -47,6 +47,80 @@ class SweepConfig:
     train_limit: int | None = None
     out_dir: str = "approxjax-results"
     resume: bool = False
+    mesh: str = "auto"  # "auto", "none", or e.g. "sweep=4,data=2"
+
+
+MESH_AXES = ("sweep", "data")
+
+
+def parse_mesh(spec: str, n_devices: int, batch_size: int) -> dict[str, int]:
+    """Mesh axis sizes from ``spec``: ``"sweep=4,data=2"``, ``"auto"`` or ``"none"``.
+
+    ``auto`` puts every visible device on the data axis when the batch divides
+    evenly, and uses one device otherwise; ``none`` uses one device.
+    """
+    if spec == "none" or n_devices == 1:
+        return {"sweep": 1, "data": 1}
+    if spec == "auto":
+        data = n_devices if batch_size % n_devices == 0 else 1
+        return {"sweep": 1, "data": data}
+    sizes = {"sweep": 1, "data": 1}
+    for part in spec.split(","):
+        name, eq, value = part.strip().partition("=")
+        if name not in MESH_AXES or not eq or not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"mesh spec {spec!r}: each part must be sweep=N or data=N with N >= 1; got {part!r}"
+            )
+        sizes[name] = int(value)
+    used = sizes["sweep"] * sizes["data"]
+    if used > n_devices:
+        raise ValueError(
+            f"mesh {spec!r} needs {used} devices; {n_devices} are visible "
+            "(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)"
+        )
+    if batch_size % sizes["data"]:
+        raise ValueError(
+            f"batch size {batch_size} does not split over data={sizes['data']} devices"
+        )
+    return sizes
+
+
+class _Placement:
+    """Where a group's arrays live: stacked state and tables split over ``sweep``,
+    batches over ``data``, everything else replicated; XLA partitions the step."""
+
+    def __init__(self, sizes: dict[str, int]):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        n = sizes["sweep"] * sizes["data"]
+        devices = np.asarray(jax.devices()[:n]).reshape(sizes["sweep"], sizes["data"])
+        self.sizes = sizes
+        self.mesh = Mesh(devices, MESH_AXES)
+        self._named = lambda *spec: NamedSharding(self.mesh, PartitionSpec(*spec))
+
+    def sweep_axis(self, count: int | None) -> str | None:
+        """The sweep axis for a stack of ``count`` (None: not stacked), if it splits evenly."""
+        if count is None or self.sizes["sweep"] == 1 or count % self.sizes["sweep"]:
+            return None
+        return "sweep"
+
+    def state(self, tree, axis: str | None):
+        return jax.device_put(tree, self._named(axis) if axis else self._named())
+
+    def batch(self, array):
+        data = self.sizes["data"]
+        if data > 1 and len(array) % data == 0:
+            return jax.device_put(array, self._named("data"))
+        return jax.device_put(array, self._named())
+
+    def describe(self) -> str:
+        s, d = self.sizes["sweep"], self.sizes["data"]
+        kind = jax.devices()[0].platform
+        return (
+            f"mesh sweep={s} x data={d} over {s * d} of {jax.device_count()} {kind} device(s) "
+            f"({jax.process_count()} process(es)): multiplier stacks split over sweep, "
+            f"batches over data"
+        )
 
 
 def load_multiplier(spec: str, m: int | None = None) -> Multiplier:
@@ -87,8 +161,8 @@ def _policy(cfg: SweepConfig, mult: Multiplier | None) -> Policy | None:
 
 
 class _Trainer:
-    def __init__(self, cfg: SweepConfig, model, data: datasets.Dataset):
-        self.cfg, self.model, self.data = cfg, model, data
+    def __init__(self, cfg: SweepConfig, model, data: datasets.Dataset, placement: _Placement):
+        self.cfg, self.model, self.data, self.placement = cfg, model, data, placement
         self.opt = optax.adam(cfg.learning_rate)
 
         def loss_fn(params, x, y, mult):
@@ -116,7 +190,8 @@ class _Trainer:
         bs = max(self.cfg.batch_size, 256)
         losses, accs, weights = [], [], []
         for i in range(0, len(x), bs):
-            loss, acc = ev(params, x[i : i + bs], y[i : i + bs], mult)
+            xb, yb = self.placement.batch(x[i : i + bs]), self.placement.batch(y[i : i + bs])
+            loss, acc = ev(params, xb, yb, mult)
             losses.append(np.asarray(loss))
             accs.append(np.asarray(acc))
             weights.append(len(x[i : i + bs]))
@@ -132,12 +207,20 @@ def _checkpointer():
 
 def _run_group(trainer, label, mult, params0, epochs, progress, ckpt_root, history0=None):
     """Trains one group (float32, or a stack of same-m multipliers) for `epochs`."""
-    cfg, data = trainer.cfg, trainer.data
+    cfg, data, place = trainer.cfg, trainer.data, trainer.placement
     stacked = mult is not None
     s = len(mult) if stacked else 1
     step, ev = trainer.compiled(stacked)
     params = jax.tree_util.tree_map(lambda a: jnp.stack([a] * s), params0) if stacked else params0
     opt_state = jax.vmap(trainer.opt.init)(params) if stacked else trainer.opt.init(params)
+    axis = place.sweep_axis(s if stacked else None)
+    if stacked and place.sizes["sweep"] > 1 and axis is None:
+        progress(
+            f"{label}: {s} multipliers do not split over sweep={place.sizes['sweep']}; "
+            "replicating the stack"
+        )
+    params, opt_state = place.state(params, axis), place.state(opt_state, axis)
+    mult = place.state(mult, axis) if stacked else None
     history = history0 or {"loss": [], "accuracy": [], "step_seconds": []}
     ckpt_dir = ckpt_root / label
     start = 0
@@ -158,7 +241,11 @@ def _run_group(trainer, label, mult, params0, epochs, progress, ckpt_root, histo
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             t = time.perf_counter()
             params, opt_state, loss = step(
-                params, opt_state, data.x_train[idx], data.y_train[idx], mult
+                params,
+                opt_state,
+                place.batch(data.x_train[idx]),
+                place.batch(data.y_train[idx]),
+                mult,
             )
             jax.block_until_ready(loss)
             if epoch > 0 or i > 0:  # skip the compiling first step
@@ -218,16 +305,18 @@ def run_sweep(cfg: SweepConfig, progress=print) -> dict[str, Any]:
     for m in mults:
         groups.setdefault(m.mantissa_bits, []).append(m)
     params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
-    trainer = _Trainer(cfg, model, data)
+    placement = _Placement(parse_mesh(cfg.mesh, jax.device_count(), cfg.batch_size))
+    trainer = _Trainer(cfg, model, data, placement)
     out = Path(cfg.out_dir)
     ckpt_root = (out / "checkpoints").resolve()
     progress(
         f"sweep: {cfg.model} on {data.name} ({len(data.x_train)} train, "
         f"{len(data.x_test)} test), mode {cfg.mode}, {len(mults)} multipliers in "
-        f"{len(groups)} vmapped group(s)"
+        f"{len(groups)} vmapped group(s); {placement.describe()}"
     )
     results: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
+        "mesh": placement.sizes,
         "versions": _versions(),
         "runs": {},
     }
@@ -244,7 +333,9 @@ def run_sweep(cfg: SweepConfig, progress=print) -> dict[str, Any]:
             _, ev = trainer.compiled(True)
             count = len(members)
             ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
-            loss, acc = trainer.evaluate(ev, ps, stack)
+            axis = placement.sweep_axis(count)
+            ps, placed = placement.state(ps, axis), placement.state(stack, axis)
+            loss, acc = trainer.evaluate(ev, ps, placed)
             hist = {
                 "loss": [np.atleast_1d(loss).tolist()],
                 "accuracy": [np.atleast_1d(acc).tolist()],

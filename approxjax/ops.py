@@ -221,6 +221,9 @@ def dot_general(
     k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
     a = jnp.transpose(lhs.astype(jnp.float32), lb + lf + lc).reshape(g, m, k)
     b = jnp.transpose(rhs.astype(jnp.float32), rb + rc + rf).reshape(g, k, n)
+    # Inside shard_map, a replicated operand joins the others' varying axes here,
+    # outside the custom_vjp, so JAX's AD sums its cotangent over those axes.
+    a, b = _ffi.same_varying_axes(a, b)
     out = _approx_bmm(config, a, b, (multiplier.lut, ig_lut, wg_lut))
     return out.reshape(batch + lfree + rfree).astype(out_dtype)
 
@@ -257,4 +260,5 @@ def multiply(a: jax.Array, b: jax.Array, multiplier: Multiplier | None) -> jax.A
     shape = jnp.broadcast_shapes(a.shape, b.shape)
     fa = jnp.broadcast_to(a.astype(jnp.float32), shape).reshape(-1)
     fb = jnp.broadcast_to(b.astype(jnp.float32), shape).reshape(-1)
+    fa, fb = _ffi.same_varying_axes(fa, fb)
     return _approx_multiply(fa, fb, multiplier.lut).reshape(shape).astype(out_dtype)

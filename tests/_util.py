@@ -13,3 +13,24 @@ def random_nonzero(rng, shape, dtype=np.float32, scale=1.0):
 def bits(x):
     """float32 bit patterns, for bit-exact comparison (NaNs included)."""
     return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+def train_step(model, opt):
+    """A plain Flax + optax training step under ``approxjax.using(mult)``:
+    ``step(params, opt_state, x, y, mult) -> (params, opt_state, loss, logits)``."""
+    import jax
+    import optax
+
+    import approxjax as ax
+
+    def step(params, opt_state, xb, yb, mult):
+        def loss_fn(p):
+            with ax.using(mult):
+                logits = model.apply(p, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, logits
+
+    return step
