@@ -88,7 +88,10 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, kernel variant {ax.cpu_kernel_variant()}"
+    host = f"{cpu}, {os.cpu_count()} cores, kernel variant {ax.cpu_kernel_variant()}"
+    if jax.default_backend() == "gpu":
+        return f"{jax.devices()[0].device_kind} (host: {host})"
+    return host
 
 
 def _commit() -> str:

@@ -123,6 +123,11 @@ def test_traced_bad_table_is_an_ffi_error_not_a_crash():
     def f(t):
         return ax.dot_general(A, B, DN, multiplier=ax.Multiplier(t))
 
+    if jax.default_backend() == "gpu":
+        # The GPU checks tables on the device without stopping the stream: the
+        # outputs of a bad table are NaN (documented), never silently finite.
+        assert bool(jnp.all(jnp.isnan(f(bad))))
+        return
     with pytest.raises(Exception, match="lut entries must be finite and >= \\+0.0"):
         jax.block_until_ready(f(bad))
 

@@ -36,6 +36,7 @@
 
 #include "approx_multiply.h"
 #include "gemm_kernels.h"
+#include "shapes.h"
 
 namespace ffi = xla::ffi;
 
@@ -62,12 +63,6 @@ AlignedArray<T> AllocateAligned(int64_t n) {
   if (p == nullptr) throw std::bad_alloc();
   return AlignedArray<T>(static_cast<T*>(p));
 }
-
-// A batch of matrices laid out [lead..., rows, cols] with broadcasting.
-struct Operand {
-  std::vector<int64_t> lead_stride;  // per leading dim, 0 where broadcast
-  int64_t matrix_count;              // product of its leading dims
-};
 
 // Output batch elements that read the same operand matrices (and differ only
 // in their table): computed together so they share packing.
@@ -243,49 +238,6 @@ ffi::Future Done() {
   return future;
 }
 
-std::string DimsString(ffi::Span<const int64_t> dims) {
-  std::string s = "(";
-  for (size_t i = 0; i < dims.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(dims[i]);
-  }
-  return s + (dims.size() == 1 ? ",)" : ")");
-}
-
-// Leading-dimension strides (in matrices) of one operand against out_lead.
-ffi::Error LeadStrides(const char* name, ffi::Span<const int64_t> dims,
-                       const std::vector<int64_t>& out_lead, Operand* op) {
-  const size_t lead = out_lead.size();
-  op->lead_stride.assign(lead, 0);
-  int64_t stride = 1;
-  for (int d = static_cast<int>(lead) - 1; d >= 0; --d) {
-    const int64_t size = dims[d];
-    if (size != 1 && size != out_lead[d]) {
-      return ffi::Error::InvalidArgument(
-          std::string("approxjax_gemm: ") + name + " shape " +
-          DimsString(dims) + " does not broadcast to the output's batch");
-    }
-    op->lead_stride[d] = size == 1 ? 0 : stride;
-    stride *= size;
-  }
-  op->matrix_count = stride;
-  return ffi::Error::Success();
-}
-
-// Matrix offsets of batch element g in three broadcast operands.
-void BatchOffsets(int64_t g, const std::vector<int64_t>& lead, const Operand& x,
-                  const Operand& y, const Operand& z, int64_t* ox, int64_t* oy,
-                  int64_t* oz) {
-  *ox = *oy = *oz = 0;
-  for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
-    const int64_t i = g % lead[d];
-    g /= lead[d];
-    *ox += i * x.lead_stride[d];
-    *oy += i * y.lead_stride[d];
-    *oz += i * z.lead_stride[d];
-  }
-}
-
 // Scans tables for invalid entries and returns the regular exponent range.
 ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
                       int m, int* range) {
@@ -343,51 +295,27 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                            ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
                            ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
                            bool transpose_rhs) {
-  auto ld = lhs.dimensions(), rd = rhs.dimensions(), lud = lut.dimensions(),
-       od = out->dimensions();
-  const size_t rank = od.size();
-  if (rank < 2 || ld.size() != rank || rd.size() != rank ||
-      lud.size() != rank) {
-    return Failed(ffi::Error::InvalidArgument(
-        "approxjax_gemm: lhs, rhs, lut and out must have one rank >= 2; got " +
-        DimsString(ld) + ", " + DimsString(rd) + ", " + DimsString(lud) +
-        ", " + DimsString(od)));
-  }
   auto state = std::make_shared<SharedState>();
   Problem& p = state->problem;
+  BatchShape shape;
+  if (auto e = CheckGemm(lhs.dimensions(), rhs.dimensions(), lut.dimensions(),
+                         out->dimensions(), transpose_lhs, transpose_rhs,
+                         &shape);
+      e.failure()) {
+    return Failed(e);
+  }
   p.transpose_lhs = transpose_lhs;
   p.transpose_rhs = transpose_rhs;
-  p.m_rows = transpose_lhs ? ld[rank - 1] : ld[rank - 2];
-  p.depth = transpose_lhs ? ld[rank - 2] : ld[rank - 1];
-  const int64_t k2 = transpose_rhs ? rd[rank - 1] : rd[rank - 2];
-  p.n_cols = transpose_rhs ? rd[rank - 2] : rd[rank - 1];
-  if (k2 != p.depth || od[rank - 2] != p.m_rows || od[rank - 1] != p.n_cols) {
-    return Failed(ffi::Error::InvalidArgument(
-        "approxjax_gemm: inconsistent shapes lhs " + DimsString(ld) + ", rhs " +
-        DimsString(rd) + ", out " + DimsString(od)));
-  }
-  const int64_t lut_side = lud[rank - 1];
-  int m = 0;
-  while (m <= kMaxMantissaBits && (int64_t{1} << m) < lut_side) ++m;
-  if (lud[rank - 2] != lut_side || (int64_t{1} << m) != lut_side ||
-      m > kMaxMantissaBits) {
-    return Failed(ffi::Error::InvalidArgument(
-        "approxjax_gemm: lut must be (2**m, 2**m) with 0 <= m <= 12; got " +
-        DimsString(lud)));
-  }
-  p.m = m;
-  p.out_lead.assign(od.begin(), od.end() - 2);
-  p.batch = 1;
-  for (int64_t d : p.out_lead) p.batch *= d;
-  if (auto e = LeadStrides("lhs", ld, p.out_lead, &p.a); e.failure()) {
-    return Failed(e);
-  }
-  if (auto e = LeadStrides("rhs", rd, p.out_lead, &p.b); e.failure()) {
-    return Failed(e);
-  }
-  if (auto e = LeadStrides("lut", lud, p.out_lead, &p.l); e.failure()) {
-    return Failed(e);
-  }
+  p.m_rows = shape.m_rows;
+  p.n_cols = shape.n_cols;
+  p.depth = shape.depth;
+  p.m = shape.m;
+  const int m = shape.m;
+  p.out_lead = shape.out_lead;
+  p.batch = shape.batch;
+  p.a = shape.a;
+  p.b = shape.b;
+  p.l = shape.l;
   p.lhs = lhs.typed_data();
   p.rhs = rhs.typed_data();
   p.lut = lut.typed_data();
@@ -490,35 +418,16 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
 ffi::Error ApproxMultiplyImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                               ffi::Buffer<ffi::F32> lut,
                               ffi::ResultBuffer<ffi::F32> out) {
-  auto ad = a.dimensions(), bd = b.dimensions(), lud = lut.dimensions(),
-       od = out->dimensions();
-  const size_t rank = od.size();
-  if (rank < 1 || ad.size() != rank || bd.size() != rank ||
-      lud.size() != rank + 1) {
-    return ffi::Error::InvalidArgument(
-        "approxjax_multiply: a, b, out must have one rank >= 1 and lut one "
-        "more; got " +
-        DimsString(ad) + ", " + DimsString(bd) + ", " + DimsString(lud) +
-        ", " + DimsString(od));
+  BatchShape shape;
+  if (auto e = CheckMultiply(a.dimensions(), b.dimensions(), lut.dimensions(),
+                             out->dimensions(), &shape);
+      e.failure()) {
+    return e;
   }
-  const int64_t n = od[rank - 1];
-  const int64_t side = lud[rank];
-  int m = 0;
-  while (m <= kMaxMantissaBits && (int64_t{1} << m) < side) ++m;
-  if (ad[rank - 1] != n || bd[rank - 1] != n || lud[rank - 1] != side ||
-      (int64_t{1} << m) != side || m > kMaxMantissaBits) {
-    return ffi::Error::InvalidArgument(
-        "approxjax_multiply: inconsistent shapes a " + DimsString(ad) +
-        ", b " + DimsString(bd) + ", lut " + DimsString(lud) + ", out " +
-        DimsString(od));
-  }
-  std::vector<int64_t> lead(od.begin(), od.end() - 1);
-  Operand oa, ob, ol;
-  if (auto e = LeadStrides("a", ad, lead, &oa); e.failure()) return e;
-  if (auto e = LeadStrides("b", bd, lead, &ob); e.failure()) return e;
-  if (auto e = LeadStrides("lut", lud, lead, &ol); e.failure()) return e;
-  int64_t batch = 1;
-  for (int64_t d : lead) batch *= d;
+  const int m = shape.m;
+  const int64_t n = shape.n_cols, batch = shape.batch;
+  const std::vector<int64_t>& lead = shape.out_lead;
+  const Operand &oa = shape.a, &ob = shape.b, &ol = shape.l;
   const float* lp = lut.typed_data();
   int range;
   if (auto e = ScanTables("approxjax_multiply", lp, ol.matrix_count, m, &range);

@@ -1,18 +1,12 @@
 // nanobind module _approxjax_cpu: exports the CPU FFI handlers as capsules.
 #include <nanobind/nanobind.h>
 
+#include "capsule.h"
 #include "gemm_cpu.h"
 
 namespace nb = nanobind;
 
-namespace {
-
-template <typename T>
-nb::capsule EncapsulateFfiHandler(T* fn) {
-  return nb::capsule(reinterpret_cast<void*>(fn));
-}
-
-}  // namespace
+using approxjax::EncapsulateFfiHandler;
 
 NB_MODULE(_approxjax_cpu, m) {
   m.doc() = "approxjax CPU kernels (XLA FFI handlers).";

@@ -1,0 +1,171 @@
+// CUDA host handlers of the FFI targets "approxjax_gemm" and
+// "approxjax_multiply" (and the benchmark-only "approxjax_prior_art_gemm").
+// Shapes are checked by xla_ffi/shapes.h, exactly as on the CPU; kernels run
+// on the stream XLA hands over, with no synchronisation; every launch is
+// checked and a failure comes back as an ffi::Error.
+#include "gemm_cuda.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "gemm_kernels.h"
+#include "shapes.h"
+
+namespace approxjax {
+namespace {
+
+using cuda::GemmArgs;
+using cuda::TableInfo;
+
+ffi::Error CudaError(const char* target, const char* what, cudaError_t e) {
+  return ffi::Error::Internal(std::string(target) + ": " + what + ": " +
+                              cudaGetErrorString(e));
+}
+
+// Fills the launch arguments shared by all targets; allocates the per-table
+// scratch from XLA's allocator.
+ffi::Error Prepare(const char* target, const BatchShape& s,
+                   ffi::ScratchAllocator& scratch, GemmArgs* args) {
+  if (s.out_lead.size() > size_t(cuda::kMaxLead)) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": at most " + std::to_string(cuda::kMaxLead) +
+        " leading dimensions on the GPU; got " +
+        std::to_string(s.out_lead.size()));
+  }
+  args->m_rows = s.m_rows;
+  args->n_cols = s.n_cols;
+  args->depth = s.depth;
+  args->m = s.m;
+  args->batch = s.batch;
+  args->table_count = s.l.matrix_count;
+  args->layout.nlead = static_cast<int>(s.out_lead.size());
+  for (size_t d = 0; d < s.out_lead.size(); ++d) {
+    args->layout.out_lead[d] = s.out_lead[d];
+    args->layout.a_stride[d] = s.a.lead_stride[d];
+    args->layout.b_stride[d] = s.b.lead_stride[d];
+    args->layout.l_stride[d] = s.l.lead_stride[d];
+  }
+  auto mem = scratch.Allocate(sizeof(TableInfo) * s.l.matrix_count,
+                              alignof(TableInfo));
+  if (!mem.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(target) + ": no scratch memory for " +
+                          std::to_string(s.l.matrix_count) + " table checks");
+  }
+  args->tables = static_cast<TableInfo*>(*mem);
+  return ffi::Error::Success();
+}
+
+using Launcher = cudaError_t (*)(const GemmArgs&, cudaStream_t);
+
+ffi::Error GemmWith(const char* target, Launcher launch, cudaStream_t stream,
+                    ffi::ScratchAllocator& scratch, ffi::Buffer<ffi::F32> lhs,
+                    ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
+                    ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
+                    bool transpose_rhs) {
+  BatchShape s;
+  if (auto e = CheckGemm(lhs.dimensions(), rhs.dimensions(), lut.dimensions(),
+                         out->dimensions(), transpose_lhs, transpose_rhs, &s);
+      e.failure()) {
+    return e;
+  }
+  const int64_t out_elems = s.batch * s.m_rows * s.n_cols;
+  if (out_elems == 0) return ffi::Error::Success();
+  if (s.depth == 0) {  // empty sums are +0.0, as on the CPU
+    if (cudaError_t e = cudaMemsetAsync(out->typed_data(), 0,
+                                        sizeof(float) * out_elems, stream);
+        e != cudaSuccess) {
+      return CudaError(target, "cudaMemsetAsync", e);
+    }
+    return ffi::Error::Success();
+  }
+  GemmArgs args{};
+  if (auto e = Prepare(target, s, scratch, &args); e.failure()) return e;
+  args.lhs = lhs.typed_data();
+  args.rhs = rhs.typed_data();
+  args.lut = lut.typed_data();
+  args.out = out->typed_data();
+  args.transpose_lhs = transpose_lhs;
+  args.transpose_rhs = transpose_rhs;
+  if (cudaError_t e = launch(args, stream); e != cudaSuccess) {
+    return CudaError(target, "kernel launch", e);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ApproxGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                          ffi::Buffer<ffi::F32> lhs, ffi::Buffer<ffi::F32> rhs,
+                          ffi::Buffer<ffi::F32> lut,
+                          ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
+                          bool transpose_rhs) {
+  return GemmWith("approxjax_gemm", cuda::LaunchApproxGemm, stream, scratch,
+                  lhs, rhs, lut, out, transpose_lhs, transpose_rhs);
+}
+
+ffi::Error PriorArtGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                            ffi::Buffer<ffi::F32> lhs,
+                            ffi::Buffer<ffi::F32> rhs,
+                            ffi::Buffer<ffi::F32> lut,
+                            ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
+                            bool transpose_rhs) {
+  return GemmWith("approxjax_prior_art_gemm", cuda::LaunchPriorArtGemm, stream,
+                  scratch, lhs, rhs, lut, out, transpose_lhs, transpose_rhs);
+}
+
+ffi::Error ApproxMultiplyImpl(cudaStream_t stream,
+                              ffi::ScratchAllocator scratch,
+                              ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                              ffi::Buffer<ffi::F32> lut,
+                              ffi::ResultBuffer<ffi::F32> out) {
+  const char* target = "approxjax_multiply";
+  BatchShape s;
+  if (auto e = CheckMultiply(a.dimensions(), b.dimensions(), lut.dimensions(),
+                             out->dimensions(), &s);
+      e.failure()) {
+    return e;
+  }
+  if (s.batch * s.n_cols == 0) return ffi::Error::Success();
+  GemmArgs args{};
+  if (auto e = Prepare(target, s, scratch, &args); e.failure()) return e;
+  args.lhs = a.typed_data();
+  args.rhs = b.typed_data();
+  args.lut = lut.typed_data();
+  args.out = out->typed_data();
+  if (cudaError_t e = cuda::LaunchApproxMultiply(args, stream);
+      e != cudaSuccess) {
+    return CudaError(target, "kernel launch", e);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define APPROXJAX_GEMM_BINDING                                  \
+  ffi::Ffi::Bind()                                              \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()                 \
+      .Ctx<ffi::ScratchAllocator>()                             \
+      .Arg<ffi::Buffer<ffi::F32>>() /* lhs [..., M, K] */       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* rhs [..., K, N] */       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* lut [..., 2**m, 2**m] */ \
+      .Ret<ffi::Buffer<ffi::F32>>() /* out [..., M, N] */       \
+      .Attr<bool>("transpose_lhs")  /* lhs stored [..., K, M] */ \
+      .Attr<bool>("transpose_rhs")  /* rhs stored [..., N, K] */
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxGemmCuda, ApproxGemmImpl,
+                              APPROXJAX_GEMM_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PriorArtGemmCuda, PriorArtGemmImpl,
+                              APPROXJAX_GEMM_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    ApproxMultiplyCuda, ApproxMultiplyImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<ffi::ScratchAllocator>()
+        .Arg<ffi::Buffer<ffi::F32>>()   // a [..., n]
+        .Arg<ffi::Buffer<ffi::F32>>()   // b [..., n]
+        .Arg<ffi::Buffer<ffi::F32>>()   // lut [..., 2**m, 2**m]
+        .Ret<ffi::Buffer<ffi::F32>>());  // out [..., n]
+
+}  // namespace approxjax

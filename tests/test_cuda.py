@@ -1,0 +1,151 @@
+"""The CUDA extension: built whenever nvcc is there; on a GPU, bit-identical to
+the CPU kernels (run with JAX_PLATFORMS=cuda,cpu so both backends are up).
+
+The rest of the suite runs unchanged on the GPU with JAX_PLATFORMS=cuda.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _util import bits, random_nonzero
+
+import approxjax as ax
+from approxjax import _ffi
+
+DN = (((1,), (0,)), ((), ()))
+
+
+def _nvcc() -> str | None:
+    """nvcc where the CMake AUTO switch looks for it."""
+    found = shutil.which("nvcc")
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if not found and home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            found = os.path.join(home, "bin", "nvcc")
+    candidates = glob.glob("/usr/local/cuda/bin/nvcc") + glob.glob("/usr/local/cuda-*/bin/nvcc")
+    return found or (candidates[0] if candidates else None)
+
+
+def _backends() -> set[str]:
+    out = set()
+    for name in ("cpu", "gpu"):
+        try:
+            jax.devices(name)
+            out.add(name)
+        except RuntimeError:
+            pass
+    return out
+
+
+needs_gpu = pytest.mark.skipif("gpu" not in _backends(), reason="needs a GPU")
+needs_gpu_and_cpu = pytest.mark.skipif(
+    _backends() != {"cpu", "gpu"}, reason="needs a GPU and the CPU backend (JAX_PLATFORMS=cuda,cpu)"
+)
+
+
+@pytest.mark.skipif(
+    _nvcc() is None or os.environ.get("APPROXJAX_CUDA", "AUTO").upper() == "OFF",
+    reason="no nvcc on this machine (or the build was asked for CPU only)",
+)
+def test_cuda_extension_is_built_where_nvcc_is():
+    assert ax.cuda_available()
+    targets = set(_ffi._approxjax_cuda.registrations())
+    assert targets == {"approxjax_gemm", "approxjax_multiply", "approxjax_prior_art_gemm"}
+    assert _ffi._approxjax_cuda.device_count() >= 0  # imports and answers without a GPU
+
+
+def _on(device, fn, *args):
+    args = jax.device_put(args, device)
+    return np.asarray(jax.jit(fn)(*args))
+
+
+def _special_operands(rng, shape):
+    x = random_nonzero(rng, shape)
+    flat = x.reshape(-1)
+    specials = np.array(
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 3e38, -3e38, 1e-38], np.float32
+    )
+    where = rng.choice(flat.size, size=min(len(specials), flat.size // 8), replace=False)
+    flat[where] = specials[: len(where)]
+    return x
+
+
+@needs_gpu_and_cpu
+@pytest.mark.parametrize("m", [0, 3, 7, 10])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 17, 3), (70, 33, 129), (128, 300, 64)])
+def test_gemm_gpu_equals_cpu_bit_for_bit(m, shape):
+    rng = np.random.default_rng(m * 1000 + sum(shape))
+    mm, k, n = shape
+    a = random_nonzero(rng, (mm, k))
+    b = random_nonzero(rng, (k, n)) * np.float32(2.0**-60)  # some products underflow
+    mult = ax.mbm(m)
+
+    def f(a, b):
+        return ax.dot_general(a, b, DN, multiplier=mult)
+
+    cpu = _on(jax.devices("cpu")[0], f, a, b)
+    gpu = _on(jax.devices("gpu")[0], f, a, b)
+    np.testing.assert_array_equal(bits(gpu), bits(cpu))
+
+
+@needs_gpu_and_cpu
+@pytest.mark.parametrize("m", [1, 7, 12])
+def test_special_values_and_gradients_gpu_equals_cpu(m):
+    rng = np.random.default_rng(m)
+    a, b = _special_operands(rng, (40, 24)), _special_operands(rng, (24, 72))
+    mult = ax.mitchell(m)
+
+    def f(a, b):
+        out, vjp = jax.vjp(lambda a, b: ax.dot_general(a, b, DN, multiplier=mult), a, b)
+        return (out, *vjp(jnp.ones_like(out)))
+
+    for x, y in zip(
+        _on(jax.devices("cpu")[0], f, a, b), _on(jax.devices("gpu")[0], f, a, b), strict=True
+    ):
+        np.testing.assert_array_equal(bits(y), bits(x))
+
+
+@needs_gpu_and_cpu
+def test_vmapped_sweep_and_transposes_gpu_equals_cpu():
+    rng = np.random.default_rng(3)
+    a, b = random_nonzero(rng, (2, 33, 65)), random_nonzero(rng, (2, 80, 65))
+    stack = ax.stack([ax.mitchell(7), ax.truncated(7), ax.drum(7)])
+
+    def f(a, b, s):
+        sweep = jax.vmap(
+            lambda mu: ax.dot_general(a, b, (((2,), (2,)), ((0,), (0,))), multiplier=mu)
+        )
+        return sweep(s)
+
+    cpu = _on(jax.devices("cpu")[0], f, a, b, stack)
+    gpu = _on(jax.devices("gpu")[0], f, a, b, stack)
+    np.testing.assert_array_equal(bits(gpu), bits(cpu))
+
+
+@needs_gpu_and_cpu
+def test_multiply_gpu_equals_cpu():
+    rng = np.random.default_rng(4)
+    a, b = _special_operands(rng, (1000,)), _special_operands(rng, (1000,))
+    mult = ax.alm_soa(5)
+    cpu = _on(jax.devices("cpu")[0], lambda a, b: ax.multiply(a, b, mult), a, b)
+    gpu = _on(jax.devices("gpu")[0], lambda a, b: ax.multiply(a, b, mult), a, b)
+    np.testing.assert_array_equal(bits(gpu), bits(cpu))
+
+
+@needs_gpu
+def test_prior_art_kernel_equals_ours():
+    rng = np.random.default_rng(5)
+    a, b = random_nonzero(rng, (100, 70)), random_nonzero(rng, (70, 90))
+    mult = ax.mitchell(7)
+    out = jax.ShapeDtypeStruct((1, 100, 90), jnp.float32)
+    prior = jax.ffi.ffi_call("approxjax_prior_art_gemm", out)(
+        a[None], b[None], mult.lut[None], transpose_lhs=False, transpose_rhs=False
+    )[0]
+    ours = ax.dot_general(a, b, DN, multiplier=mult)
+    np.testing.assert_array_equal(bits(prior), bits(ours))

@@ -1,0 +1,179 @@
+// Shape checks shared by the CPU and CUDA host handlers: both targets accept
+// the same operands and report the same errors.
+//
+//   approxjax_gemm:     lhs[..., M, K] (or [..., K, M] with transpose_lhs),
+//                       rhs[..., K, N] (or [..., N, K] with transpose_rhs),
+//                       lut[..., 2**m, 2**m] -> out[..., M, N]
+//   approxjax_multiply: a[..., n], b[..., n], lut[..., 2**m, 2**m] -> out[..., n]
+//
+// The leading dimensions broadcast numpy-style (each is 1 or the output's).
+#ifndef APPROXJAX_SHAPES_H_
+#define APPROXJAX_SHAPES_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "approx_multiply.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace approxjax {
+
+namespace ffi = xla::ffi;
+
+inline std::string DimsString(ffi::Span<const int64_t> dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(dims[i]);
+  }
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+// A batch of matrices laid out [lead..., rows, cols] with broadcasting.
+struct Operand {
+  std::vector<int64_t> lead_stride;  // per leading dim (in matrices), 0 where broadcast
+  int64_t matrix_count = 0;          // product of its leading dims
+};
+
+// Leading-dimension strides of one operand against the output's leading dims.
+inline ffi::Error LeadStrides(const char* target, const char* name,
+                              ffi::Span<const int64_t> dims,
+                              const std::vector<int64_t>& out_lead,
+                              Operand* op) {
+  const size_t lead = out_lead.size();
+  op->lead_stride.assign(lead, 0);
+  int64_t stride = 1;
+  for (int d = static_cast<int>(lead) - 1; d >= 0; --d) {
+    const int64_t size = dims[d];
+    if (size != 1 && size != out_lead[d]) {
+      return ffi::Error::InvalidArgument(
+          std::string(target) + ": " + name + " shape " + DimsString(dims) +
+          " does not broadcast to the output's batch");
+    }
+    op->lead_stride[d] = size == 1 ? 0 : stride;
+    stride *= size;
+  }
+  op->matrix_count = stride;
+  return ffi::Error::Success();
+}
+
+// Matrix offsets of batch element g in three broadcast operands.
+inline void BatchOffsets(int64_t g, const std::vector<int64_t>& lead,
+                         const Operand& x, const Operand& y, const Operand& z,
+                         int64_t* ox, int64_t* oy, int64_t* oz) {
+  *ox = *oy = *oz = 0;
+  for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
+    const int64_t i = g % lead[d];
+    g /= lead[d];
+    *ox += i * x.lead_stride[d];
+    *oy += i * y.lead_stride[d];
+    *oz += i * z.lead_stride[d];
+  }
+}
+
+// Mantissa bits of a table whose last two dimensions are (side, side).
+inline ffi::Error TableBits(const char* target, ffi::Span<const int64_t> lud,
+                            int* m) {
+  const size_t r = lud.size();
+  const int64_t side = lud[r - 1];
+  int bits = 0;
+  while (bits <= kMaxMantissaBits && (int64_t{1} << bits) < side) ++bits;
+  if (lud[r - 2] != side || (int64_t{1} << bits) != side ||
+      bits > kMaxMantissaBits) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) +
+        ": lut must be (2**m, 2**m) with 0 <= m <= 12; got " + DimsString(lud));
+  }
+  *m = bits;
+  return ffi::Error::Success();
+}
+
+// A checked batched GEMM (or elementwise multiply, with m_rows = 1, depth = 1).
+struct BatchShape {
+  int64_t m_rows = 0, n_cols = 0, depth = 0;  // M, N, K (n for multiply)
+  int m = 0;                                  // mantissa bits
+  std::vector<int64_t> out_lead;
+  int64_t batch = 1;  // product of out_lead
+  Operand a, b, l;
+};
+
+inline ffi::Error CheckGemm(ffi::Span<const int64_t> ld,
+                            ffi::Span<const int64_t> rd,
+                            ffi::Span<const int64_t> lud,
+                            ffi::Span<const int64_t> od, bool transpose_lhs,
+                            bool transpose_rhs, BatchShape* s) {
+  const char* target = "approxjax_gemm";
+  const size_t rank = od.size();
+  if (rank < 2 || ld.size() != rank || rd.size() != rank ||
+      lud.size() != rank) {
+    return ffi::Error::InvalidArgument(
+        "approxjax_gemm: lhs, rhs, lut and out must have one rank >= 2; got " +
+        DimsString(ld) + ", " + DimsString(rd) + ", " + DimsString(lud) +
+        ", " + DimsString(od));
+  }
+  s->m_rows = transpose_lhs ? ld[rank - 1] : ld[rank - 2];
+  s->depth = transpose_lhs ? ld[rank - 2] : ld[rank - 1];
+  const int64_t k2 = transpose_rhs ? rd[rank - 1] : rd[rank - 2];
+  s->n_cols = transpose_rhs ? rd[rank - 2] : rd[rank - 1];
+  if (k2 != s->depth || od[rank - 2] != s->m_rows ||
+      od[rank - 1] != s->n_cols) {
+    return ffi::Error::InvalidArgument(
+        "approxjax_gemm: inconsistent shapes lhs " + DimsString(ld) +
+        ", rhs " + DimsString(rd) + ", out " + DimsString(od));
+  }
+  if (auto e = TableBits(target, lud, &s->m); e.failure()) return e;
+  s->out_lead.assign(od.begin(), od.end() - 2);
+  s->batch = 1;
+  for (int64_t d : s->out_lead) s->batch *= d;
+  if (auto e = LeadStrides(target, "lhs", ld, s->out_lead, &s->a);
+      e.failure()) {
+    return e;
+  }
+  if (auto e = LeadStrides(target, "rhs", rd, s->out_lead, &s->b);
+      e.failure()) {
+    return e;
+  }
+  return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
+}
+
+inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
+                                ffi::Span<const int64_t> bd,
+                                ffi::Span<const int64_t> lud,
+                                ffi::Span<const int64_t> od, BatchShape* s) {
+  const char* target = "approxjax_multiply";
+  const size_t rank = od.size();
+  if (rank < 1 || ad.size() != rank || bd.size() != rank ||
+      lud.size() != rank + 1) {
+    return ffi::Error::InvalidArgument(
+        "approxjax_multiply: a, b, out must have one rank >= 1 and lut one "
+        "more; got " +
+        DimsString(ad) + ", " + DimsString(bd) + ", " + DimsString(lud) +
+        ", " + DimsString(od));
+  }
+  const int64_t n = od[rank - 1];
+  if (ad[rank - 1] != n || bd[rank - 1] != n) {
+    return ffi::Error::InvalidArgument(
+        "approxjax_multiply: inconsistent shapes a " + DimsString(ad) +
+        ", b " + DimsString(bd) + ", lut " + DimsString(lud) + ", out " +
+        DimsString(od));
+  }
+  if (auto e = TableBits(target, lud, &s->m); e.failure()) return e;
+  s->m_rows = 1;
+  s->depth = 1;
+  s->n_cols = n;
+  s->out_lead.assign(od.begin(), od.end() - 1);
+  s->batch = 1;
+  for (int64_t d : s->out_lead) s->batch *= d;
+  if (auto e = LeadStrides(target, "a", ad, s->out_lead, &s->a); e.failure()) {
+    return e;
+  }
+  if (auto e = LeadStrides(target, "b", bd, s->out_lead, &s->b); e.failure()) {
+    return e;
+  }
+  return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
+}
+
+}  // namespace approxjax
+
+#endif  // APPROXJAX_SHAPES_H_
