@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -76,8 +77,11 @@ class _Layout:
         out = " ".join([f"b{i}" for i in range(self.lead)] + list(self.core[-1]))
         return ", ".join(parts) + " -> " + out, extra
 
-    def assign(self, arg_specs: Sequence[tuple], skip: set[str]) -> dict[str, tuple[str, ...]]:
-        """Mesh axes per factor, read from the operands in factor order, each axis used once."""
+    def assign(
+        self, arg_specs: Sequence[tuple], skip: set[str], axis_sizes=None
+    ) -> dict[str, tuple[str, ...]]:
+        """Mesh axes per factor, read from the operands in factor order, each axis used
+        once, and only where they divide the dimension evenly (``axis_sizes``)."""
         used: set[str] = set()
         chosen: dict[str, tuple[str, ...]] = {}
         for f in self.order:
@@ -86,6 +90,10 @@ class _Layout:
             for j, spec in enumerate(arg_specs):
                 dims = [d for d in range(len(self.shapes[j])) if self.factor(j, d) == f]
                 axes = _axes(spec[dims[0]]) if dims and dims[0] < len(spec) else ()
+                if axes and axis_sizes is not None:
+                    parts = int(np.prod([axis_sizes[a] for a in axes]))
+                    if self.shapes[j][dims[0]] % parts:
+                        continue
                 if axes and not used & set(axes):
                     chosen[f] = axes
                     used |= set(axes)
@@ -151,11 +159,12 @@ def partitioned(
     rule, extra = layout.rule()
 
     def infer(mesh, arg_shapes, result_shape):
-        chosen = layout.assign(_sharding_specs(arg_shapes), set(replicated) | set(reduced))
+        skip = set(replicated) | set(reduced)
+        chosen = layout.assign(_sharding_specs(arg_shapes), skip, dict(mesh.shape))
         return NamedSharding(mesh, layout.specs(chosen)[1])
 
     def partition(mesh, arg_shapes, result_shape):
-        chosen = layout.assign(_sharding_specs(arg_shapes), set(replicated))
+        chosen = layout.assign(_sharding_specs(arg_shapes), set(replicated), dict(mesh.shape))
         arg_specs, out_spec = layout.specs(chosen)
         psum_axes = tuple(a for f in reduced for a in chosen.get(f, ()))
 

@@ -1,10 +1,13 @@
 """Approximate ``conv_general_dilated``: every product through the multiplier.
 
-The convolution is lowered to one approximate batched GEMM over patches: the
+The convolution is lowered to approximate batched GEMMs over patches: the
 input is padded and dilated with ``lax.pad`` and the patches are gathered with
-strided ``lax.slice`` (data movement only, no arithmetic), then
-``patches @ kernel`` runs through :func:`approxjax.dot_general`, whose
-custom_vjp makes both gradients approximate GEMMs too. The gradient with
+strided ``lax.slice`` in channels-last layout (data movement only, no
+arithmetic), then ``patches @ kernel`` runs through
+:func:`approxjax.dot_general`, whose custom_vjp makes both gradients
+approximate GEMMs too. Where the patches of the whole batch would outgrow the
+input, they are built and multiplied a few images at a time (``lax.map`` with
+``jax.checkpoint``), so no full im2col buffer is ever held. The gradient with
 respect to the input flows back through the slices as sums (the accumulation
 that a direct convolution's backward pass does as well). Nothing falls back to
 exact products.
@@ -101,14 +104,16 @@ def conv_general_dilated(
         )
     n = lhs.ndim - 2
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    x = jnp.transpose(lhs, dn.lhs_spec)  # (N, C, *S)
-    w = jnp.transpose(rhs, dn.rhs_spec)  # (O, I, *K)
+    # Channels last: x (N, *S, C), w (*K, I, O); patches then come out as
+    # contiguous runs of channels, tap by tap.
+    x = jnp.transpose(lhs, (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+    w = jnp.transpose(rhs, (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
     strides = _spatial_tuple("window_strides", window_strides, n)
     lhs_dil = _spatial_tuple("lhs_dilation", lhs_dilation, n)
     rhs_dil = _spatial_tuple("rhs_dilation", rhs_dilation, n)
     fg, bg = int(feature_group_count), int(batch_group_count)
-    batch, channels = x.shape[:2]
-    out_feat, in_feat = w.shape[:2]
+    batch, channels = x.shape[0], x.shape[-1]
+    in_feat, out_feat = w.shape[-2:]
     if fg < 1 or bg < 1 or (fg > 1 and bg > 1):
         raise ValueError(
             f"feature_group_count and batch_group_count must be >= 1 and not both > 1; got "
@@ -129,36 +134,44 @@ def conv_general_dilated(
             f"string padding {padding!r} is not defined with lhs_dilation {lhs_dil} (as in "
             "lax.conv_general_dilated): give explicit (low, high) pairs"
         )
-    pads = _pads(padding, x.shape[2:], w.shape[2:], strides, rhs_dil)
+    kernel = w.shape[:n]
+    pads = _pads(padding, x.shape[1:-1], kernel, strides, rhs_dil)
 
-    # Pad and dilate the input; gather the patches by strided slices.
+    # Pad and dilate the input (an operand-sized buffer).
     x = lax.pad(
         x,
         jnp.zeros((), x.dtype),
-        [(0, 0, 0), (0, 0, 0)]
-        + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, lhs_dil, strict=True)],
+        [(0, 0, 0)]
+        + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, lhs_dil, strict=True)]
+        + [(0, 0, 0)],
     )
-    kernel = w.shape[2:]
     span = [(k - 1) * d + 1 for k, d in zip(kernel, rhs_dil, strict=True)]
     out_spatial = [
-        max(0, (size - s) // st + 1) for size, s, st in zip(x.shape[2:], span, strides, strict=True)
+        max(0, (size - s) // st + 1)
+        for size, s, st in zip(x.shape[1:-1], span, strides, strict=True)
     ]
     if min(out_spatial, default=1) == 0:  # an empty output: nothing to multiply
-        nb = batch // bg
-        y = jnp.zeros((nb, out_feat, *out_spatial), out_dtype)
+        y = jnp.zeros((batch // bg, out_feat, *out_spatial), out_dtype)
         return jnp.transpose(y, np.argsort(dn.out_spec))
-    slices = []
-    for offs in itertools.product(*(range(k) for k in kernel)):
-        start = [0, 0] + [o * d for o, d in zip(offs, rhs_dil, strict=True)]
-        limit = [x.shape[0], x.shape[1]] + [
-            s0 + (o - 1) * st + 1 if o > 0 else s0
-            for s0, o, st in zip(start[2:], out_spatial, strides, strict=True)
-        ]
-        slices.append(lax.slice(x, start, limit, [1, 1, *strides]))
     kp = int(np.prod(kernel, dtype=np.int64))
     osz = int(np.prod(out_spatial, dtype=np.int64))
-    patches = jnp.stack(slices, axis=2).reshape(batch, channels, kp, osz)  # (N, C, Kp, O)
-    w = w.reshape(out_feat, in_feat, kp)  # (O, I, Kp)
+    w = w.reshape(kp, in_feat, out_feat)
+
+    def patches(xc):
+        """(n, *Sp, C) -> (n, osz, kp*C), k ordered tap-major, channel-minor."""
+        slices = []
+        for offs in itertools.product(*(range(k) for k in kernel)):
+            start = [0] + [o * d for o, d in zip(offs, rhs_dil, strict=True)] + [0]
+            limit = (
+                [xc.shape[0]]
+                + [
+                    s0 + (o - 1) * st + 1
+                    for s0, o, st in zip(start[1:-1], out_spatial, strides, strict=True)
+                ]
+                + [channels]
+            )
+            slices.append(lax.slice(xc, start, limit, [1, *strides, 1]))
+        return jnp.concatenate(slices, axis=-1).reshape(xc.shape[0], osz, kp * channels)
 
     kw = dict(
         multiplier=multiplier,
@@ -166,19 +179,53 @@ def conv_general_dilated(
         weight_grad_multiplier=weight_grad_multiplier,
         preferred_element_type=jnp.float32,
     )
+    dims = (((2,), (1,)), ((0,), (0,)))
     if bg == 1:
         og = out_feat // fg
-        a = patches.reshape(batch, fg, in_feat, kp, osz).transpose(1, 0, 4, 2, 3)
-        a = a.reshape(fg, batch * osz, in_feat * kp)
-        b = w.reshape(fg, og, in_feat * kp).transpose(0, 2, 1)
-        y = dot_general(a, b, (((2,), (1,)), ((0,), (0,))), **kw)  # (G, N*O, Og)
-        y = y.reshape(fg, batch, osz, og).transpose(1, 0, 3, 2).reshape(batch, out_feat, osz)
+        b = w.reshape(kp, in_feat, fg, og).transpose(2, 0, 1, 3).reshape(fg, kp * in_feat, og)
+
+        def images(xc):  # (n, *Sp, C) -> (n, osz, O)
+            rows = xc.shape[0] * osz
+            a = patches(xc).reshape(rows, kp, fg, in_feat).transpose(2, 0, 1, 3)
+            y = dot_general(a.reshape(fg, rows, kp * in_feat), b, dims, **kw)  # (G, rows, Og)
+            return y.transpose(1, 0, 2).reshape(xc.shape[0], osz, out_feat)
+
+        y = _in_chunks(images, x, osz * kp * channels, lhs.size)
     else:
         nb, ob = batch // bg, out_feat // bg
-        a = patches.reshape(bg, nb, channels, kp, osz).transpose(0, 1, 4, 2, 3)
-        a = a.reshape(bg, nb * osz, channels * kp)
-        b = w.reshape(bg, ob, in_feat * kp).transpose(0, 2, 1)
-        y = dot_general(a, b, (((2,), (1,)), ((0,), (0,))), **kw)  # (B, Nb*O, Ob)
-        y = y.reshape(bg, nb, osz, ob).transpose(1, 0, 3, 2).reshape(nb, out_feat, osz)
-    y = y.reshape(y.shape[0], out_feat, *out_spatial).astype(out_dtype)
+        a = patches(x).reshape(bg, nb * osz, kp * channels)
+        b = w.reshape(kp * channels, bg, ob).transpose(1, 0, 2)
+        y = dot_general(a, b, dims, **kw)  # (B, nb*osz, ob)
+        y = y.reshape(bg, nb, osz, ob).transpose(1, 2, 0, 3).reshape(nb, osz, out_feat)
+    y = jnp.moveaxis(y.reshape(y.shape[0], *out_spatial, out_feat), -1, 1).astype(out_dtype)
     return jnp.transpose(y, np.argsort(dn.out_spec))
+
+
+# Patches of at most this many elements (or of the input's size, if larger)
+# are built at a time.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _in_chunks(fn, x, per_image: int, input_size: int):
+    """``fn`` over the batch of ``x``, a few images at a time when their patches
+    would outgrow the input: peak memory stays at buffers of the input's size.
+
+    Chunk ``j`` holds images ``j, j + B, j + 2B, ...``, so a batch split over
+    devices stays split: with several devices, every chunk keeps a multiple of
+    the device count of images (or the batch is not chunked).
+    ``jax.checkpoint`` keeps the patches out of the saved residuals: the
+    backward pass rebuilds them chunk by chunk.
+    """
+    batch = x.shape[0]
+    budget = max(input_size, _CHUNK_ELEMENTS)
+    if batch * per_image <= budget:
+        return fn(x)
+    need = -(-batch * per_image // budget)
+    devices = jax.device_count()
+    allowed = [c for c in range(1, batch + 1) if batch % c == 0 and (batch // c) % devices == 0]
+    if not allowed or allowed == [1]:
+        return fn(x)
+    chunks = next((c for c in allowed if c >= need), allowed[-1])
+    xs = jnp.swapaxes(x.reshape(batch // chunks, chunks, *x.shape[1:]), 0, 1)
+    ys = lax.map(jax.checkpoint(fn), xs)  # (chunks, batch // chunks, ...)
+    return jnp.swapaxes(ys, 0, 1).reshape(batch, *ys.shape[2:])

@@ -74,6 +74,14 @@ def test_data_parallel_conv_runs_on_local_shards(report):
     assert r["weight_grad_rel"] < 1e-5
 
 
+def test_chunked_conv_stays_on_local_shards(report):
+    r = report["conv_chunked"]
+    assert r["chunked"]
+    assert _kinds(r["collectives"]) == ["all-reduce"]
+    assert r["forward_equal"] and r["input_grad_equal"]
+    assert r["weight_grad_rel"] < 1e-5
+
+
 def test_elementwise_multiply_needs_no_collective(report):
     assert report["multiply"]["collectives"] == []
     assert report["multiply"]["equal"]
