@@ -31,6 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# The kernels sum products in blocks of this many k before adding the block
+# sums in order (kSumBlock in xla_ffi/approx_multiply.h).
+SUM_BLOCK = 4096
+
 _SIGN = np.uint32(0x80000000)
 _FRAC = np.uint32(0x007FFFFF)
 _INF = np.uint32(0x7F800000)
@@ -160,16 +164,21 @@ def dot_general_bound(
 def sequential_dot_general(
     lhs: jax.Array, rhs: jax.Array, dimension_numbers: Sequence, lut: jax.Array
 ) -> np.ndarray:
-    """The kernels' exact summation order (k ascending from -0.0), in NumPy.
+    """The kernels' exact summation order, in NumPy: products in order of k,
+    summed from -0.0 in blocks of ``SUM_BLOCK`` consecutive k, then the block
+    sums added in order (``xla_ffi/approx_multiply.h``, ``kSumBlock``).
 
     Slow; for bit-exact checks of small GEMMs.
     """
     _, _, shape = _canonical(lhs, rhs, dimension_numbers)
     p = np.asarray(products(lhs, rhs, dimension_numbers, lut), dtype=np.float32)
-    acc = np.full(p.shape[:-1], -0.0, np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        for k in range(p.shape[-1]):
-            acc = acc + p[..., k]
     if p.shape[-1] == 0:
-        acc = np.zeros(p.shape[:-1], np.float32)
-    return acc.reshape(shape)
+        return np.zeros(p.shape[:-1], np.float32).reshape(shape)
+    total = None
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k0 in range(0, p.shape[-1], SUM_BLOCK):
+            acc = np.full(p.shape[:-1], -0.0, np.float32)
+            for k in range(k0, min(k0 + SUM_BLOCK, p.shape[-1])):
+                acc = acc + p[..., k]
+            total = acc if total is None else total + acc
+    return total.reshape(shape)

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "approx_multiply.h"
-#include "gemm_kernels.h"
+#include "kernels.h"
 
 namespace approxjax {
 namespace cuda {
@@ -40,8 +40,12 @@ __global__ void PriorArtKernel(GemmArgs p) {
     const float* A = p.lhs + oa * M * K;
     const float* B = p.rhs + ob * K * N;
     const float* __restrict__ lut = p.lut + ol * lut_size;  // read-only cache
-    float acc = -0.0f;
+    float acc = -0.0f, total = -0.0f;  // approxjax's summation order (kSumBlock)
     for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+      if (k0 > 0 && k0 % kSumBlock == 0) {
+        total = k0 == kSumBlock ? acc : __fadd_rn(total, acc);
+        acc = -0.0f;
+      }
       const int64_t ka = k0 + tx, kb = k0 + ty;
       a_tile[ty][tx] = (i < M && ka < K)
                            ? (p.transpose_lhs ? A[ka * M + i] : A[i * K + ka])
@@ -57,7 +61,9 @@ __global__ void PriorArtKernel(GemmArgs p) {
       }
       __syncthreads();
     }
-    if (i < M && n < N) p.out[g * M * N + i * N + n] = acc;
+    if (i < M && n < N) {
+      p.out[g * M * N + i * N + n] = K <= kSumBlock ? acc : __fadd_rn(total, acc);
+    }
   }
 }
 

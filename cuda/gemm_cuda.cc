@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include "gemm_kernels.h"
+#include "kernels.h"
 #include "shapes.h"
 
 namespace approxjax {

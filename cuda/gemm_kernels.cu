@@ -1,8 +1,9 @@
 // CUDA kernels of approxjax: the approximate batched GEMM and elementwise
 // multiply. Products come from xla_ffi/approx_multiply.h, the header the CPU
-// kernels use, and every output is summed in order of k starting from -0.0,
-// as the CPU kernels and reference.sequential_dot_general do, so results are
-// bit-identical to the CPU's.
+// kernels use, and every output is summed in order of k starting from -0.0
+// in blocks of kSumBlock k, the block sums added in order, as the CPU kernels
+// and reference.sequential_dot_general do, so results are bit-identical to
+// the CPU's.
 //
 // GEMM design: 64x64 output tiles per 256-thread block, 4x4 outputs per
 // thread (register tiling), 16-deep k slices. Operands are decoded once as
@@ -21,7 +22,7 @@
 #include <cstdint>
 
 #include "approx_multiply.h"
-#include "gemm_kernels.h"
+#include "kernels.h"
 
 namespace approxjax {
 namespace cuda {
@@ -30,6 +31,7 @@ namespace {
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16;
 constexpr int kThreads = 256;  // 16 x 16, each 4 x 4 outputs
 constexpr int kMicro = 4;
+static_assert(kSumBlock % kTileK == 0, "sum blocks must end on k-slice boundaries");
 
 __device__ __forceinline__ void Offsets(const BatchLayout& layout, int64_t g,
                                         int64_t* oa, int64_t* ob,
@@ -152,12 +154,20 @@ __global__ void __launch_bounds__(kThreads)
       lut = lut_g;
     }
 
-    float acc[kMicro][kMicro];
+    float acc[kMicro][kMicro], total[kMicro][kMicro];
     for (int r = 0; r < kMicro; ++r) {
-      for (int c = 0; c < kMicro; ++c) acc[r][c] = -0.0f;
+      for (int c = 0; c < kMicro; ++c) acc[r][c] = total[r][c] = -0.0f;
     }
 
     for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+      if (k0 > 0 && k0 % kSumBlock == 0) {  // close a sum block (kTileK divides it)
+        for (int r = 0; r < kMicro; ++r) {
+          for (int c = 0; c < kMicro; ++c) {
+            total[r][c] = k0 == kSumBlock ? acc[r][c] : __fadd_rn(total[r][c], acc[r][c]);
+            acc[r][c] = -0.0f;
+          }
+        }
+      }
       bool irregular = false;
       // Stage the lhs slice: 64 rows x 16 k, read along the contiguous axis.
       for (int e = tid; e < kTileM * kTileK; e += kThreads) {
@@ -237,7 +247,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < kMicro; ++r) {
       for (int c = 0; c < kMicro; ++c) {
         const int64_t i = m0 + ty + 16 * r, n = n0 + tx + 16 * c;
-        if (i < M && n < N) C[i * N + n] = acc[r][c];
+        if (i < M && n < N) {
+          C[i * N + n] = K <= kSumBlock ? acc[r][c] : __fadd_rn(total[r][c], acc[r][c]);
+        }
       }
     }
   }

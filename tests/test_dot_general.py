@@ -193,3 +193,22 @@ def test_every_cpu_kernel_variant_gives_the_same_bits(tmp_path):
         results[name] = digest
     assert "Baseline" in results
     assert len(set(results.values())) == 1, results
+
+
+@pytest.mark.parametrize(
+    "batch,shape",
+    [(1, (5, 9000, 3)), (1, (150, 8200, 16)), (16, (8, 4200, 8)), (2, (40, 4097, 70))],
+)
+def test_long_contractions_sum_in_blocks(batch, shape, rng):
+    """Beyond ref.SUM_BLOCK products the kernels sum fixed blocks, then add the
+    block sums in order: the same bits whether the blocks ran on one thread or
+    several (small outputs split them across threads)."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (batch, mm, k))
+    rhs = random_nonzero(rng, (batch, k, n))
+    lhs[0, 1 % mm, k - 3] = np.inf  # an irregular row: recomputed by the scalar rule
+    dn = (((2,), (1,)), ((0,), (0,)))
+    mult = ax.mitchell(7)
+    got = np.asarray(jax.jit(lambda a, b: ax.dot_general(a, b, dn, multiplier=mult))(lhs, rhs))
+    want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
+    np.testing.assert_array_equal(bits(got), bits(want))

@@ -27,6 +27,14 @@
 namespace approxjax {
 
 constexpr int kMaxMantissaBits = 12;
+
+// The summation order of every GEMM output, on every backend: products in
+// order of k, summed from -0.0 in blocks of kSumBlock consecutive k; the block
+// sums are then added in order (the first one as it is). Up to kSumBlock
+// products this is the plain k-ordered sum; beyond, the fixed blocks let
+// kernels split a long contraction across threads without changing a bit (and
+// tighten the error bound).
+constexpr int64_t kSumBlock = 4096;
 constexpr uint32_t kSignMask = 0x80000000u;
 constexpr uint32_t kExpMask = 0x7f800000u;
 constexpr uint32_t kFracMask = 0x007fffffu;

@@ -13,8 +13,11 @@
 //     the tiles of a stack of multipliers that share operands are computed
 //     together, so they share the packing of the streamed operand.
 //   * Every output is the sum of its products in order of k, starting from
-//     -0.0 (so a single product keeps its sign of zero); products are exact,
-//     so FMA or not, every instruction set gives the same bits.
+//     -0.0 (so a single product keeps its sign of zero), in blocks of
+//     kSumBlock k whose sums are then added in order; products are exact, so
+//     FMA or not, every instruction set gives the same bits. When the output
+//     is too small to keep every thread busy, the blocks of a long
+//     contraction run on different threads and are added in order at the end.
 //   * Operands outside the "regular" exponent range (inf, NaN, extreme
 //     exponents) mark their row or column; those outputs are recomputed with
 //     ApproxMultiply itself, in the same order of k.
@@ -48,6 +51,7 @@ namespace {
 constexpr int64_t kTableFloats = 64 * 1024;  // 256 KiB of per-tile table
 constexpr int64_t kBlockRows = 1024;         // rows of an output tile
 constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
+constexpr int64_t kMaxPartialFloats = 1 << 22;  // 16 MiB of block partials
 
 struct AlignedDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -95,6 +99,10 @@ struct Problem {
   std::vector<float> lut_t;        // transposed tables (when !swap)
 
   int64_t col_blocks, row_chunk, row_chunks, member_chunks, units;
+  int64_t sum_blocks;          // ceil(depth / kSumBlock)
+  int64_t split;               // 1, or sum_blocks when blocks run as separate units
+  std::vector<float> partials; // [split][batch][M][N] when split > 1
+  float* partials_data = nullptr;
   int64_t kc;
   const KernelTable* kernels;
   const BlockKernels* block;
@@ -109,19 +117,26 @@ struct Problem {
   }
 };
 
-// One output by the reference rule: products in order of k from -0.0.
+// One output by the reference rule over sum blocks [b0, b1): products in
+// order of k from -0.0 per block, block sums added in order.
 float SlowOutput(const Problem& p, int64_t oa, int64_t ob, const float* lut,
-                 int64_t i, int64_t n) {
-  float acc = -0.0f;
-  for (int64_t k = 0; k < p.depth; ++k) {
-    acc += ApproxMultiply(p.Lhs(oa, i, k), p.Rhs(ob, k, n), lut, p.m);
+                 int64_t i, int64_t n, int64_t b0, int64_t b1) {
+  float total = 0.0f;
+  for (int64_t blk = b0; blk < b1; ++blk) {
+    float acc = -0.0f;
+    const int64_t k1 = std::min(p.depth, (blk + 1) * kSumBlock);
+    for (int64_t k = blk * kSumBlock; k < k1; ++k) {
+      acc += ApproxMultiply(p.Lhs(oa, i, k), p.Rhs(ob, k, n), lut, p.m);
+    }
+    total = blk == b0 ? acc : total + acc;
   }
-  return acc;
+  return total;
 }
 
 struct Scratch {
   AlignedArray<float> tab;
-  AlignedArray<float> cblk;  // [group_size][row_chunk][nc]
+  AlignedArray<float> cblk;   // [group_size][row_chunk][nc]
+  AlignedArray<float> total;  // the same, summing blocks (units of > 1 block)
   AlignedArray<uint16_t> idx;
   AlignedArray<float> scale;
   std::vector<uint8_t> row_irregular;
@@ -129,6 +144,10 @@ struct Scratch {
 };
 
 void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
+  const int64_t part = unit % p.split;
+  unit /= p.split;
+  const int64_t b0 = p.split > 1 ? part : 0;
+  const int64_t b1 = p.split > 1 ? part + 1 : p.sum_blocks;
   const int64_t rc = unit % p.row_chunks;
   unit /= p.row_chunks;
   const int64_t cb = unit % p.col_blocks;
@@ -148,14 +167,16 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t ncols = std::min<int64_t>(p.nc, p.cols - c0);
   const int64_t tile = p.row_chunk * p.nc;
 
-  std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
   std::fill(s.row_irregular.begin(), s.row_irregular.end(), 0);
   std::fill(s.col_irregular.begin(), s.col_irregular.end(), 0);
 
   const float* smat = (p.swap ? p.rhs : p.lhs) + os * p.depth * p.rows;
   const float* tmat = (p.swap ? p.lhs : p.rhs) + ot * p.depth * p.cols;
-  for (int64_t k0 = 0; k0 < p.depth; k0 += p.kc) {
-    const int64_t kc = std::min(p.kc, p.depth - k0);
+  for (int64_t blk = b0; blk < b1; ++blk) {
+  std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
+  const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
+  for (int64_t k0 = blk * kSumBlock; k0 < k_end; k0 += p.kc) {
+    const int64_t kc = std::min(p.kc, k_end - k0);
     // Pack this tile of the streamed operand once for every member.
     p.kernels->pack_rows(smat + r0 * p.s_rs + k0 * p.s_ks, rows, kc, p.s_rs,
                          p.s_ks, p.m, p.range, s.idx.get(), s.scale.get(),
@@ -171,13 +192,27 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                            s.scale.get(), kc, kc, s.tab.get(), p.m);
     }
   }
+  if (b1 - b0 > 1) {  // add this block's sums in order (the first as it is)
+    float* t = s.total.get();
+    const float* c = s.cblk.get();
+    if (blk == b0) {
+      std::copy(c, c + members * tile, t);
+    } else {
+      for (int64_t e = 0; e < members * tile; ++e) t[e] += c[e];
+    }
+  }
+  }
+  const float* sums = b1 - b0 > 1 ? s.total.get() : s.cblk.get();
 
   // Write back, and recompute outputs touched by irregular operands.
   for (int64_t q = 0; q < members; ++q) {
     const auto [g, ol] = group.members[m0 + q];
     const float* lut = p.lut + ol * lut_size;
-    float* out = p.out + g * p.m_rows * p.n_cols;
-    const float* cblk = s.cblk.get() + q * tile;
+    float* out = (p.split > 1 ? p.partials_data +
+                                    part * p.batch * p.m_rows * p.n_cols
+                              : p.out) +
+                 g * p.m_rows * p.n_cols;
+    const float* cblk = sums + q * tile;
     for (int64_t r = 0; r < rows; ++r) {
       const float* src = cblk + r * p.nc;
       for (int64_t c = 0; c < ncols; ++c) {
@@ -185,7 +220,7 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         const int64_t n = p.swap ? r0 + r : c0 + c;
         float v = src[c];
         if (s.row_irregular[r] || s.col_irregular[c]) {
-          v = SlowOutput(p, group.oa, group.ob, lut, i, n);
+          v = SlowOutput(p, group.oa, group.ob, lut, i, n, b0, b1);
         }
         out[i * p.n_cols + n] = v;
       }
@@ -196,8 +231,21 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
 struct SharedState {
   Problem problem;
   std::atomic<int64_t> next{0};
+  std::atomic<int64_t> finished{0};
+  int64_t workers = 1;
   ffi::CountDownPromise done;
 };
+
+// Adds the per-block partial outputs in order of block (split > 1).
+void AddPartials(Problem& p) {
+  const int64_t size = p.batch * p.m_rows * p.n_cols;
+  const float* part = p.partials.data();
+  std::copy(part, part + size, p.out);
+  for (int64_t b = 1; b < p.split; ++b) {
+    part += size;
+    for (int64_t e = 0; e < size; ++e) p.out[e] += part[e];
+  }
+}
 
 void Worker(const std::shared_ptr<SharedState>& state) {
   const Problem& p = state->problem;
@@ -210,9 +258,16 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.row_irregular.assign(p.row_chunk, 0);
     s.col_irregular.assign(p.nc, 0);
     s.tab = AllocateAligned<float>(p.kc * size * p.nc);
+    if (p.split == 1 && p.sum_blocks > 1) {
+      s.total = AllocateAligned<float>(p.group_size * p.row_chunk * p.nc);
+    }
     for (int64_t u = state->next.fetch_add(1); u < p.units;
          u = state->next.fetch_add(1)) {
       RunUnit(p, u, s);
+    }
+    // The last worker to finish adds the block partials.
+    if (p.split > 1 && state->finished.fetch_add(1) + 1 == state->workers) {
+      AddPartials(state->problem);
     }
     state->done.CountDown();
   } catch (const std::bad_alloc&) {
@@ -394,18 +449,33 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
   const int64_t tiles = static_cast<int64_t>(p.groups.size()) *
                         p.member_chunks * p.col_blocks;
-  // Split rows further when there are too few units to keep threads busy.
-  if (tiles * p.row_chunks < 2 * threads && p.rows >= 64) {
+  // Too few units to keep the threads busy: run the sum blocks of a long
+  // contraction as separate units (partial outputs, added in order at the
+  // end), or else split rows further (which repeats the table builds).
+  p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
+  p.split = 1;
+  if (tiles * p.row_chunks < 2 * threads && p.sum_blocks > 1 &&
+      out_elems * p.sum_blocks <= kMaxPartialFloats) {
+    p.split = p.sum_blocks;
+    try {
+      p.partials.resize(out_elems * p.split);
+    } catch (const std::bad_alloc&) {
+      return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                               "approxjax_gemm: out of memory"));
+    }
+    p.partials_data = p.partials.data();
+  } else if (tiles * p.row_chunks < 2 * threads && p.rows >= 64) {
     const int64_t chunks = std::min<int64_t>(
         (2 * threads + tiles - 1) / tiles, p.rows / 32);
     p.row_chunk = (p.rows + chunks - 1) / chunks;
     p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
   }
-  p.units = tiles * p.row_chunks;
+  p.units = tiles * p.row_chunks * p.split;
 
   // Small problems run inline; others on XLA's intra-op pool plus this thread.
   const double work = double(p.batch) * p.m_rows * p.n_cols * p.depth;
   const int64_t workers = work < 2e6 ? 1 : std::min<int64_t>(threads, p.units);
+  state->workers = workers;
   state->done = ffi::CountDownPromise(workers);
   ffi::Future future(state->done);
   for (int64_t w = 1; w < workers; ++w) {

@@ -1,8 +1,8 @@
 // Launchers of the CUDA kernels (cuda/gemm_kernels.cu). Plain C++ types only,
 // so the host handlers (gemm_cuda.cc) never go through nvcc and the kernels
 // never see the XLA FFI headers.
-#ifndef APPROXJAX_CUDA_GEMM_KERNELS_H_
-#define APPROXJAX_CUDA_GEMM_KERNELS_H_
+#ifndef APPROXJAX_CUDA_KERNELS_H_
+#define APPROXJAX_CUDA_KERNELS_H_
 
 #include <cuda_runtime.h>
 
@@ -57,4 +57,4 @@ cudaError_t LaunchPriorArtGemm(const GemmArgs& args, cudaStream_t stream);
 }  // namespace cuda
 }  // namespace approxjax
 
-#endif  // APPROXJAX_CUDA_GEMM_KERNELS_H_
+#endif  // APPROXJAX_CUDA_KERNELS_H_
