@@ -436,13 +436,11 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   p.kc = std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
   p.col_blocks = (p.cols + p.nc - 1) / p.nc;
   // Members of a group share a packed tile while their output tiles fit the
-  // budget; tiles keep at least 256 rows so tables are reused enough.
+  // budget. Rows per tile stay as many as for one multiplier: a table is
+  // built per member and row tile, and building costs more than packing.
   p.row_chunk = std::min(kBlockRows, p.rows);
-  p.group_size = std::clamp<int64_t>(
-      kTileFloats / (std::min<int64_t>(p.row_chunk, 256) * p.nc), 1, most);
-  p.row_chunk = std::min(
-      p.row_chunk,
-      std::max<int64_t>(kTileFloats / (p.group_size * p.nc), 64));
+  p.group_size =
+      std::clamp<int64_t>(kTileFloats / (p.row_chunk * p.nc), 1, most);
   p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
   p.member_chunks = (static_cast<int64_t>(most) + p.group_size - 1) /
                     p.group_size;
