@@ -212,3 +212,22 @@ def test_long_contractions_sum_in_blocks(batch, shape, rng):
     got = np.asarray(jax.jit(lambda a, b: ax.dot_general(a, b, dn, multiplier=mult))(lhs, rhs))
     want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
     np.testing.assert_array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize("shape", [(16, 200, 3000), (3000, 200, 16), (70, 90, 1100)])
+def test_irregular_operands_in_either_operand_role(shape, rng):
+    """The kernel streams whichever operand its cost model picks (wide outputs
+    stream the rhs); rows and columns holding inf, NaN or extreme exponents are
+    recomputed by the scalar rule in both roles."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    lhs[mm // 2, 7] = np.inf
+    lhs[mm - 1, k - 1] = 3e38
+    rhs[5, n // 3] = np.nan
+    rhs[k // 2, n - 1] = -1e-39
+    mult, dn = ax.mbm(7), (((1,), (0,)), ((), ()))
+    got = np.asarray(ax.dot_general(lhs, rhs, dn, multiplier=mult))
+    np.testing.assert_array_equal(
+        bits(got), bits(ref.sequential_dot_general(lhs, rhs, dn, mult.lut))
+    )

@@ -205,6 +205,9 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const float* sums = b1 - b0 > 1 ? s.total.get() : s.cblk.get();
 
   // Write back, and recompute outputs touched by irregular operands.
+  const bool any_col_irregular =
+      std::any_of(s.col_irregular.begin(), s.col_irregular.begin() + ncols,
+                  [](uint8_t x) { return x != 0; });
   for (int64_t q = 0; q < members; ++q) {
     const auto [g, ol] = group.members[m0 + q];
     const float* lut = p.lut + ol * lut_size;
@@ -215,14 +218,20 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
     const float* cblk = sums + q * tile;
     for (int64_t r = 0; r < rows; ++r) {
       const float* src = cblk + r * p.nc;
+      if (!p.swap) {  // a contiguous run of one output row
+        std::memcpy(out + (r0 + r) * p.n_cols + c0, src, ncols * sizeof(float));
+      } else {
+        for (int64_t c = 0; c < ncols; ++c) {
+          out[(c0 + c) * p.n_cols + r0 + r] = src[c];
+        }
+      }
+      if (!s.row_irregular[r] && !any_col_irregular) continue;
       for (int64_t c = 0; c < ncols; ++c) {
+        if (!s.row_irregular[r] && !s.col_irregular[c]) continue;
         const int64_t i = p.swap ? c0 + c : r0 + r;
         const int64_t n = p.swap ? r0 + r : c0 + c;
-        float v = src[c];
-        if (s.row_irregular[r] || s.col_irregular[c]) {
-          v = SlowOutput(p, group.oa, group.ob, lut, i, n, b0, b1);
-        }
-        out[i * p.n_cols + n] = v;
+        out[i * p.n_cols + n] =
+            SlowOutput(p, group.oa, group.ob, lut, i, n, b0, b1);
       }
     }
   }
