@@ -243,3 +243,33 @@ def test_chunked_patches_equal_whole_batch(rng, monkeypatch):
     np.testing.assert_array_equal(bits(chunked[1]), bits(whole[1]))  # input gradient
     # Weight gradient: per-chunk partial sums, added in order: within float32 rounding.
     np.testing.assert_allclose(chunked[2], whole[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "strides,dilation,padding", [((1, 1), (1, 1), "SAME"), ((2, 1), (2, 2), [(2, 1), (0, 2)])]
+)
+def test_wide_channels_gather_path(strides, dilation, padding, rng):
+    """From 64 channels the patches are one gather (below, strided slices): the
+    same values, and the gradient flows back through the slices' transpose."""
+    x = _short_mantissas(rng, (3, 9, 8, 64))
+    w = _short_mantissas(rng, (3, 3, 64, 5))
+    dims = ("NHWC", "HWIO", "NHWC")
+    args = (strides, padding, None, dilation, dims)
+    want = lax.conv_general_dilated(x, w, *args, precision=lax.Precision.HIGHEST)
+    got = ax.conv_general_dilated(x, w, *args, multiplier=ax.truncated(10))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    mult = ax.mitchell(7)
+
+    def loss(x, w, **kw):
+        return jnp.sum(jnp.sin(ax.conv_general_dilated(x, w, *args, **kw)))
+
+    gx, gw = jax.grad(loss, argnums=(0, 1))(
+        x, w, multiplier=mult, input_grad_multiplier=None, weight_grad_multiplier=None
+    )
+    y = ax.conv_general_dilated(x, w, *args, multiplier=mult)
+    _, exact_vjp = jax.vjp(
+        lambda x, w: lax.conv_general_dilated(x, w, *args, precision=lax.Precision.HIGHEST), x, w
+    )
+    ex, ew = exact_vjp(jnp.cos(y))
+    np.testing.assert_allclose(gx, ex, rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(gw, ew, rtol=2e-5, atol=2e-3)
