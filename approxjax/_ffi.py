@@ -83,30 +83,32 @@ def _local_result(operand, shape):
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
+def _gemm_shape(shapes, transpose_lhs, transpose_rhs):
+    """Result shape of a GEMM on operands of ``shapes`` (lhs, rhs, lut)."""
+    lhs, rhs, lut = shapes
+    lead = np.broadcast_shapes(lhs[:-2], rhs[:-2], lut[:-2])
+    return (*lead, lhs[-1] if transpose_lhs else lhs[-2], rhs[-2] if transpose_rhs else rhs[-1])
+
+
+def _multiply_shape(shapes):
+    """Result shape of an elementwise multiply on operands of ``shapes`` (a, b, lut)."""
+    a, b, lut = shapes
+    return (*np.broadcast_shapes(a[:-1], b[:-1], lut[:-2]), a[-1])
+
+
 def _raw_gemm(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
-    m_rows = lhs.shape[-1] if transpose_lhs else lhs.shape[-2]
-    n_cols = rhs.shape[-2] if transpose_rhs else rhs.shape[-1]
-    lead = np.broadcast_shapes(lhs.shape[:-2], rhs.shape[:-2], lut.shape[:-2])
-    out = _local_result(lhs, (*lead, m_rows, n_cols))
-    call = jax.ffi.ffi_call(GEMM_TARGET, out)
+    shape = _gemm_shape((lhs.shape, rhs.shape, lut.shape), transpose_lhs, transpose_rhs)
+    call = jax.ffi.ffi_call(GEMM_TARGET, _local_result(lhs, shape))
     return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
 
 
 def _raw_multiply(a, b, lut):
-    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], lut.shape[:-2])
-    out = _local_result(a, (*lead, a.shape[-1]))
-    return jax.ffi.ffi_call(MULTIPLY_TARGET, out)(a, b, lut)
+    shape = _multiply_shape((a.shape, b.shape, lut.shape))
+    return jax.ffi.ffi_call(MULTIPLY_TARGET, _local_result(a, shape))(a, b, lut)
 
 
 gemm_p = Primitive("approxjax_gemm")
 multiply_p = Primitive("approxjax_multiply")
-
-
-def _gemm_shape(lhs, rhs, lut, transpose_lhs, transpose_rhs):
-    lead = np.broadcast_shapes(lhs.shape[:-2], rhs.shape[:-2], lut.shape[:-2])
-    m_rows = lhs.shape[-1] if transpose_lhs else lhs.shape[-2]
-    n_cols = rhs.shape[-2] if transpose_rhs else rhs.shape[-1]
-    return (*lead, m_rows, n_cols)
 
 
 _GEMM_RULE = dict(replicated=("l1", "l2"), reduced=("k",))
@@ -137,14 +139,14 @@ def _result_aval(avals, shape, core, rule):
 
 
 def _gemm_abstract(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
-    shape = _gemm_shape(lhs, rhs, lut, transpose_lhs, transpose_rhs)
+    shape = _gemm_shape((lhs.shape, rhs.shape, lut.shape), transpose_lhs, transpose_rhs)
     core = _gemm_core(transpose_lhs, transpose_rhs)
     return _result_aval((lhs, rhs, lut), shape, core, _GEMM_RULE)
 
 
 def _multiply_abstract(a, b, lut):
-    lead = np.broadcast_shapes(a.shape[:-1], b.shape[:-1], lut.shape[:-2])
-    return _result_aval((a, b, lut), (*lead, a.shape[-1]), _MULTIPLY_CORE, _MULTIPLY_RULE)
+    shape = _multiply_shape((a.shape, b.shape, lut.shape))
+    return _result_aval((a, b, lut), shape, _MULTIPLY_CORE, _MULTIPLY_RULE)
 
 
 gemm_p.def_abstract_eval(_gemm_abstract)
@@ -173,7 +175,7 @@ batching.primitive_batchers[multiply_p] = _expand_dims_rule(multiply_p)
 
 @functools.lru_cache(maxsize=1024)
 def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs):
-    out = _gemm_shape(*(np.empty(s, np.bool_) for s in shapes), transpose_lhs, transpose_rhs)
+    out = _gemm_shape(shapes, transpose_lhs, transpose_rhs)
 
     def impl(lhs, rhs, lut):
         return _raw_gemm(lhs, rhs, lut, transpose_lhs=transpose_lhs, transpose_rhs=transpose_rhs)
@@ -189,13 +191,8 @@ def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs):
 
 @functools.lru_cache(maxsize=1024)
 def _partitioned_multiply(shapes):
-    lead = np.broadcast_shapes(shapes[0][:-1], shapes[1][:-1], shapes[2][:-2])
     return _partition.partitioned(
-        _raw_multiply,
-        shapes,
-        (*lead, shapes[0][-1]),
-        _MULTIPLY_CORE,
-        **_MULTIPLY_RULE,
+        _raw_multiply, shapes, _multiply_shape(shapes), _MULTIPLY_CORE, **_MULTIPLY_RULE
     )
 
 

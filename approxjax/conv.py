@@ -157,15 +157,7 @@ def conv_general_dilated(
     osz = int(np.prod(out_spatial, dtype=np.int64))
     w = w.reshape(kp, in_feat, out_feat)
 
-    # Flat padded-spatial index of every (output position, tap), for building
-    # the patches as one gather of whole channel rows.
-    grids = np.meshgrid(*(np.arange(o) for o in out_spatial), indexing="ij")
     taps = list(itertools.product(*(range(k) for k in kernel)))
-    coords = [
-        np.stack([g.reshape(-1) * st + t[d] * dil for t in taps], axis=-1)
-        for d, (g, st, dil) in enumerate(zip(grids, strides, rhs_dil, strict=True))
-    ]  # per spatial dim: (osz, kp)
-    flat = np.ravel_multi_index(coords, x.shape[1:-1]).reshape(-1).astype(np.int32)
 
     def sliced(xc):
         """The same patches from strided slices: its transpose (a sum of padded
@@ -184,16 +176,27 @@ def conv_general_dilated(
             parts.append(lax.slice(xc, start, limit, [1, *strides, 1]))
         return jnp.concatenate(parts, axis=-1).reshape(xc.shape[0], osz, kp * channels)
 
-    @jax.custom_vjp
-    def gathered(xc):
-        rows = xc.reshape(xc.shape[0], -1, channels)
-        return jnp.take(rows, flat, axis=1, mode="clip").reshape(xc.shape[0], osz, kp * channels)
-
-    gathered.defvjp(lambda xc: (gathered(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
     # (n, *Sp, C) -> (n, osz, kp*C), k ordered tap-major, channel-minor. Measured
-    # on XLA's CPU backend: the gather wins from 64 channels (256-byte rows) up,
-    # strided slices below.
-    patches = gathered if channels >= 64 else sliced
+    # on XLA's CPU backend: from 64 channels (256-byte rows) up, one gather of
+    # whole channel rows beats the strided slices; its gradient still goes
+    # through the slices' transpose (XLA's scatter-add measured slower).
+    patches = sliced
+    if channels >= 64:
+        grids = np.meshgrid(*(np.arange(o) for o in out_spatial), indexing="ij")
+        coords = [
+            np.stack([g.reshape(-1) * st + t[d] * dil for t in taps], axis=-1)
+            for d, (g, st, dil) in enumerate(zip(grids, strides, rhs_dil, strict=True))
+        ]  # per spatial dim: (osz, kp) padded coordinates
+        flat = np.ravel_multi_index(coords, x.shape[1:-1]).reshape(-1).astype(np.int32)
+
+        @jax.custom_vjp
+        def patches(xc):
+            rows = xc.reshape(xc.shape[0], -1, channels)
+            return jnp.take(rows, flat, axis=1, mode="clip").reshape(
+                xc.shape[0], osz, kp * channels
+            )
+
+        patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
     kw = dict(
         multiplier=multiplier,

@@ -12,7 +12,6 @@ outputs), compared with the float32 program plus the size of the input.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from jax import lax
 import approxjax as ax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gemm import _commit, _machine, _time  # noqa: E402
+from bench_gemm import _time, record  # noqa: E402
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -89,24 +88,18 @@ def main(argv=None) -> int:
                 flush=True,
             )
     if args.record:
-        path = Path(__file__).with_name("RESULTS.md")
-        with path.open("a") as f:
-            f.write(f"\n### bench_conv.py, {datetime.date.today()}, commit {_commit()}\n")
-            f.write(
-                f"Machine: {_machine()}; jax {jax.__version__}. mitchell(7) vs "
-                "`lax.conv_general_dilated` float32 (HIGHEST); temporary memory from XLA's "
-                "`memory_analysis()`.\n\n"
-            )
-            f.write(
-                "| case | approx ms | native ms | ratio | approx temp MB | native temp MB "
-                "| input MB |\n|---|---|---|---|---|---|---|\n"
-            )
-            for label, t_a, t_n, ma, mn, mi in rows:
-                f.write(
-                    f"| {label} | {t_a:.1f} | {t_n:.1f} | {t_a / t_n:.2f} | {ma:.1f} | "
-                    f"{mn:.1f} | {mi:.1f} |\n"
-                )
-        print(f"appended to {path}")
+        record(
+            "bench_conv.py",
+            "mitchell(7) vs `lax.conv_general_dilated` float32 (HIGHEST); temporary memory "
+            "from XLA's `memory_analysis()`.",
+            ["case", "approx ms", "native ms", "ratio", "approx temp MB", "native temp MB"]
+            + ["input MB"],
+            [
+                [label, f"{t_a:.1f}", f"{t_n:.1f}", f"{t_a / t_n:.2f}"]
+                + [f"{v:.1f}" for v in (ma, mn, mi)]
+                for label, t_a, t_n, ma, mn, mi in rows
+            ],
+        )
     return 0
 
 

@@ -16,7 +16,6 @@ Rows, all at the same shape and m = 7 unless said:
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import approxjax as ax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gemm import DN, _commit, _machine, _time  # noqa: E402
+from bench_gemm import DN, _time, record  # noqa: E402
 
 
 def _prior_art(a, b, lut):
@@ -85,14 +84,12 @@ def main(argv=None) -> int:
     add(f"vmapped sweep of 8 multipliers {h}^3 (one launch)", 7, t_sweep, "8 separate calls", t_one)
 
     if args.record:
-        path = Path(__file__).with_name("RESULTS.md")
-        with path.open("a") as f:
-            f.write(f"\n### bench_cuda.py, {datetime.date.today()}, commit {_commit()}\n")
-            f.write(f"Device: {_machine()}; jax {jax.__version__}.\n\n")
-            f.write("| case | m | ms | ratio |\n|---|---|---|---|\n")
-            for label, m, ms, ratio in rows:
-                f.write(f"| {label} | {m} | {ms:.2f} | {ratio} |\n")
-        print(f"appended to {path}")
+        record(
+            "bench_cuda.py",
+            "Approximate GEMMs on the GPU, native ops measured in the same run.",
+            ["case", "m", "ms", "ratio"],
+            [[label, str(m), f"{ms:.2f}", ratio] for label, m, ms, ratio in rows],
+        )
     return 0
 
 

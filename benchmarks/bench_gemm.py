@@ -103,6 +103,22 @@ def _commit() -> str:
         return "unknown"
 
 
+def record(script: str, note: str, header: list[str], rows: list[list[str]]) -> None:
+    """Appends one run to benchmarks/RESULTS.md: script, date, commit, machine, table."""
+    path = Path(__file__).with_name("RESULTS.md")
+    lines = [
+        f"\n### {script}, {datetime.date.today().isoformat()}, commit {_commit()}\n",
+        f"Machine: {_machine()}; jax {jax.__version__}; backend {jax.default_backend()}. "
+        f"{note}\n\n",
+        "| " + " | ".join(header) + " |\n",
+        "|" + "---|" * len(header) + "\n",
+    ]
+    lines += ["| " + " | ".join(cells) + " |\n" for cells in rows]
+    with path.open("a") as f:
+        f.writelines(lines)
+    print(f"appended to {path}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help="append to benchmarks/RESULTS.md")
@@ -125,22 +141,16 @@ def main(argv=None) -> int:
             flush=True,
         )
     if args.record:
-        path = Path(__file__).with_name("RESULTS.md")
-        stamp = datetime.date.today().isoformat()
-        lines = [
-            f"\n### bench_gemm.py, {stamp}, commit {_commit()}\n",
-            f"Machine: {_machine()}; jax {jax.__version__}; backend {jax.default_backend()}.\n",
-            "Native: `jnp.dot` float32, precision HIGHEST, same run.\n\n",
-            "| shape | m | approx ms | native ms | ratio |\n|---|---|---|---|---|\n",
-        ]
-        lines += [
-            f"| {r['shape']} | {r['m']} | {r['approx_ms']:.2f} | {r['native_ms']:.2f} | "
-            f"{r['ratio']:.2f} |\n"
-            for r in rows
-        ]
-        with path.open("a") as f:
-            f.writelines(lines)
-        print(f"appended to {path}")
+        record(
+            "bench_gemm.py",
+            "Native: `jnp.dot` float32, precision HIGHEST, same run.",
+            ["shape", "m", "approx ms", "native ms", "ratio"],
+            [
+                [r["shape"], str(r["m"])]
+                + [f"{r[k]:.2f}" for k in ("approx_ms", "native_ms", "ratio")]
+                for r in rows
+            ],
+        )
     return 0
 
 

@@ -10,7 +10,6 @@ dot and convolution), measured in the same run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ import approxjax as ax
 from approxjax import networks
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gemm import _commit, _machine  # noqa: E402
+from bench_gemm import record  # noqa: E402
 
 
 def _step_time(model, x, y, multiplier, repeats):
@@ -75,17 +74,13 @@ def main(argv=None) -> int:
         rows.append((label, approx, native))
         print(f"{label:<32} {approx:>10.1f} {native:>11.1f} {approx / native:>7.2f}", flush=True)
     if args.record:
-        path = Path(__file__).with_name("RESULTS.md")
-        with path.open("a") as f:
-            f.write(f"\n### bench_training.py, {datetime.date.today()}, commit {_commit()}\n")
-            f.write(
-                f"Machine: {_machine()}; jax {jax.__version__}. Training step (forward, "
-                "backward, Adam) under mitchell(7) vs the same model in float32.\n\n"
-            )
-            f.write("| model | approx ms | float32 ms | ratio |\n|---|---|---|---|\n")
-            for label, a, n in rows:
-                f.write(f"| {label} | {a:.1f} | {n:.1f} | {a / n:.2f} |\n")
-        print(f"appended to {path}")
+        record(
+            "bench_training.py",
+            "Training step (forward, backward, Adam) under mitchell(7) vs the same model in "
+            "float32.",
+            ["model", "approx ms", "float32 ms", "ratio"],
+            [[label, f"{a:.1f}", f"{n:.1f}", f"{a / n:.2f}"] for label, a, n in rows],
+        )
     return 0
 
 

@@ -101,8 +101,7 @@ struct Problem {
   int64_t col_blocks, row_chunk, row_chunks, member_chunks, units;
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
   int64_t split;               // 1, or sum_blocks when blocks run as separate units
-  std::vector<float> partials; // [split][batch][M][N] when split > 1
-  float* partials_data = nullptr;
+  float* partials = nullptr;  // [split][batch][M][N] when split > 1
   int64_t kc;
   const KernelTable* kernels;
   const BlockKernels* block;
@@ -173,34 +172,34 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const float* smat = (p.swap ? p.rhs : p.lhs) + os * p.depth * p.rows;
   const float* tmat = (p.swap ? p.lhs : p.rhs) + ot * p.depth * p.cols;
   for (int64_t blk = b0; blk < b1; ++blk) {
-  std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
-  const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
-  for (int64_t k0 = blk * kSumBlock; k0 < k_end; k0 += p.kc) {
-    const int64_t kc = std::min(p.kc, k_end - k0);
-    // Pack this tile of the streamed operand once for every member.
-    p.kernels->pack_rows(smat + r0 * p.s_rs + k0 * p.s_ks, rows, kc, p.s_rs,
-                         p.s_ks, p.m, p.range, s.idx.get(), s.scale.get(),
-                         s.row_irregular.data());
-    const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
-    for (int64_t q = 0; q < members; ++q) {
-      const int64_t ol = group.members[m0 + q].second;
-      const float* lut_rows =
-          p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
-      p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
-                           ncols, p.range, s.col_irregular.data());
-      p.block->table_sweep(s.cblk.get() + q * tile, rows, s.idx.get(),
-                           s.scale.get(), kc, kc, s.tab.get(), p.m);
+    std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
+    const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
+    for (int64_t k0 = blk * kSumBlock; k0 < k_end; k0 += p.kc) {
+      const int64_t kc = std::min(p.kc, k_end - k0);
+      // Pack this tile of the streamed operand once for every member.
+      p.kernels->pack_rows(smat + r0 * p.s_rs + k0 * p.s_ks, rows, kc, p.s_rs,
+                           p.s_ks, p.m, p.range, s.idx.get(), s.scale.get(),
+                           s.row_irregular.data());
+      const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
+      for (int64_t q = 0; q < members; ++q) {
+        const int64_t ol = group.members[m0 + q].second;
+        const float* lut_rows =
+            p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
+        p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
+                             ncols, p.range, s.col_irregular.data());
+        p.block->table_sweep(s.cblk.get() + q * tile, rows, s.idx.get(),
+                             s.scale.get(), kc, kc, s.tab.get(), p.m);
+      }
     }
-  }
-  if (b1 - b0 > 1) {  // add this block's sums in order (the first as it is)
-    float* t = s.total.get();
-    const float* c = s.cblk.get();
-    if (blk == b0) {
-      std::copy(c, c + members * tile, t);
-    } else {
-      for (int64_t e = 0; e < members * tile; ++e) t[e] += c[e];
+    if (b1 - b0 > 1) {  // add this block's sums in order (the first as it is)
+      float* t = s.total.get();
+      const float* c = s.cblk.get();
+      if (blk == b0) {
+        std::copy(c, c + members * tile, t);
+      } else {
+        for (int64_t e = 0; e < members * tile; ++e) t[e] += c[e];
+      }
     }
-  }
   }
   const float* sums = b1 - b0 > 1 ? s.total.get() : s.cblk.get();
 
@@ -211,8 +210,7 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   for (int64_t q = 0; q < members; ++q) {
     const auto [g, ol] = group.members[m0 + q];
     const float* lut = p.lut + ol * lut_size;
-    float* out = (p.split > 1 ? p.partials_data +
-                                    part * p.batch * p.m_rows * p.n_cols
+    float* out = (p.split > 1 ? p.partials + part * p.batch * p.m_rows * p.n_cols
                               : p.out) +
                  g * p.m_rows * p.n_cols;
     const float* cblk = sums + q * tile;
@@ -242,13 +240,14 @@ struct SharedState {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> finished{0};
   int64_t workers = 1;
+  std::vector<float> partials;  // storage behind problem.partials
   ffi::CountDownPromise done;
 };
 
 // Adds the per-block partial outputs in order of block (split > 1).
-void AddPartials(Problem& p) {
+void AddPartials(const Problem& p) {
   const int64_t size = p.batch * p.m_rows * p.n_cols;
-  const float* part = p.partials.data();
+  const float* part = p.partials;
   std::copy(part, part + size, p.out);
   for (int64_t b = 1; b < p.split; ++b) {
     part += size;
@@ -465,12 +464,12 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
       out_elems * p.sum_blocks <= kMaxPartialFloats) {
     p.split = p.sum_blocks;
     try {
-      p.partials.resize(out_elems * p.split);
+      state->partials.resize(out_elems * p.split);
     } catch (const std::bad_alloc&) {
       return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                                "approxjax_gemm: out of memory"));
     }
-    p.partials_data = p.partials.data();
+    p.partials = state->partials.data();
   } else if (tiles * p.row_chunks < 2 * threads && p.rows >= 64) {
     const int64_t chunks = std::min<int64_t>(
         (2 * threads + tiles - 1) / tiles, p.rows / 32);
