@@ -231,3 +231,32 @@ def test_irregular_operands_in_either_operand_role(shape, rng):
     np.testing.assert_array_equal(
         bits(got), bits(ref.sequential_dot_general(lhs, rhs, dn, mult.lut))
     )
+
+
+@pytest.mark.parametrize("streamed", ["lhs", "rhs"])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("special", [np.inf, np.nan, 3.0e38, 1.0e-40, 0.0])
+def test_packing_lanes_and_slices_match_the_reference(streamed, transpose, special, rng):
+    """The streamed operand (the one with many rows or columns) is packed a
+    vector of k at a time, in slices of 128 k: special elements in the first,
+    last and tail lanes of vectors and slices route only their own outputs
+    through the scalar rule. Contiguous and transposed storage both."""
+    k = 300
+    mm, n = (150, 20) if streamed == "lhs" else (20, 150)
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    places = [(0, 0), (1, 15), (2, 16), (3, 127), (4, 128), (5, 255), (6, 256), (7, 299)]
+    for i, kk in places:
+        if streamed == "lhs":
+            lhs[i, kk] = special
+        else:
+            rhs[kk, i] = special
+    lhs[9, 40] = rhs[41, 9] = special  # and one in the tabled operand
+    dn = (((1,), (0,)), ((), ()))
+    if transpose:  # stored [K, M] and [N, K]
+        lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
+        dn = (((0,), (1,)), ((), ()))
+    mult = ax.mitchell(7)
+    got = np.asarray(ax.dot_general(lhs, rhs, dn, multiplier=mult))
+    want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
+    np.testing.assert_array_equal(bits(got), bits(want))

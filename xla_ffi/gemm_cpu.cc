@@ -50,6 +50,7 @@ namespace {
 // L2-sized table (fewer passes over the output block) beat an L1-sized one.
 constexpr int64_t kTableFloats = 64 * 1024;  // 256 KiB of per-tile table
 constexpr int64_t kBlockRows = 1024;         // rows of an output tile
+constexpr int64_t kPackDepth = 128;         // k of the streamed tile packed at once
 constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
 constexpr int64_t kMaxPartialFloats = 1 << 22;  // 16 MiB of block partials
 
@@ -102,7 +103,8 @@ struct Problem {
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
   int64_t split;               // 1, or sum_blocks when blocks run as separate units
   float* partials = nullptr;  // [split][batch][M][N] when split > 1
-  int64_t kc;
+  int64_t kc;  // k of one per-tile table
+  int64_t kp;  // k packed at a time: a multiple of kc
   const KernelTable* kernels;
   const BlockKernels* block;
 
@@ -174,21 +176,27 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   for (int64_t blk = b0; blk < b1; ++blk) {
     std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
     const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
-    for (int64_t k0 = blk * kSumBlock; k0 < k_end; k0 += p.kc) {
-      const int64_t kc = std::min(p.kc, k_end - k0);
-      // Pack this tile of the streamed operand once for every member.
-      p.kernels->pack_rows(smat + r0 * p.s_rs + k0 * p.s_ks, rows, kc, p.s_rs,
-                           p.s_ks, p.m, p.range, s.idx.get(), s.scale.get(),
-                           s.row_irregular.data());
-      const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
-      for (int64_t q = 0; q < members; ++q) {
-        const int64_t ol = group.members[m0 + q].second;
-        const float* lut_rows =
-            p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
-        p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
-                             ncols, p.range, s.col_irregular.data());
-        p.block->table_sweep(s.cblk.get() + q * tile, rows, s.idx.get(),
-                             s.scale.get(), kc, kc, s.tab.get(), p.m);
+    for (int64_t kp0 = blk * kSumBlock; kp0 < k_end; kp0 += p.kp) {
+      // Pack this tile of the streamed operand once for every member, kp k
+      // at a time: whole cache lines of each row (packing kc k at a time,
+      // a few floats of each row, cost as much as the sweep on 1024^3).
+      const int64_t kp = std::min(p.kp, k_end - kp0);
+      p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
+                           p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
+                           s.scale.get(), s.row_irregular.data());
+      for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
+        const int64_t kc = std::min(p.kc, kp0 + kp - k0);
+        const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
+        for (int64_t q = 0; q < members; ++q) {
+          const int64_t ol = group.members[m0 + q].second;
+          const float* lut_rows =
+              p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
+          p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs,
+                               kc, ncols, p.range, s.col_irregular.data());
+          p.block->table_sweep(s.cblk.get() + q * tile, rows,
+                               s.idx.get() + (k0 - kp0), s.scale.get() + (k0 - kp0),
+                               kp, kc, s.tab.get(), p.m);
+        }
       }
     }
     if (b1 - b0 > 1) {  // add this block's sums in order (the first as it is)
@@ -261,8 +269,8 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     Scratch s;
     const int64_t size = int64_t{1} << p.m;
     s.cblk = AllocateAligned<float>(p.group_size * p.row_chunk * p.nc);
-    s.idx = AllocateAligned<uint16_t>(p.row_chunk * p.kc);
-    s.scale = AllocateAligned<float>(p.row_chunk * p.kc);
+    s.idx = AllocateAligned<uint16_t>(p.row_chunk * p.kp);
+    s.scale = AllocateAligned<float>(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
     s.col_irregular.assign(p.nc, 0);
     s.tab = AllocateAligned<float>(p.kc * size * p.nc);
@@ -442,6 +450,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   }
 
   p.kc = std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
+  p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.col_blocks = (p.cols + p.nc - 1) / p.nc;
   // Members of a group share a packed tile while their output tiles fit the
   // budget. Rows per tile stay as many as for one multiplier: a table is
@@ -540,6 +549,7 @@ const KernelTable& SelectKernels() {
     if (want == "baseline") return &KernelsBaseline();
     if (want == "avx2" && avx2) return &KernelsAvx2();
     if (want == "avx512" && avx512) return &KernelsAvx512();
+    if (want.empty() && avx512) return &KernelsAvx512();
     if (want.empty() && avx2) return &KernelsAvx2();
 #endif
     return &KernelsBaseline();

@@ -57,6 +57,25 @@ inline bool PackOne(float x, int shift, const RegularRange& regular,
   return !ok;
 }
 
+typedef uint32_t VecU __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
+typedef int32_t VecI __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
+typedef uint16_t VecH __attribute__((vector_size(APPROXJAX_VEC_BYTES / 2)));
+
+// PackOne on kLanes contiguous elements; returns all ones in the lanes that
+// are irregular.
+inline VecI PackLanes(const float* src, int shift, const RegularRange& regular,
+                      uint16_t* idx, float* scale) {
+  VecU bits;
+  std::memcpy(&bits, src, sizeof(bits));
+  const VecU e = (bits >> 23) & 0xffu;
+  const VecI ok = (e == 0u) | ((e - regular.lo) < regular.width);
+  const VecH iv = __builtin_convertvector((bits & kFracMask) >> shift, VecH);
+  const VecU sv = (bits & 0xff800000u) & reinterpret_cast<const VecU&>(ok);
+  std::memcpy(idx, &iv, sizeof(iv));
+  std::memcpy(scale, &sv, sizeof(sv));
+  return ~ok;
+}
+
 void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
               int64_t ks, int m, int range, uint16_t* __restrict idx,
               float* __restrict scale, uint8_t* row_irregular) {
@@ -68,8 +87,14 @@ void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
       uint16_t* ir = idx + r * k;
       float* sr = scale + r * k;
       uint32_t irregular = 0;
-      if (ks == 1) {
-        for (int64_t kk = 0; kk < k; ++kk) {
+      if (ks == 1) {  // contiguous: kLanes elements at a time
+        VecI bad = {};
+        int64_t kk = 0;
+        for (; kk + kLanes <= k; kk += kLanes) {
+          bad |= PackLanes(s + kk, shift, regular, ir + kk, sr + kk);
+        }
+        for (int v = 0; v < kLanes; ++v) irregular |= bad[v] != 0;
+        for (; kk < k; ++kk) {
           irregular |= PackOne(s[kk], shift, regular, ir + kk, sr + kk);
         }
       } else {
