@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -23,7 +24,7 @@ from jax import lax
 import approxjax as ax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gemm import _time, record  # noqa: E402
+from bench_gemm import record, time_pair  # noqa: E402
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -71,8 +72,7 @@ def main(argv=None) -> int:
         a_fwd, a_train = _conv(ax.mitchell(7))
         in_mb = x.size * 4 / 2**20
         for kind, nat, app in (("forward", n_fwd, a_fwd), ("fwd + both grads", n_train, a_train)):
-            t_n = _time(nat, x, w, repeats=args.repeats)
-            t_a = _time(app, x, w, repeats=args.repeats)
+            t_a, t_n = time_pair(partial(app, x, w), partial(nat, x, w), repeats=args.repeats)
             row = (
                 f"3x3 {cin}->{cout}, {b}x{h}x{w_}, {kind}",
                 t_a,

@@ -55,6 +55,20 @@ def _time(fn, *args, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def time_pair(approx, native, repeats: int) -> tuple[float, float]:
+    """Median ms of two zero-argument calls, timed alternately (after a
+    warm-up of each) so that both see the same state of a shared machine."""
+    jax.block_until_ready(approx())
+    jax.block_until_ready(native())
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((approx, native), times, strict=True):
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
+
+
 def _row(label, m_rows, k, n, m, repeats, stack=1):
     rng = np.random.default_rng(0)
     a = jnp.asarray(rng.standard_normal((m_rows, k)), jnp.float32)
@@ -68,8 +82,9 @@ def _row(label, m_rows, k, n, m, repeats, stack=1):
         approx = jax.jit(
             jax.vmap(lambda a, b, mu: ax.dot_general(a, b, DN, multiplier=mu), (None, None, 0))
         )
-    t_native = _time(native, a, b, repeats=repeats)
-    t_approx = _time(approx, a, b, mult, repeats=repeats)
+    t_approx, t_native = time_pair(
+        lambda: approx(a, b, mult), lambda: native(a, b), repeats=repeats
+    )
     return {
         "shape": f"{label} ({m_rows}x{k}x{n})" + (f" x{stack} multipliers" if stack > 1 else ""),
         "m": m,

@@ -10,9 +10,7 @@ dot and convolution), measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -24,13 +22,14 @@ import approxjax as ax
 from approxjax import networks
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_gemm import record  # noqa: E402
+from bench_gemm import record, time_pair  # noqa: E402
 
 
-def _step_time(model, x, y, multiplier, repeats):
+def _stepper(model, x, y, multiplier):
+    """A zero-argument call running one training step on its own state."""
     params = model.init(jax.random.key(0), x[:2])
     opt = optax.adam(1e-3)
-    opt_state = opt.init(params)
+    state = [params, opt.init(params)]
 
     @jax.jit
     def step(params, opt_state):
@@ -43,15 +42,11 @@ def _step_time(model, x, y, multiplier, repeats):
         u, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, u), opt_state, loss
 
-    params, opt_state, loss = step(params, opt_state)
-    jax.block_until_ready(loss)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state)
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    def run():
+        state[0], state[1], loss = step(*state)
+        return loss
+
+    return run
 
 
 def main(argv=None) -> int:
@@ -69,8 +64,9 @@ def main(argv=None) -> int:
     for label, model, shape in cases:
         x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
         y = jnp.asarray(rng.integers(0, 10, shape[0]), jnp.int32)
-        native = _step_time(model, x, y, None, args.repeats)
-        approx = _step_time(model, x, y, ax.mitchell(7), args.repeats)
+        approx, native = time_pair(
+            _stepper(model, x, y, ax.mitchell(7)), _stepper(model, x, y, None), args.repeats
+        )
         rows.append((label, approx, native))
         print(f"{label:<32} {approx:>10.1f} {native:>11.1f} {approx / native:>7.2f}", flush=True)
     if args.record:

@@ -167,7 +167,8 @@ _VARIANT_SCRIPT = """
 import hashlib, numpy as np, approxjax as ax
 rng = np.random.default_rng(5)
 out = []
-for (mm, k, n), m in [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10)]:
+cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
+for (mm, k, n), m in cases:  # the last one gathers its products
     a = rng.standard_normal((mm, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     a[3, 3] = np.inf
@@ -260,3 +261,38 @@ def test_packing_lanes_and_slices_match_the_reference(streamed, transpose, speci
     got = np.asarray(ax.dot_general(lhs, rhs, dn, multiplier=mult))
     want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
     np.testing.assert_array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize("path", ["tables", "gathers"])
+@pytest.mark.parametrize(
+    "shape,m",
+    [
+        ((25, 700, 6), 7),
+        ((6, 900, 25), 7),
+        ((40, 300, 33), 3),
+        ((9, 260, 20), 8),
+        ((7, 50, 19), 10),
+    ],
+)
+def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng, monkeypatch):
+    """The CPU kernel either builds per-tile tables or gathers each product
+    from the LUT (small outputs); both give the reference bits, for either
+    operand streamed, with special operands, in vmapped stacks."""
+    monkeypatch.setenv("APPROXJAX_CPU_GEMM", path)
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    lhs[1, 17] = np.inf
+    rhs[33, 2] = np.nan
+    lhs[3, 5] = rhs[6, 4] = 1.0e-40  # subnormals flush to zero
+    lhs[4, k - 3] = -3.0e38
+    mults = [ax.mitchell(m), ax.truncated(m), ax.drum(m) if m >= 3 else ax.mitchell(m)]
+    for dn, a, b in [
+        ((((1,), (0,)), ((), ())), lhs, rhs),
+        ((((0,), (1,)), ((), ())), np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)),
+    ]:
+        stacked = jax.vmap(lambda mu, a=a, b=b, dn=dn: ax.dot_general(a, b, dn, multiplier=mu))
+        got = np.asarray(stacked(ax.stack(mults)))
+        for i, mu in enumerate(mults):
+            want = ref.sequential_dot_general(a, b, dn, mu.lut)
+            np.testing.assert_array_equal(bits(got[i]), bits(want))

@@ -9,6 +9,9 @@
 //     tab[k][v][c] = lut[v, j(b[k, c])] * scale(b[k, c]) turns the inner loop
 //     into plain FMA streams over contiguous rows of the table. A cost model
 //     picks which operand is streamed and NC (64, or 16 for narrow outputs).
+//   * Outputs with few rows and columns (weight gradients of small layers)
+//     would rebuild a table for every few products: there the kernel gathers
+//     each product from the LUT instead (direct_sweep), for m <= 8.
 //   * Packing is fused into each tile (nothing operand-sized is allocated);
 //     the tiles of a stack of multipliers that share operands are computed
 //     together, so they share the packing of the streamed operand.
@@ -53,6 +56,8 @@ constexpr int64_t kBlockRows = 1024;         // rows of an output tile
 constexpr int64_t kPackDepth = 128;         // k of the streamed tile packed at once
 constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
 constexpr int64_t kMaxPartialFloats = 1 << 22;  // 16 MiB of block partials
+constexpr double kDirectCost = 4.7;  // a gathered product, in wide-sweep MACs
+constexpr int kMaxDirectBits = 8;    // gathers only from tables <= 256 KiB
 
 struct AlignedDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -86,8 +91,9 @@ struct Problem {
   int m;                          // mantissa bits
   int range;                      // regular exponent range
   bool transpose_lhs, transpose_rhs;
-  bool swap;   // stream rhs^T and table lhs^T
-  int nc;      // column block width: kWideCols or kNarrowCols
+  bool swap;    // stream rhs^T and table lhs^T
+  bool direct;  // gather products (direct_sweep) instead of per-tile tables
+  int nc;       // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
   Operand a, b, l;
   int64_t batch;  // product of out_lead
@@ -97,7 +103,7 @@ struct Problem {
   // Streamed side (rows R) and tabled side (cols C), both of depth K.
   int64_t rows, cols;
   int64_t s_rs, s_ks, t_ks, t_cs;  // element strides
-  std::vector<float> lut_t;        // transposed tables (when !swap)
+  std::vector<float> lut_t;        // transposed tables (when swap == direct)
 
   int64_t col_blocks, row_chunk, row_chunks, member_chunks, units;
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
@@ -189,8 +195,17 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
         for (int64_t q = 0; q < members; ++q) {
           const int64_t ol = group.members[m0 + q].second;
-          const float* lut_rows =
-              p.swap ? p.lut + ol * lut_size : p.lut_t.data() + ol * lut_size;
+          const float* lut_rows = p.swap != p.direct
+                                      ? p.lut + ol * lut_size
+                                      : p.lut_t.data() + ol * lut_size;
+          if (p.direct) {
+            p.block->direct_sweep(s.cblk.get() + q * tile, rows,
+                                  s.idx.get() + (k0 - kp0),
+                                  s.scale.get() + (k0 - kp0), kp, kc, lut_rows,
+                                  p.m, b, p.t_ks, p.t_cs, ncols, p.range,
+                                  s.col_irregular.data());
+            continue;
+          }
           p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs,
                                kc, ncols, p.range, s.col_irregular.data());
           p.block->table_sweep(s.cblk.get() + q * tile, rows,
@@ -273,7 +288,7 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.scale = AllocateAligned<float>(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
     s.col_irregular.assign(p.nc, 0);
-    s.tab = AllocateAligned<float>(p.kc * size * p.nc);
+    s.tab = AllocateAligned<float>(p.direct ? 1 : p.kc * size * p.nc);
     if (p.split == 1 && p.sum_blocks > 1) {
       s.total = AllocateAligned<float>(p.group_size * p.row_chunk * p.nc);
     }
@@ -334,29 +349,43 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
   return ffi::Error::Success();
 }
 
-// Picks which operand is streamed (swap) and the column block width from a
-// cost model fitted to this kernel's measured costs: building a table entry
-// costs about 2.5 multiply-adds of the sweep, a narrow block's sweep about 1.3.
+// Picks which operand is streamed (swap), the column block width and tables
+// or gathers from a cost model fitted to this kernel's measured costs, in
+// multiply-adds of the wide sweep: building a table entry costs about 2.5,
+// a narrow block's multiply-add about 1.3, a gathered one about kDirectCost.
+// Gathers are for small tables only (a random row per product).
 void ChooseLayout(Problem& p, int64_t size) {
   struct Option {
-    bool swap;
+    bool swap, direct;
     int nc;
   };
-  const Option options[] = {{false, kWideCols},
-                            {false, kNarrowCols},
-                            {true, kWideCols},
-                            {true, kNarrowCols}};
+  const Option options[] = {{false, false, kWideCols}, {false, false, kNarrowCols},
+                            {true, false, kWideCols},  {true, false, kNarrowCols},
+                            {false, true, kNarrowCols}, {true, true, kNarrowCols}};
+  // APPROXJAX_CPU_GEMM=tables|gathers forces one kind (tests, benchmarks).
+  const char* force = std::getenv("APPROXJAX_CPU_GEMM");
+  const std::string only = force ? force : "";
   double best = -1;
   for (const Option& o : options) {
+    if (o.direct && p.m > kMaxDirectBits && only != "gathers") continue;
+    if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
+      continue;
+    }
     const double rows = o.swap ? p.n_cols : p.m_rows;
     const double cols = o.swap ? p.m_rows : p.n_cols;
     const double padded = std::ceil(cols / o.nc) * o.nc;
     const double chunks = std::ceil(rows / double(kBlockRows));
-    double cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : 1.0);
-    cost += 2.5 * double(size) * padded * chunks;
+    double cost;
+    if (o.direct) {
+      cost = kDirectCost * rows * padded;
+    } else {
+      cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : 1.0);
+      cost += 2.5 * double(size) * padded * chunks;
+    }
     if (best < 0 || cost < best) {
       best = cost;
       p.swap = o.swap;
+      p.direct = o.direct;
       p.nc = o.nc;
     }
   }
@@ -432,7 +461,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   for (const Group& grp : p.groups) most = std::max(most, grp.members.size());
 
   try {
-    if (!p.swap) {  // tables are read along the rhs index: keep lut^T
+    if (p.swap == p.direct) {  // rows are read along the rhs index: lut^T
       p.lut_t.resize(p.l.matrix_count * size * size);
       for (int64_t t = 0; t < p.l.matrix_count; ++t) {
         const float* src = p.lut + t * size * size;
@@ -449,7 +478,8 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                              "approxjax_gemm: out of memory"));
   }
 
-  p.kc = std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
+  p.kc = p.direct ? std::min(p.depth, kPackDepth)
+                  : std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
   p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.col_blocks = (p.cols + p.nc - 1) / p.nc;
   // Members of a group share a packed tile while their output tiles fit the

@@ -252,14 +252,88 @@ void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
   for (; r < rows; ++r) SweepRows<NC, 1>(cblk, r, idx, scale, ld, kc, tab, stride);
 }
 
+// kLanes table entries rows[j[0..kLanes-1]] (one table row, any column).
+inline Vec GatherRow(const float* row, const uint16_t* j) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __m512i v = _mm512_cvtepu16_epi32(
+      _mm256_load_si256(reinterpret_cast<const __m256i*>(j)));
+  return reinterpret_cast<Vec>(_mm512_i32gather_ps(v, row, 4));
+#elif defined(__AVX2__) && APPROXJAX_VEC_BYTES == 32
+  const __m256i v = _mm256_cvtepu16_epi32(
+      _mm_load_si128(reinterpret_cast<const __m128i*>(j)));
+  return reinterpret_cast<Vec>(_mm256_i32gather_ps(row, v, 4));
+#else
+  Vec g;
+  for (int l = 0; l < kLanes; ++l) g[l] = row[j[l]];
+  return g;
+#endif
+}
+
+// k of the tabled operand packed at a time by DirectSweep (on the stack).
+constexpr int64_t kDirectDepth = 64;
+
+template <int NC, int R>
+inline void DirectRows(float* cblk, int64_t r, const uint16_t* idx,
+                       const float* scale, int64_t ld, int64_t kc,
+                       const float* rows, int m, const uint16_t* jb,
+                       const float* sb) {
+  constexpr int kV = NC / kLanes;
+  Vec acc[R][kV];
+  for (int q = 0; q < R; ++q) {
+    const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
+    for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
+  }
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const uint16_t* jk = jb + kk * NC;
+    const Vec* sk = reinterpret_cast<const Vec*>(sb + kk * NC);
+    for (int q = 0; q < R; ++q) {
+      const int64_t at = (r + q) * ld + kk;
+      const float* row = rows + (int64_t{idx[at]} << m);
+      const float s = scale[at];
+      for (int v = 0; v < kV; ++v) {
+        acc[q][v] += GatherRow(row, jk + v * kLanes) * sk[v] * s;
+      }
+    }
+  }
+  for (int q = 0; q < R; ++q) {
+    Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
+    for (int v = 0; v < kV; ++v) out[v] = acc[q][v];
+  }
+}
+
+template <int NC>
+void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                 const float* scale, int64_t ld, int64_t kc,
+                 const float* lut_rows, int m, const float* b, int64_t bk,
+                 int64_t bc, int64_t ncols, int range, uint8_t* col_irregular) {
+  constexpr int kR = 4;
+  alignas(64) uint16_t jb[kDirectDepth * NC];
+  alignas(64) float sb[kDirectDepth * NC];
+  for (int64_t k0 = 0; k0 < kc; k0 += kDirectDepth) {
+    const int64_t kn = std::min(kDirectDepth, kc - k0);
+    PackCols<NC>(b + k0 * bk, bk, bc, kn, ncols, m, range, jb, sb,
+                 col_irregular);
+    int64_t r = 0;
+    for (; r + kR <= rows; r += kR) {
+      DirectRows<NC, kR>(cblk, r, idx + k0, scale + k0, ld, kn, lut_rows, m,
+                         jb, sb);
+    }
+    for (; r < rows; ++r) {
+      DirectRows<NC, 1>(cblk, r, idx + k0, scale + k0, ld, kn, lut_rows, m,
+                        jb, sb);
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
   static const KernelTable table = {
       APPROXJAX_STR(APPROXJAX_VARIANT),
       PackRows,
-      {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>},
-      {BuildTable<kWideCols>, TableSweep<kWideCols>},
+      {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>,
+       DirectSweep<kNarrowCols>},
+      {BuildTable<kWideCols>, TableSweep<kWideCols>, DirectSweep<kWideCols>},
   };
   return table;
 }

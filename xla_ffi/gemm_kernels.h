@@ -34,6 +34,17 @@ struct BlockKernels {
                       const float* scale, int64_t ld, int64_t kc,
                       const float* tab, int m);
 
+  // The same sums without a per-tile table, for outputs too small to repay
+  // building one: cblk[r][c] += sum over k < kc of
+  // rows[idx[r, k]][j(b[k, c])] * scale(b[k, c]) * scale[r, k], in order of
+  // k, each product a gather from the table row of the streamed element.
+  // `rows` is lut when the streamed operand is the lhs, lut^T when it is the
+  // rhs. Marks columns as build_table does.
+  void (*direct_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
+                       const float* scale, int64_t ld, int64_t kc,
+                       const float* lut_rows, int m, const float* b,
+                       int64_t bk, int64_t bc, int64_t ncols, int range,
+                       uint8_t* col_irregular);
 };
 
 struct KernelTable {
