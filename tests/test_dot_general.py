@@ -246,7 +246,9 @@ def test_packing_lanes_and_slices_match_the_reference(streamed, transpose, speci
     mm, n = (150, 20) if streamed == "lhs" else (20, 150)
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
-    places = [(0, 0), (1, 15), (2, 16), (3, 127), (4, 128), (5, 255), (6, 256), (7, 299)]
+    # (row, k): first, last and tail lanes of row vectors and of k vectors
+    places = [(0, 0), (15, 15), (16, 16), (31, 127), (100, 128), (143, 255), (148, 256)]
+    places += [(149, 299)]
     for i, kk in places:
         if streamed == "lhs":
             lhs[i, kk] = special

@@ -190,8 +190,13 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
                            p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
                            s.scale.get(), s.row_irregular.data());
+      // Where packed element (r, k) lies: r * lr + k * lk.
+      const bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
+      const int64_t lr = kmajor ? 1 : kp, lk = kmajor ? rows : 1;
       for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);
+        const uint16_t* idx = s.idx.get() + (k0 - kp0) * lk;
+        const float* scale = s.scale.get() + (k0 - kp0) * lk;
         const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
         for (int64_t q = 0; q < members; ++q) {
           const int64_t ol = group.members[m0 + q].second;
@@ -199,18 +204,15 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                       ? p.lut + ol * lut_size
                                       : p.lut_t.data() + ol * lut_size;
           if (p.direct) {
-            p.block->direct_sweep(s.cblk.get() + q * tile, rows,
-                                  s.idx.get() + (k0 - kp0),
-                                  s.scale.get() + (k0 - kp0), kp, kc, lut_rows,
-                                  p.m, b, p.t_ks, p.t_cs, ncols, p.range,
-                                  s.col_irregular.data());
+            p.block->direct_sweep(s.cblk.get() + q * tile, rows, idx, scale,
+                                  lr, lk, kc, lut_rows, p.m, b, p.t_ks, p.t_cs,
+                                  ncols, p.range, s.col_irregular.data());
             continue;
           }
           p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs,
                                kc, ncols, p.range, s.col_irregular.data());
-          p.block->table_sweep(s.cblk.get() + q * tile, rows,
-                               s.idx.get() + (k0 - kp0), s.scale.get() + (k0 - kp0),
-                               kp, kc, s.tab.get(), p.m);
+          p.block->table_sweep(s.cblk.get() + q * tile, rows, idx, scale, lr,
+                               lk, kc, s.tab.get(), p.m);
         }
       }
     }

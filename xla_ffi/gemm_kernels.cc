@@ -76,6 +76,41 @@ inline VecI PackLanes(const float* src, int shift, const RegularRange& regular,
   return ~ok;
 }
 
+// PackLanes on the first n < kLanes elements (the others untouched).
+inline VecI PackPartial(const float* src, int n, int shift,
+                        const RegularRange& regular, uint16_t* idx,
+                        float* scale) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
+  const VecU bits =
+      reinterpret_cast<VecU>(_mm512_maskz_loadu_epi32(live, src));
+  const VecU e = (bits >> 23) & 0xffu;  // zero lanes are regular
+  const VecI ok = (e == 0u) | ((e - regular.lo) < regular.width);
+  const VecU iv = (bits & kFracMask) >> shift;
+  const VecU sv = (bits & 0xff800000u) & reinterpret_cast<const VecU&>(ok);
+  _mm512_mask_cvtepi32_storeu_epi16(idx, live, reinterpret_cast<__m512i>(iv));
+  _mm512_mask_storeu_ps(scale, live, reinterpret_cast<__m512>(sv));
+  return ~ok;
+#else
+  alignas(64) float in[kLanes] = {};
+  alignas(64) uint16_t iv[kLanes];
+  alignas(64) float sv[kLanes];
+  std::memcpy(in, src, n * sizeof(float));
+  const VecI bad = PackLanes(in, shift, regular, iv, sv);
+  std::memcpy(idx, iv, n * sizeof(uint16_t));
+  std::memcpy(scale, sv, n * sizeof(float));
+  return bad;
+#endif
+}
+
+inline bool AnyLane(const VecI& v) {
+  uint64_t w[sizeof(VecI) / 8];
+  std::memcpy(w, &v, sizeof(v));
+  uint64_t any = 0;
+  for (uint64_t x : w) any |= x;
+  return any != 0;
+}
+
 void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
               int64_t ks, int m, int range, uint16_t* __restrict idx,
               float* __restrict scale, uint8_t* row_irregular) {
@@ -93,10 +128,11 @@ void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
         for (; kk + kLanes <= k; kk += kLanes) {
           bad |= PackLanes(s + kk, shift, regular, ir + kk, sr + kk);
         }
-        for (int v = 0; v < kLanes; ++v) irregular |= bad[v] != 0;
-        for (; kk < k; ++kk) {
-          irregular |= PackOne(s[kk], shift, regular, ir + kk, sr + kk);
+        if (kk < k) {
+          bad |= PackPartial(s + kk, static_cast<int>(k - kk), shift, regular,
+                             ir + kk, sr + kk);
         }
+        irregular = AnyLane(bad);
       } else {
         for (int64_t kk = 0; kk < k; ++kk) {
           irregular |= PackOne(s[kk * ks], shift, regular, ir + kk, sr + kk);
@@ -106,12 +142,25 @@ void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
     }
     return;
   }
-  // Rows contiguous in memory (a transposed operand): walk k outermost.
+  // Rows contiguous in memory (a transposed operand): k-major output
+  // (PacksKMajor), kLanes rows at a time.
   for (int64_t kk = 0; kk < k; ++kk) {
     const float* s = src + kk * ks;
-    for (int64_t r = 0; r < rows; ++r) {
-      row_irregular[r] |=
-          PackOne(s[r], shift, regular, idx + r * k + kk, scale + r * k + kk);
+    uint16_t* ik = idx + kk * rows;
+    float* sk = scale + kk * rows;
+    int64_t r = 0;
+    for (; r + kLanes <= rows; r += kLanes) {
+      const VecI bad = PackLanes(s + r, shift, regular, ik + r, sk + r);
+      if (AnyLane(bad)) {
+        for (int l = 0; l < kLanes; ++l) row_irregular[r + l] |= bad[l] != 0;
+      }
+    }
+    if (r < rows) {
+      const int n = static_cast<int>(rows - r);
+      const VecI bad = PackPartial(s + r, n, shift, regular, ik + r, sk + r);
+      if (AnyLane(bad)) {
+        for (int l = 0; l < n; ++l) row_irregular[r + l] |= bad[l] != 0;
+      }
     }
   }
 }
@@ -121,9 +170,19 @@ void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
               int64_t ncols, int m, int range, uint16_t* jb, float* sb,
               uint8_t* col_irregular) {
   const int shift = 23 - m;
+  const RegularRange regular(range);
   for (int64_t kk = 0; kk < kc; ++kk) {
     uint16_t* jr = jb + kk * NC;
     float* sr = sb + kk * NC;
+    if (bc == 1 && ncols == NC) {  // contiguous full block: kLanes at a time
+      for (int c = 0; c < NC; c += kLanes) {
+        const VecI bad = PackLanes(b + kk * bk + c, shift, regular, jr + c, sr + c);
+        if (AnyLane(bad)) {
+          for (int l = 0; l < kLanes; ++l) col_irregular[c + l] |= bad[l] != 0;
+        }
+      }
+      continue;
+    }
     for (int64_t c = 0; c < NC; ++c) {
       if (c < ncols) {
         const uint32_t bits = FloatBits(b[kk * bk + c * bc]);
@@ -216,8 +275,8 @@ constexpr int RowsTogether() {
 
 template <int NC, int R>
 inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
-                      const float* scale, int64_t ld, int64_t kc,
-                      const float* tab, int64_t stride) {
+                      const float* scale, int64_t lr, int64_t lk,
+                      int64_t kc, const float* tab, int64_t stride) {
   constexpr int kV = NC / kLanes;
   Vec acc[R][kV];
   for (int q = 0; q < R; ++q) {
@@ -227,7 +286,7 @@ inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
   const float* tk = tab;
   for (int64_t kk = 0; kk < kc; ++kk, tk += stride) {
     for (int q = 0; q < R; ++q) {
-      const int64_t at = (r + q) * ld + kk;
+      const int64_t at = (r + q) * lr + kk * lk;
       const Vec* row = reinterpret_cast<const Vec*>(tk + int64_t{idx[at]} * NC);
       const float s = scale[at];
       for (int v = 0; v < kV; ++v) acc[q][v] += row[v] * s;
@@ -241,15 +300,17 @@ inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
 
 template <int NC>
 void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
-                const float* scale, int64_t ld, int64_t kc, const float* tab,
-                int m) {
+                const float* scale, int64_t lr, int64_t lk, int64_t kc,
+                const float* tab, int m) {
   constexpr int kR = RowsTogether<NC>();
   const int64_t stride = (int64_t{1} << m) * NC;
   int64_t r = 0;
   for (; r + kR <= rows; r += kR) {
-    SweepRows<NC, kR>(cblk, r, idx, scale, ld, kc, tab, stride);
+    SweepRows<NC, kR>(cblk, r, idx, scale, lr, lk, kc, tab, stride);
   }
-  for (; r < rows; ++r) SweepRows<NC, 1>(cblk, r, idx, scale, ld, kc, tab, stride);
+  for (; r < rows; ++r) {
+    SweepRows<NC, 1>(cblk, r, idx, scale, lr, lk, kc, tab, stride);
+  }
 }
 
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column).
@@ -274,8 +335,8 @@ constexpr int64_t kDirectDepth = 64;
 
 template <int NC, int R>
 inline void DirectRows(float* cblk, int64_t r, const uint16_t* idx,
-                       const float* scale, int64_t ld, int64_t kc,
-                       const float* rows, int m, const uint16_t* jb,
+                       const float* scale, int64_t lr, int64_t lk,
+                       int64_t kc, const float* rows, int m, const uint16_t* jb,
                        const float* sb) {
   constexpr int kV = NC / kLanes;
   Vec acc[R][kV];
@@ -287,7 +348,7 @@ inline void DirectRows(float* cblk, int64_t r, const uint16_t* idx,
     const uint16_t* jk = jb + kk * NC;
     const Vec* sk = reinterpret_cast<const Vec*>(sb + kk * NC);
     for (int q = 0; q < R; ++q) {
-      const int64_t at = (r + q) * ld + kk;
+      const int64_t at = (r + q) * lr + kk * lk;
       const float* row = rows + (int64_t{idx[at]} << m);
       const float s = scale[at];
       for (int v = 0; v < kV; ++v) {
@@ -303,7 +364,7 @@ inline void DirectRows(float* cblk, int64_t r, const uint16_t* idx,
 
 template <int NC>
 void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
-                 const float* scale, int64_t ld, int64_t kc,
+                 const float* scale, int64_t lr, int64_t lk, int64_t kc,
                  const float* lut_rows, int m, const float* b, int64_t bk,
                  int64_t bc, int64_t ncols, int range, uint8_t* col_irregular) {
   constexpr int kR = 4;
@@ -315,12 +376,12 @@ void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
                  col_irregular);
     int64_t r = 0;
     for (; r + kR <= rows; r += kR) {
-      DirectRows<NC, kR>(cblk, r, idx + k0, scale + k0, ld, kn, lut_rows, m,
-                         jb, sb);
+      DirectRows<NC, kR>(cblk, r, idx + k0 * lk, scale + k0 * lk, lr, lk, kn,
+                         lut_rows, m, jb, sb);
     }
     for (; r < rows; ++r) {
-      DirectRows<NC, 1>(cblk, r, idx + k0, scale + k0, ld, kn, lut_rows, m,
-                        jb, sb);
+      DirectRows<NC, 1>(cblk, r, idx + k0 * lk, scale + k0 * lk, lr, lk, kn,
+                        lut_rows, m, jb, sb);
     }
   }
 }

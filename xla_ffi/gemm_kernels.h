@@ -29,9 +29,10 @@ struct BlockKernels {
                       int range, uint8_t* col_irregular);
 
   // cblk[r][c] += sum over k < kc of tab[k][idx[r, k]][c] * scale[r, k], in
-  // order of k; idx and scale rows are `ld` apart, cblk rows NC apart.
+  // order of k; idx[r, k] and scale[r, k] at r * lr + k * lk, cblk rows NC
+  // apart.
   void (*table_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
-                      const float* scale, int64_t ld, int64_t kc,
+                      const float* scale, int64_t lr, int64_t lk, int64_t kc,
                       const float* tab, int m);
 
   // The same sums without a per-tile table, for outputs too small to repay
@@ -41,7 +42,7 @@ struct BlockKernels {
   // `rows` is lut when the streamed operand is the lhs, lut^T when it is the
   // rhs. Marks columns as build_table does.
   void (*direct_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
-                       const float* scale, int64_t ld, int64_t kc,
+                       const float* scale, int64_t lr, int64_t lk, int64_t kc,
                        const float* lut_rows, int m, const float* b,
                        int64_t bk, int64_t bc, int64_t ncols, int range,
                        uint8_t* col_irregular);
@@ -52,9 +53,10 @@ struct KernelTable {
 
   // Packs `rows` x `k` operand elements src[r * rs + k * ks] into the table
   // index (top m fraction bits) and the exact scale (sign * 2**exponent, a
-  // signed zero for zeros and subnormals), idx/scale rows `k` apart. Elements
-  // outside the regular exponent range get scale 0 and mark their row in
-  // `row_irregular` (ORed in).
+  // signed zero for zeros and subnormals): row-major (element (r, k) at
+  // r * k_total + k), or k-major (at k * rows + r) where PacksKMajor(rs, ks).
+  // Elements outside the regular exponent range get scale 0 and mark their
+  // row in `row_irregular` (ORed in).
   void (*pack_rows)(const float* src, int64_t rows, int64_t k, int64_t rs,
                     int64_t ks, int m, int range, uint16_t* idx, float* scale,
                     uint8_t* row_irregular);
@@ -62,6 +64,10 @@ struct KernelTable {
   BlockKernels narrow;  // kNarrowCols
   BlockKernels wide;    // kWideCols
 };
+
+// Operands whose rows are contiguous in memory pack k-major: whole vectors of
+// rows at a time.
+inline bool PacksKMajor(int64_t rs, int64_t ks) { return rs == 1 && ks != 1; }
 
 const KernelTable& KernelsBaseline();
 #if defined(__x86_64__) || defined(_M_X64)
