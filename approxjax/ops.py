@@ -97,10 +97,14 @@ def _check_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _GemmConfig:
-    """Static part of an approximate GEMM: which gradients are exact or reuse the forward table."""
+    """Static part of an approximate GEMM: which gradients are exact or reuse
+    the forward table, and whether the operands are stored transposed (a as
+    (G, K, M), b as (G, N, K)), which the kernels read as they are."""
 
     input_grad: Literal["forward", "exact", "own"]
     weight_grad: Literal["forward", "exact", "own"]
+    transpose_a: bool = False
+    transpose_b: bool = False
 
 
 def _exact_bmm(a, b, transpose_a, transpose_b):
@@ -117,11 +121,11 @@ def _gemm(a, b, lut, transpose_a=False, transpose_b=False):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _approx_bmm(config: _GemmConfig, a, b, luts):
-    return _gemm(a, b, luts[0])
+    return _gemm(a, b, luts[0], config.transpose_a, config.transpose_b)
 
 
 def _approx_bmm_fwd(config, a, b, luts):
-    return _gemm(a, b, luts[0]), (a, b, luts)
+    return _approx_bmm(config, a, b, luts), (a, b, luts)
 
 
 def _grad_lut(mode, luts, i):
@@ -130,10 +134,15 @@ def _grad_lut(mode, luts, i):
 
 def _approx_bmm_bwd(config, residuals, g):
     a, b, luts = residuals
-    # dA = g (G,M,N) @ b^T: b is stored (K, N) = (out cols, contraction).
-    da = _gemm(g, b, _grad_lut(config.input_grad, luts, 1), transpose_b=True)
-    # dB = a^T @ g: a is stored (M, K) = (contraction, out rows).
-    db = _gemm(a, g, _grad_lut(config.weight_grad, luts, 2), transpose_a=True)
+    ta, tb = config.transpose_a, config.transpose_b
+    # dA = g (G,M,N) @ B^T: b is stored (K, N) = (out cols, contraction), or
+    # (N, K) when transposed. Products keep their operand order (g, b).
+    da = _gemm(g, b, _grad_lut(config.input_grad, luts, 1), transpose_b=not tb)
+    # dB = A^T @ g: a is stored (M, K) = (contraction, out rows), or (K, M).
+    db = _gemm(a, g, _grad_lut(config.weight_grad, luts, 2), transpose_a=not ta)
+    # Cotangents in the operands' stored layouts.
+    da = jnp.swapaxes(da, 1, 2) if ta else da
+    db = jnp.swapaxes(db, 1, 2) if tb else db
     lut_cts = tuple(None if x is None else jnp.zeros_like(x) for x in luts)
     return da, db, lut_cts
 
@@ -207,7 +216,6 @@ def dot_general(
         )
     ig_mode, ig_lut = _mode_and_lut(input_grad_multiplier)
     wg_mode, wg_lut = _mode_and_lut(weight_grad_multiplier)
-    config = _GemmConfig(input_grad=ig_mode, weight_grad=wg_mode)
 
     (lc, rc), (lb, rb) = dimension_numbers
     lf = tuple(d for d in range(lhs.ndim) if d not in lc and d not in lb)
@@ -219,8 +227,16 @@ def dot_general(
     m = int(np.prod(lfree, dtype=np.int64))
     n = int(np.prod(rfree, dtype=np.int64))
     k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
-    a = jnp.transpose(lhs.astype(jnp.float32), lb + lf + lc).reshape(g, m, k)
-    b = jnp.transpose(rhs.astype(jnp.float32), rb + rc + rf).reshape(g, k, n)
+    # Operands already laid out as (batch, contraction, free) [lhs] or
+    # (batch, free, contraction) [rhs] reach the kernel as they are, flagged
+    # transposed; any other layout is transposed to (G, M, K) / (G, K, N).
+    ta = lb + lf + lc != tuple(range(lhs.ndim)) and lb + lc + lf == tuple(range(lhs.ndim))
+    tb = rb + rc + rf != tuple(range(rhs.ndim)) and rb + rf + rc == tuple(range(rhs.ndim))
+    a = lhs.astype(jnp.float32)
+    b = rhs.astype(jnp.float32)
+    a = a.reshape(g, k, m) if ta else jnp.transpose(a, lb + lf + lc).reshape(g, m, k)
+    b = b.reshape(g, n, k) if tb else jnp.transpose(b, rb + rc + rf).reshape(g, k, n)
+    config = _GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, transpose_a=ta, transpose_b=tb)
     # Inside shard_map, a replicated operand joins the others' varying axes here,
     # outside the custom_vjp, so JAX's AD sums its cotangent over those axes.
     a, b = _ffi.same_varying_axes(a, b)

@@ -222,3 +222,26 @@ def test_multiplier_is_a_pytree_passed_as_data(rng):
     leaves, treedef = jax.tree_util.tree_flatten(ax.truncated(4))
     assert len(leaves) == 1 and leaves[0].shape == (16, 16)
     assert jax.tree_util.tree_unflatten(treedef, leaves).name == "truncated4"
+
+
+def test_transposed_layouts_reach_the_kernel_and_keep_operand_order(rng):
+    """lhs stored (K, M) and rhs stored (N, K) go to the kernel as they are
+    (no transpose in the HLO); forward and both gradients keep each product's
+    operand order, which matters for an asymmetric multiplier."""
+    lut = np.asarray(ax.mitchell(5).lut, np.float32)
+    lut = lut * (1 + np.arange(32, dtype=np.float32)[:, None] / 64)  # asymmetric
+    mult = ax.Multiplier(lut)
+    lhs = random_nonzero(rng, (30, 40))  # (K, M)
+    rhs = random_nonzero(rng, (20, 30))  # (N, K)
+    dn = (((0,), (1,)), ((), ()))
+    fn = jax.jit(lambda a, b: ax.dot_general(a, b, dn, multiplier=mult))
+    assert " transpose(" not in fn.lower(lhs, rhs).compile().as_text()
+    out, vjp = jax.vjp(fn, lhs, rhs)
+    g = random_nonzero(rng, out.shape)  # (M, N)
+    da, db = vjp(g)
+    seq = ref.sequential_dot_general
+    np.testing.assert_array_equal(bits(out), bits(seq(lhs, rhs, dn, mult.lut)))
+    want_da = seq(g, rhs, (((1,), (0,)), ((), ())), mult.lut).T  # sum_n g[m,n] * B[k,n]
+    want_db = seq(lhs, g, (((1,), (0,)), ((), ())), mult.lut).T  # sum_m A[m,k] * g[m,n]
+    np.testing.assert_array_equal(bits(da), bits(want_da))
+    np.testing.assert_array_equal(bits(db), bits(want_db))
