@@ -158,10 +158,9 @@ class Buffer {
   int64_t capacity_ = 0;
 };
 
-// A worker's buffers, kept per thread between calls: allocating and freeing
-// them per call cost page faults worth a fifth of a weight-gradient GEMM.
-// (A worker runs start to end on one thread and never waits, so no two
-// workers share one.)
+// A worker's buffers (up to a few MiB), kept per thread between calls rather
+// than allocated and freed by every call. A worker runs start to end on one
+// thread and never waits, so no two workers share one.
 struct Scratch {
   Buffer<float> tab;
   Buffer<float> cblk;   // [group_size][row_chunk][nc]
