@@ -31,7 +31,9 @@ DN = (((1,), (0,)), ((), ()))
 
 # (label, M, K, N): the 1024 cube, and the GEMMs of LeNet-5 and of a small
 # CIFAR ResNet's 3x3 convolution (as im2col GEMMs) at batch 128, forward
-# (x @ W), input gradient (g @ W^T) and weight gradient (x^T @ g).
+# (x @ W), input gradient (g @ W^T) and weight gradient (x^T @ g), with the
+# operands stored as in training: W^T is W stored (N, K) and x^T is x stored
+# (K, M), read by both the kernel and XLA's dot as they are.
 SHAPES = [
     ("square 1024", 1024, 1024, 1024),
     ("lenet conv2 fwd", 128 * 10 * 10, 150, 16),
@@ -74,10 +76,18 @@ def _row(label, m_rows, k, n, m, repeats, stack=1):
     one multiplier (approximate, timed alternately): its ratio is the cost of
     the stack in single-multiplier calls (the target is <= stack)."""
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.standard_normal((m_rows, k)), jnp.float32)
-    b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
-    native = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
-    one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, DN, multiplier=mu))
+    dn = DN
+    a_shape, b_shape = (m_rows, k), (k, n)
+    if label.endswith("dgrad"):  # g @ W^T
+        b_shape, dn = (n, k), (((1,), (1,)), ((), ()))
+    elif label.endswith("wgrad"):  # x^T @ g
+        a_shape, dn = (k, m_rows), (((0,), (0,)), ((), ()))
+    a = jnp.asarray(rng.standard_normal(a_shape), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(b_shape), jnp.float32)
+    native = jax.jit(
+        lambda a, b: jax.lax.dot_general(a, b, dn, precision=jax.lax.Precision.HIGHEST)
+    )
+    one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
     mult = ax.truncated(m)
     if stack == 1:
         t_approx, t_base = time_pair(lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats)
