@@ -501,8 +501,11 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                              "approxjax_gemm: out of memory"));
   }
 
+  // At most kPackDepth k per table (small m would allow thousands), so that a
+  // worker's packed tile, kept between calls, stays under 1 MiB.
   p.kc = p.direct ? std::min(p.depth, kPackDepth)
-                  : std::clamp<int64_t>(kTableFloats / (size * p.nc), 1, p.depth);
+                  : std::clamp<int64_t>(kTableFloats / (size * p.nc), 1,
+                                        std::min(p.depth, kPackDepth));
   p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.col_blocks = (p.cols + p.nc - 1) / p.nc;
   // Members of a group share a packed tile while their output tiles fit the
