@@ -203,6 +203,8 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   for (int64_t blk = b0; blk < b1; ++blk) {
     std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
     const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
+    // Where packed element (r, k) lies: r * lr + k * lk.
+    const bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
     for (int64_t kp0 = blk * kSumBlock; kp0 < k_end; kp0 += p.kp) {
       // Pack this tile of the streamed operand once for every member, kp k
       // at a time: whole cache lines of each row (packing kc k at a time,
@@ -211,8 +213,6 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
                            p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
                            s.scale.get(), s.row_irregular.data());
-      // Where packed element (r, k) lies: r * lr + k * lk.
-      const bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
       const int64_t lr = kmajor ? 1 : kp, lk = kmajor ? rows : 1;
       for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);

@@ -61,19 +61,27 @@ typedef uint32_t VecU __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
 typedef int32_t VecI __attribute__((vector_size(APPROXJAX_VEC_BYTES)));
 typedef uint16_t VecH __attribute__((vector_size(APPROXJAX_VEC_BYTES / 2)));
 
-// PackOne on kLanes contiguous elements; returns all ones in the lanes that
-// are irregular.
-inline VecI PackLanes(const float* src, int shift, const RegularRange& regular,
-                      uint16_t* idx, float* scale) {
-  VecU bits;
-  std::memcpy(&bits, src, sizeof(bits));
+// PackOne on a vector of element bits: table indices in *iv, scales in *sv;
+// returns all ones in the lanes that are irregular (zero lanes are regular).
+inline VecI PackBits(VecU bits, int shift, const RegularRange& regular,
+                     VecU* iv, VecU* sv) {
   const VecU e = (bits >> 23) & 0xffu;
   const VecI ok = (e == 0u) | ((e - regular.lo) < regular.width);
-  const VecH iv = __builtin_convertvector((bits & kFracMask) >> shift, VecH);
-  const VecU sv = (bits & 0xff800000u) & reinterpret_cast<const VecU&>(ok);
-  std::memcpy(idx, &iv, sizeof(iv));
-  std::memcpy(scale, &sv, sizeof(sv));
+  *iv = (bits & kFracMask) >> shift;
+  *sv = (bits & 0xff800000u) & reinterpret_cast<const VecU&>(ok);
   return ~ok;
+}
+
+// PackOne on kLanes contiguous elements.
+inline VecI PackLanes(const float* src, int shift, const RegularRange& regular,
+                      uint16_t* idx, float* scale) {
+  VecU bits, iv, sv;
+  std::memcpy(&bits, src, sizeof(bits));
+  const VecI bad = PackBits(bits, shift, regular, &iv, &sv);
+  const VecH ih = __builtin_convertvector(iv, VecH);
+  std::memcpy(idx, &ih, sizeof(ih));
+  std::memcpy(scale, &sv, sizeof(sv));
+  return bad;
 }
 
 // PackLanes on the first n < kLanes elements (the others untouched).
@@ -82,15 +90,13 @@ inline VecI PackPartial(const float* src, int n, int shift,
                         float* scale) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
   const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
-  const VecU bits =
-      reinterpret_cast<VecU>(_mm512_maskz_loadu_epi32(live, src));
-  const VecU e = (bits >> 23) & 0xffu;  // zero lanes are regular
-  const VecI ok = (e == 0u) | ((e - regular.lo) < regular.width);
-  const VecU iv = (bits & kFracMask) >> shift;
-  const VecU sv = (bits & 0xff800000u) & reinterpret_cast<const VecU&>(ok);
+  VecU iv, sv;
+  const VecI bad = PackBits(
+      reinterpret_cast<VecU>(_mm512_maskz_loadu_epi32(live, src)), shift,
+      regular, &iv, &sv);
   _mm512_mask_cvtepi32_storeu_epi16(idx, live, reinterpret_cast<__m512i>(iv));
   _mm512_mask_storeu_ps(scale, live, reinterpret_cast<__m512>(sv));
-  return ~ok;
+  return bad;
 #else
   alignas(64) float in[kLanes] = {};
   alignas(64) uint16_t iv[kLanes];
@@ -109,6 +115,12 @@ inline bool AnyLane(const VecI& v) {
   uint64_t any = 0;
   for (uint64_t x : w) any |= x;
   return any != 0;
+}
+
+// ORs the first n irregular lanes of `bad` into flags[0..n-1].
+inline void MarkLanes(const VecI& bad, int n, uint8_t* flags) {
+  if (!AnyLane(bad)) return;
+  for (int l = 0; l < n; ++l) flags[l] |= bad[l] != 0;
 }
 
 void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
@@ -150,17 +162,13 @@ void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
     float* sk = scale + kk * rows;
     int64_t r = 0;
     for (; r + kLanes <= rows; r += kLanes) {
-      const VecI bad = PackLanes(s + r, shift, regular, ik + r, sk + r);
-      if (AnyLane(bad)) {
-        for (int l = 0; l < kLanes; ++l) row_irregular[r + l] |= bad[l] != 0;
-      }
+      MarkLanes(PackLanes(s + r, shift, regular, ik + r, sk + r), kLanes,
+                row_irregular + r);
     }
     if (r < rows) {
       const int n = static_cast<int>(rows - r);
-      const VecI bad = PackPartial(s + r, n, shift, regular, ik + r, sk + r);
-      if (AnyLane(bad)) {
-        for (int l = 0; l < n; ++l) row_irregular[r + l] |= bad[l] != 0;
-      }
+      MarkLanes(PackPartial(s + r, n, shift, regular, ik + r, sk + r), n,
+                row_irregular + r);
     }
   }
 }
@@ -176,10 +184,8 @@ void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
     float* sr = sb + kk * NC;
     if (bc == 1 && ncols == NC) {  // contiguous full block: kLanes at a time
       for (int c = 0; c < NC; c += kLanes) {
-        const VecI bad = PackLanes(b + kk * bk + c, shift, regular, jr + c, sr + c);
-        if (AnyLane(bad)) {
-          for (int l = 0; l < kLanes; ++l) col_irregular[c + l] |= bad[l] != 0;
-        }
+        MarkLanes(PackLanes(b + kk * bk + c, shift, regular, jr + c, sr + c),
+                  kLanes, col_irregular + c);
       }
       continue;
     }
@@ -273,24 +279,19 @@ constexpr int RowsTogether() {
   return NC / kLanes >= 8 ? 1 : 8 / (NC / kLanes);
 }
 
-template <int NC, int R>
-inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
-                      const float* scale, int64_t lr, int64_t lk,
-                      int64_t kc, const float* tab, int64_t stride) {
+// Holds R rows of the output block cblk (rows NC apart) in registers while
+// step(row, kk, acc) adds the products of k = kk to row `row`'s NC sums, for
+// every k in order.
+template <int NC, int R, typename Step>
+inline void AccumulateRows(float* cblk, int64_t r, int64_t kc, Step& step) {
   constexpr int kV = NC / kLanes;
   Vec acc[R][kV];
   for (int q = 0; q < R; ++q) {
     const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
     for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
   }
-  const float* tk = tab;
-  for (int64_t kk = 0; kk < kc; ++kk, tk += stride) {
-    for (int q = 0; q < R; ++q) {
-      const int64_t at = (r + q) * lr + kk * lk;
-      const Vec* row = reinterpret_cast<const Vec*>(tk + int64_t{idx[at]} * NC);
-      const float s = scale[at];
-      for (int v = 0; v < kV; ++v) acc[q][v] += row[v] * s;
-    }
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    for (int q = 0; q < R; ++q) step(r + q, kk, acc[q]);
   }
   for (int q = 0; q < R; ++q) {
     Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
@@ -298,19 +299,29 @@ inline void SweepRows(float* cblk, int64_t r, const uint16_t* idx,
   }
 }
 
+// AccumulateRows over all `rows`, R rows at a time (then one at a time).
+template <int NC, int R, typename Step>
+inline void AccumulateAllRows(float* cblk, int64_t rows, int64_t kc,
+                              Step step) {
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) AccumulateRows<NC, R>(cblk, r, kc, step);
+  for (; r < rows; ++r) AccumulateRows<NC, 1>(cblk, r, kc, step);
+}
+
 template <int NC>
 void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
                 const float* scale, int64_t lr, int64_t lk, int64_t kc,
                 const float* tab, int m) {
-  constexpr int kR = RowsTogether<NC>();
+  constexpr int kV = NC / kLanes;
   const int64_t stride = (int64_t{1} << m) * NC;
-  int64_t r = 0;
-  for (; r + kR <= rows; r += kR) {
-    SweepRows<NC, kR>(cblk, r, idx, scale, lr, lk, kc, tab, stride);
-  }
-  for (; r < rows; ++r) {
-    SweepRows<NC, 1>(cblk, r, idx, scale, lr, lk, kc, tab, stride);
-  }
+  AccumulateAllRows<NC, RowsTogether<NC>()>(
+      cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
+        const int64_t at = r * lr + kk * lk;
+        const Vec* row = reinterpret_cast<const Vec*>(
+            tab + kk * stride + int64_t{idx[at]} * NC);
+        const float s = scale[at];
+        for (int v = 0; v < kV; ++v) acc[v] += row[v] * s;
+      });
 }
 
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column).
@@ -333,56 +344,30 @@ inline Vec GatherRow(const float* row, const uint16_t* j) {
 // k of the tabled operand packed at a time by DirectSweep (on the stack).
 constexpr int64_t kDirectDepth = 64;
 
-template <int NC, int R>
-inline void DirectRows(float* cblk, int64_t r, const uint16_t* idx,
-                       const float* scale, int64_t lr, int64_t lk,
-                       int64_t kc, const float* rows, int m, const uint16_t* jb,
-                       const float* sb) {
-  constexpr int kV = NC / kLanes;
-  Vec acc[R][kV];
-  for (int q = 0; q < R; ++q) {
-    const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
-    for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
-  }
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    const uint16_t* jk = jb + kk * NC;
-    const Vec* sk = reinterpret_cast<const Vec*>(sb + kk * NC);
-    for (int q = 0; q < R; ++q) {
-      const int64_t at = (r + q) * lr + kk * lk;
-      const float* row = rows + (int64_t{idx[at]} << m);
-      const float s = scale[at];
-      for (int v = 0; v < kV; ++v) {
-        acc[q][v] += GatherRow(row, jk + v * kLanes) * sk[v] * s;
-      }
-    }
-  }
-  for (int q = 0; q < R; ++q) {
-    Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
-    for (int v = 0; v < kV; ++v) out[v] = acc[q][v];
-  }
-}
-
 template <int NC>
 void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
                  const float* scale, int64_t lr, int64_t lk, int64_t kc,
                  const float* lut_rows, int m, const float* b, int64_t bk,
                  int64_t bc, int64_t ncols, int range, uint8_t* col_irregular) {
-  constexpr int kR = 4;
+  constexpr int kV = NC / kLanes;
   alignas(64) uint16_t jb[kDirectDepth * NC];
   alignas(64) float sb[kDirectDepth * NC];
   for (int64_t k0 = 0; k0 < kc; k0 += kDirectDepth) {
     const int64_t kn = std::min(kDirectDepth, kc - k0);
     PackCols<NC>(b + k0 * bk, bk, bc, kn, ncols, m, range, jb, sb,
                  col_irregular);
-    int64_t r = 0;
-    for (; r + kR <= rows; r += kR) {
-      DirectRows<NC, kR>(cblk, r, idx + k0 * lk, scale + k0 * lk, lr, lk, kn,
-                         lut_rows, m, jb, sb);
-    }
-    for (; r < rows; ++r) {
-      DirectRows<NC, 1>(cblk, r, idx + k0 * lk, scale + k0 * lk, lr, lk, kn,
-                        lut_rows, m, jb, sb);
-    }
+    const uint16_t* ik = idx + k0 * lk;
+    const float* sk = scale + k0 * lk;
+    const auto step = [&](int64_t r, int64_t kk, Vec* acc) {
+      const int64_t at = r * lr + kk * lk;
+      const float* row = lut_rows + (int64_t{ik[at]} << m);
+      const float s = sk[at];
+      const Vec* sbk = reinterpret_cast<const Vec*>(sb + kk * NC);
+      for (int v = 0; v < kV; ++v) {
+        acc[v] += GatherRow(row, jb + kk * NC + v * kLanes) * sbk[v] * s;
+      }
+    };
+    AccumulateAllRows<NC, 4>(cblk, rows, kn, step);
   }
 }
 
