@@ -254,7 +254,11 @@ def test_packing_lanes_and_slices_match_the_reference(streamed, transpose, speci
             lhs[i, kk] = special
         else:
             rhs[kk, i] = special
-    lhs[9, 40] = rhs[41, 9] = special  # and one in the tabled operand
+    lhs[9, 40] = rhs[41, 9] = special  # and in the tabled operand:
+    if streamed == "lhs":  # the last lane of its partial column block
+        rhs[200, n - 1] = special
+    else:
+        lhs[mm - 1, 200] = special
     dn = (((1,), (0,)), ((), ()))
     if transpose:  # stored [K, M] and [N, K]
         lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)

@@ -372,12 +372,58 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
   return ffi::Error::Success();
 }
 
+// How the output is cut into units of work for one layout (see ChooseLayout).
+struct Tiling {
+  int64_t row_chunk, row_chunks;     // rows of the streamed side per unit
+  int64_t group_size, member_chunks;  // multipliers per unit
+  int64_t col_blocks;
+  int64_t split;  // 1, or sum_blocks when blocks run as separate units
+  int64_t Units(int64_t groups) const {
+    return groups * member_chunks * col_blocks * row_chunks * split;
+  }
+};
+
+Tiling TileLayout(const Problem& p, bool swap, int nc, int64_t most,
+                  int64_t threads) {
+  const int64_t rows = swap ? p.n_cols : p.m_rows;
+  const int64_t cols = swap ? p.m_rows : p.n_cols;
+  Tiling t;
+  t.col_blocks = (cols + nc - 1) / nc;
+  // Members of a group share a packed tile while their output tiles fit the
+  // budget. Rows per tile stay as many as for one multiplier: a table is
+  // built per member and row tile, and building costs more than packing.
+  t.row_chunk = std::min(kBlockRows, rows);
+  t.group_size = std::clamp<int64_t>(kTileFloats / (t.row_chunk * nc), 1, most);
+  t.row_chunks = (rows + t.row_chunk - 1) / t.row_chunk;
+  t.member_chunks = (most + t.group_size - 1) / t.group_size;
+  t.split = 1;
+  const int64_t tiles =
+      static_cast<int64_t>(p.groups.size()) * t.member_chunks * t.col_blocks;
+  // Too few units to keep the threads busy: run the sum blocks of a long
+  // contraction as separate units (partial outputs, added in order at the
+  // end), or else split rows further (which repeats the table builds).
+  const int64_t out_elems = p.batch * p.m_rows * p.n_cols;
+  if (tiles * t.row_chunks >= 2 * threads) return t;
+  if (p.sum_blocks > 1 && out_elems * p.sum_blocks <= kMaxPartialFloats) {
+    t.split = p.sum_blocks;
+  } else if (rows >= 64) {
+    const int64_t chunks =
+        std::min<int64_t>((2 * threads + tiles - 1) / tiles, rows / 32);
+    t.row_chunk = (rows + chunks - 1) / chunks;
+    t.row_chunks = (rows + t.row_chunk - 1) / t.row_chunk;
+  }
+  return t;
+}
+
 // Picks which operand is streamed (swap), the column block width and tables
 // or gathers from a cost model fitted to this kernel's measured costs, in
 // multiply-adds of the wide sweep: building a table entry costs about 2.5,
 // a narrow block's multiply-add about 1.3, a gathered one about kDirectCost.
-// Gathers are for small tables only (a random row per product).
-void ChooseLayout(Problem& p, int64_t size) {
+// Gathers are for small tables only (a random row per product). Tables are
+// built once per row chunk, so a layout whose output has too few tiles for
+// the threads (and is cut into more row chunks) pays for more builds; a
+// layout with fewer units than threads leaves threads idle.
+Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   struct Option {
     bool swap, direct;
     int nc;
@@ -389,29 +435,33 @@ void ChooseLayout(Problem& p, int64_t size) {
   const char* force = std::getenv("APPROXJAX_CPU_GEMM");
   const std::string only = force ? force : "";
   double best = -1;
+  Tiling chosen{};
   for (const Option& o : options) {
     if (o.direct && p.m > kMaxDirectBits && only != "gathers") continue;
     if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
       continue;
     }
+    const Tiling t = TileLayout(p, o.swap, o.nc, most, threads);
     const double rows = o.swap ? p.n_cols : p.m_rows;
-    const double cols = o.swap ? p.m_rows : p.n_cols;
-    const double padded = std::ceil(cols / o.nc) * o.nc;
-    const double chunks = std::ceil(rows / double(kBlockRows));
+    const double padded = double(t.col_blocks) * o.nc;
     double cost;
     if (o.direct) {
       cost = kDirectCost * rows * padded;
     } else {
       cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : 1.0);
-      cost += 2.5 * double(size) * padded * chunks;
+      cost += 2.5 * double(size) * padded * t.row_chunks;
     }
+    const int64_t units = t.Units(static_cast<int64_t>(p.groups.size()));
+    cost /= double(std::min(units, threads));
     if (best < 0 || cost < best) {
       best = cost;
       p.swap = o.swap;
       p.direct = o.direct;
       p.nc = o.nc;
+      chosen = t;
     }
   }
+  return chosen;
 }
 
 ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
@@ -457,7 +507,25 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
 
   p.kernels = &SelectKernels();
   const int64_t size = int64_t{1} << m;
-  ChooseLayout(p, size);
+  // Group the batch by operand matrices: members differ only in their table.
+  std::map<std::pair<int64_t, int64_t>, size_t> where;
+  for (int64_t g = 0; g < p.batch; ++g) {
+    int64_t oa, ob, ol;
+    BatchOffsets(g, p.out_lead, p.a, p.b, p.l, &oa, &ob, &ol);
+    auto [it, fresh] = where.try_emplace({oa, ob}, p.groups.size());
+    if (fresh) p.groups.push_back(Group{oa, ob, {}});
+    p.groups[it->second].members.emplace_back(g, ol);
+  }
+  int64_t most = 1;
+  for (const Group& grp : p.groups) {
+    most = std::max(most, static_cast<int64_t>(grp.members.size()));
+  }
+  // Small problems run inline; others on XLA's intra-op pool plus this thread.
+  const double work = double(p.batch) * p.m_rows * p.n_cols * p.depth;
+  const int64_t threads =
+      work < 2e6 ? 1 : std::max<int64_t>(pool.num_threads(), 1);
+  p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
+  const Tiling tiling = ChooseLayout(p, size, most, threads);
   p.block = p.nc == kWideCols ? &p.kernels->wide : &p.kernels->narrow;
   const int64_t lhs_rs = transpose_lhs ? 1 : p.depth;
   const int64_t lhs_ks = transpose_lhs ? p.m_rows : 1;
@@ -470,18 +538,6 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     p.rows = p.n_cols, p.cols = p.m_rows;
     p.s_rs = rhs_cs, p.s_ks = rhs_ks, p.t_ks = lhs_ks, p.t_cs = lhs_rs;
   }
-
-  // Group the batch by operand matrices: members differ only in their table.
-  std::map<std::pair<int64_t, int64_t>, size_t> where;
-  for (int64_t g = 0; g < p.batch; ++g) {
-    int64_t oa, ob, ol;
-    BatchOffsets(g, p.out_lead, p.a, p.b, p.l, &oa, &ob, &ol);
-    auto [it, fresh] = where.try_emplace({oa, ob}, p.groups.size());
-    if (fresh) p.groups.push_back(Group{oa, ob, {}});
-    p.groups[it->second].members.emplace_back(g, ol);
-  }
-  size_t most = 1;
-  for (const Group& grp : p.groups) most = std::max(most, grp.members.size());
 
   try {
     if (p.swap == p.direct) {  // rows are read along the rhs index: lut^T
@@ -507,27 +563,13 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                   : std::clamp<int64_t>(kTableFloats / (size * p.nc), 1,
                                         std::min(p.depth, kPackDepth));
   p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
-  p.col_blocks = (p.cols + p.nc - 1) / p.nc;
-  // Members of a group share a packed tile while their output tiles fit the
-  // budget. Rows per tile stay as many as for one multiplier: a table is
-  // built per member and row tile, and building costs more than packing.
-  p.row_chunk = std::min(kBlockRows, p.rows);
-  p.group_size =
-      std::clamp<int64_t>(kTileFloats / (p.row_chunk * p.nc), 1, most);
-  p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
-  p.member_chunks = (static_cast<int64_t>(most) + p.group_size - 1) /
-                    p.group_size;
-  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
-  const int64_t tiles = static_cast<int64_t>(p.groups.size()) *
-                        p.member_chunks * p.col_blocks;
-  // Too few units to keep the threads busy: run the sum blocks of a long
-  // contraction as separate units (partial outputs, added in order at the
-  // end), or else split rows further (which repeats the table builds).
-  p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
-  p.split = 1;
-  if (tiles * p.row_chunks < 2 * threads && p.sum_blocks > 1 &&
-      out_elems * p.sum_blocks <= kMaxPartialFloats) {
-    p.split = p.sum_blocks;
+  p.col_blocks = tiling.col_blocks;
+  p.row_chunk = tiling.row_chunk;
+  p.row_chunks = tiling.row_chunks;
+  p.group_size = tiling.group_size;
+  p.member_chunks = tiling.member_chunks;
+  p.split = tiling.split;
+  if (p.split > 1) {
     try {
       state->partials.resize(out_elems * p.split);
     } catch (const std::bad_alloc&) {
@@ -535,17 +577,10 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                                "approxjax_gemm: out of memory"));
     }
     p.partials = state->partials.data();
-  } else if (tiles * p.row_chunks < 2 * threads && p.rows >= 64) {
-    const int64_t chunks = std::min<int64_t>(
-        (2 * threads + tiles - 1) / tiles, p.rows / 32);
-    p.row_chunk = (p.rows + chunks - 1) / chunks;
-    p.row_chunks = (p.rows + p.row_chunk - 1) / p.row_chunk;
   }
-  p.units = tiles * p.row_chunks * p.split;
+  p.units = tiling.Units(static_cast<int64_t>(p.groups.size()));
 
-  // Small problems run inline; others on XLA's intra-op pool plus this thread.
-  const double work = double(p.batch) * p.m_rows * p.n_cols * p.depth;
-  const int64_t workers = work < 2e6 ? 1 : std::min<int64_t>(threads, p.units);
+  const int64_t workers = std::min<int64_t>(threads, p.units);
   state->workers = workers;
   state->done = ffi::CountDownPromise(workers);
   ffi::Future future(state->done);

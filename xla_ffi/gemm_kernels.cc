@@ -182,11 +182,20 @@ void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
   for (int64_t kk = 0; kk < kc; ++kk) {
     uint16_t* jr = jb + kk * NC;
     float* sr = sb + kk * NC;
-    if (bc == 1 && ncols == NC) {  // contiguous full block: kLanes at a time
-      for (int c = 0; c < NC; c += kLanes) {
+    if (bc == 1) {  // contiguous: kLanes at a time, then zero padding
+      int64_t c = 0;
+      for (; c + kLanes <= ncols; c += kLanes) {
         MarkLanes(PackLanes(b + kk * bk + c, shift, regular, jr + c, sr + c),
                   kLanes, col_irregular + c);
       }
+      if (c < ncols) {
+        const int n = static_cast<int>(ncols - c);
+        MarkLanes(PackPartial(b + kk * bk + c, n, shift, regular, jr + c,
+                              sr + c),
+                  n, col_irregular + c);
+      }
+      std::fill(jr + ncols, jr + NC, uint16_t{0});
+      std::fill(sr + ncols, sr + NC, 0.0f);
       continue;
     }
     for (int64_t c = 0; c < NC; ++c) {
