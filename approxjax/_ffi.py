@@ -62,6 +62,13 @@ def cpu_kernel_variant() -> str:
     return _approxjax_cpu.kernel_variant()
 
 
+def last_cpu_gemm_layout() -> str:
+    """How the latest CPU GEMM ran: per-tile tables (float or compact) or
+    gathers, block width, streamed operand, row chunk, block split and units
+    of work. For tests and profiling; empty before the first CPU GEMM."""
+    return _approxjax_cpu.last_gemm_layout()
+
+
 def cuda_available() -> bool:
     """Whether the CUDA extension was built and imported."""
     return _approxjax_cuda is not None

@@ -15,6 +15,7 @@ from jax import lax
 
 import approxjax as ax
 from approxjax import reference as ref
+from approxjax._ffi import last_cpu_gemm_layout
 
 
 @st.composite
@@ -168,12 +169,14 @@ import hashlib, numpy as np, approxjax as ax
 rng = np.random.default_rng(5)
 out = []
 cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
-for (mm, k, n), m in cases:  # the last one gathers its products
+cases += [((1100, 60, 100), 7)]  # with mitchell: compact tables
+for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
     a = rng.standard_normal((mm, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     a[3, 3] = np.inf
+    mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
     out.append(np.asarray(ax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                                         multiplier=ax.truncated(m))).tobytes())
+                                         multiplier=mult)).tobytes())
 print(ax.cpu_kernel_variant(), hashlib.sha256(b"".join(out)).hexdigest())
 """
 
@@ -302,3 +305,53 @@ def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng, monke
         for i, mu in enumerate(mults):
             want = ref.sequential_dot_general(a, b, dn, mu.lut)
             np.testing.assert_array_equal(bits(got[i]), bits(want))
+
+
+@pytest.mark.parametrize("m", [2, 3, 5, 7])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", [(1100, 60, 100), (100, 60, 1100)])
+def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatch):
+    """Where every LUT entry is bfloat16-exact (Mitchell, MBM, ALM-SOA at
+    m <= 7), wide per-tile tables hold two entries to a word. The bits match
+    the reference and the float tables: either operand streamed, contiguous
+    and transposed storage, special operands in both, a stack of multipliers
+    sharing the packing, and a partial column block."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    lhs[1, 17], lhs[mm - 1, k - 1], lhs[40, 3] = np.inf, -3.0e38, 1.0e-40
+    rhs[33, 2], rhs[k - 1, n - 1], rhs[7, n - 5] = np.nan, 3.0e38, -1.0e-40
+    rhs[5, n // 2] = lhs[mm // 2, 6] = 0.0
+    mults = [ax.mitchell(m), ax.mbm(m), ax.alm_soa(m)]
+    for mu in mults:
+        assert (np.asarray(mu.lut).view(np.uint32) & 0xFFFF == 0).all()
+    dn = (((1,), (0,)), ((), ()))
+    if transpose:
+        lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
+        dn = (((0,), (1,)), ((), ()))
+    stacked = jax.jit(jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu)))
+    got = np.asarray(stacked(ax.stack(mults)))
+    assert last_cpu_gemm_layout().startswith("compact tables nc=64"), last_cpu_gemm_layout()
+    for i, mu in enumerate(mults):
+        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+        np.testing.assert_array_equal(bits(got[i]), bits(want))
+    monkeypatch.setenv("APPROXJAX_CPU_COMPACT", "0")
+    floats = np.asarray(stacked(ax.stack(mults)))
+    assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()
+    np.testing.assert_array_equal(bits(floats), bits(got))
+
+
+def test_compact_tables_only_for_bfloat16_exact_luts(rng):
+    """One LUT with more than 8 significant bits in a stack (truncated(7): 16)
+    keeps the whole call on float tables."""
+    lhs = random_nonzero(rng, (1100, 60))
+    rhs = random_nonzero(rng, (60, 100))
+    mults = [ax.mitchell(7), ax.truncated(7)]
+    dn = (((1,), (0,)), ((), ()))
+    got = np.asarray(
+        jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))(ax.stack(mults))
+    )
+    assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()
+    for i, mu in enumerate(mults):
+        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+        np.testing.assert_array_equal(bits(got[i]), bits(want))

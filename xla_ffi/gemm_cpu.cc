@@ -35,6 +35,7 @@
 #include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -93,6 +94,8 @@ struct Problem {
   bool transpose_lhs, transpose_rhs;
   bool swap;    // stream rhs^T and table lhs^T
   bool direct;  // gather products (direct_sweep) instead of per-tile tables
+  bool compact_luts;  // every LUT entry bfloat16-exact (ScanTables)
+  bool compact;       // compact per-tile tables (build_compact, compact_sweep)
   int nc;       // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
   Operand a, b, l;
@@ -230,6 +233,14 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                   ncols, p.range, s.col_irregular.data());
             continue;
           }
+          if (p.compact) {
+            uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
+            p.block->build_compact(tab, lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
+                                   ncols, p.range, s.col_irregular.data());
+            p.block->compact_sweep(s.cblk.get() + q * tile, rows, idx, scale,
+                                   lr, lk, kc, tab, p.m);
+            continue;
+          }
           p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs,
                                kc, ncols, p.range, s.col_irregular.data());
           p.block->table_sweep(s.cblk.get() + q * tile, rows, idx, scale, lr,
@@ -347,11 +358,13 @@ ffi::Future Done() {
   return future;
 }
 
-// Scans tables for invalid entries and returns the regular exponent range.
+// Scans tables for invalid entries and returns the regular exponent range
+// and whether every entry is bfloat16-exact (its lower 16 bits zero).
 ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
-                      int m, int* range) {
+                      int m, int* range, bool* compact = nullptr) {
   int lo = 0, hi = 0;
   bool any = false;
+  uint32_t low_bits = 0;
   const int64_t elems = count << (2 * m);
   for (int64_t e = 0; e < elems; ++e) {
     const float v = lut[e];
@@ -362,6 +375,7 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
           ": lut entries must be finite and >= +0.0; entry " +
           std::to_string(e) + " is " + std::to_string(v));
     }
+    low_bits |= bits;
     if (bits == 0) continue;
     const int x = SplitLutEntry(v).exp - 127;
     lo = any ? std::min(lo, x) : x;
@@ -369,7 +383,15 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
     any = true;
   }
   *range = RegularExponentRange(lo, hi);
+  if (compact != nullptr) *compact = (low_bits & 0xffffu) == 0;
   return ffi::Error::Success();
+}
+
+// Whether wide table blocks can be compact (gemm_kernels.h);
+// APPROXJAX_CPU_COMPACT=0 turns compact tables off (tests, benchmarks).
+bool Compact(const Problem& p) {
+  const char* off = std::getenv("APPROXJAX_CPU_COMPACT");
+  return p.compact_luts && p.m <= kCompactMaxBits && !(off && off[0] == '0');
 }
 
 // How the output is cut into units of work for one layout (see ChooseLayout).
@@ -448,7 +470,8 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
     if (o.direct) {
       cost = kDirectCost * rows * padded;
     } else {
-      cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : 1.0);
+      const bool compact = o.nc == kWideCols && Compact(p);
+      cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : compact ? 0.55 : 1.0);
       cost += 2.5 * double(size) * padded * t.row_chunks;
     }
     const int64_t units = t.Units(static_cast<int64_t>(p.groups.size()));
@@ -462,6 +485,19 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
     }
   }
   return chosen;
+}
+
+std::mutex last_layout_mutex;
+std::string last_layout;
+
+// Keeps a description of the layout of the latest GEMM (LastGemmLayout).
+void RecordLayout(const Problem& p) {
+  std::string d = p.direct ? "gathers" : p.compact ? "compact tables" : "tables";
+  d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
+  d += " row_chunk=" + std::to_string(p.row_chunk) +
+       " split=" + std::to_string(p.split) + " units=" + std::to_string(p.units);
+  std::lock_guard<std::mutex> lock(last_layout_mutex);
+  last_layout = std::move(d);
 }
 
 ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
@@ -500,7 +536,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     return Done();
   }
   if (auto e = ScanTables("approxjax_gemm", p.lut, p.l.matrix_count, m,
-                          &p.range);
+                          &p.range, &p.compact_luts);
       e.failure()) {
     return Failed(e);
   }
@@ -527,6 +563,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
   const Tiling tiling = ChooseLayout(p, size, most, threads);
   p.block = p.nc == kWideCols ? &p.kernels->wide : &p.kernels->narrow;
+  p.compact = !p.direct && p.nc == kWideCols && Compact(p);
   const int64_t lhs_rs = transpose_lhs ? 1 : p.depth;
   const int64_t lhs_ks = transpose_lhs ? p.m_rows : 1;
   const int64_t rhs_ks = transpose_rhs ? 1 : p.n_cols;
@@ -560,7 +597,9 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   // At most kPackDepth k per table (small m would allow thousands), so that a
   // worker's packed tile, kept between calls, stays under 1 MiB.
   p.kc = p.direct ? std::min(p.depth, kPackDepth)
-                  : std::clamp<int64_t>(kTableFloats / (size * p.nc), 1,
+                  : std::clamp<int64_t>(kTableFloats / (size * p.nc) *
+                                            (p.compact ? 2 : 1),
+                                        1,
                                         std::min(p.depth, kPackDepth));
   p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.col_blocks = tiling.col_blocks;
@@ -580,6 +619,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   }
   p.units = tiling.Units(static_cast<int64_t>(p.groups.size()));
 
+  RecordLayout(p);
   const int64_t workers = std::min<int64_t>(threads, p.units);
   state->workers = workers;
   state->done = ffi::CountDownPromise(workers);
@@ -625,6 +665,11 @@ ffi::Error ApproxMultiplyImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
 }  // namespace
 
 const char* CpuKernelName() { return SelectKernels().name; }
+
+std::string LastGemmLayout() {
+  std::lock_guard<std::mutex> lock(last_layout_mutex);
+  return last_layout;
+}
 
 const KernelTable& SelectKernels() {
   static const KernelTable* chosen = [] {

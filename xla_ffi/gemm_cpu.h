@@ -2,6 +2,8 @@
 #ifndef APPROXJAX_GEMM_CPU_H_
 #define APPROXJAX_GEMM_CPU_H_
 
+#include <string>
+
 #include "xla/ffi/api/ffi.h"
 
 namespace approxjax {
@@ -18,6 +20,10 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);
 
 // Name of the kernel variant chosen on this CPU ("Avx2", "Baseline", ...).
 const char* CpuKernelName();
+
+// The layout the latest CPU GEMM ran with ("tables nc=64 stream=lhs ...";
+// empty before the first): for tests and profiling.
+std::string LastGemmLayout();
 
 }  // namespace approxjax
 

@@ -234,6 +234,15 @@ inline void Transpose8x8(__m256& r0, __m256& r1, __m256& r2, __m256& r3,
   r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
   r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
 }
+
+// r[i][l] = p[l][v0 + i] * scale[l]: eight rows of a LUT read across eight
+// table columns (a transpose of contiguous loads).
+inline void ScaledColumns(const float* const* p, int64_t v0, __m256 scale,
+                          __m256* r) {
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(p[i] + v0);
+  Transpose8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_mul_ps(r[i], scale);
+}
 #endif
 
 template <int NC>
@@ -249,27 +258,16 @@ void BuildTable(float* tab, const float* rows, int m, const float* b,
     float* t = tab + kk * size * NC;
 #if defined(__AVX2__)
     if (size >= 8) {
-      // tab[v][c] = rows[jb[c]][v] * sb[c]: a transpose of the 64 gathered
+      // tab[v][c] = rows[jb[c]][v] * sb[c]: a transpose of the gathered
       // rows, done as 8x8 register transposes of contiguous loads.
       for (int c0 = 0; c0 < NC; c0 += 8) {
         const float* p[8];
         for (int i = 0; i < 8; ++i) p[i] = rows + int64_t{jb[c0 + i]} * size;
         const __m256 scale = _mm256_load_ps(sb + c0);
         for (int64_t v0 = 0; v0 < size; v0 += 8) {
-          __m256 r0 = _mm256_loadu_ps(p[0] + v0), r1 = _mm256_loadu_ps(p[1] + v0);
-          __m256 r2 = _mm256_loadu_ps(p[2] + v0), r3 = _mm256_loadu_ps(p[3] + v0);
-          __m256 r4 = _mm256_loadu_ps(p[4] + v0), r5 = _mm256_loadu_ps(p[5] + v0);
-          __m256 r6 = _mm256_loadu_ps(p[6] + v0), r7 = _mm256_loadu_ps(p[7] + v0);
-          Transpose8x8(r0, r1, r2, r3, r4, r5, r6, r7);
-          float* o = t + v0 * NC + c0;
-          _mm256_store_ps(o + 0 * NC, _mm256_mul_ps(r0, scale));
-          _mm256_store_ps(o + 1 * NC, _mm256_mul_ps(r1, scale));
-          _mm256_store_ps(o + 2 * NC, _mm256_mul_ps(r2, scale));
-          _mm256_store_ps(o + 3 * NC, _mm256_mul_ps(r3, scale));
-          _mm256_store_ps(o + 4 * NC, _mm256_mul_ps(r4, scale));
-          _mm256_store_ps(o + 5 * NC, _mm256_mul_ps(r5, scale));
-          _mm256_store_ps(o + 6 * NC, _mm256_mul_ps(r6, scale));
-          _mm256_store_ps(o + 7 * NC, _mm256_mul_ps(r7, scale));
+          __m256 r[8];
+          ScaledColumns(p, v0, scale, r);
+          for (int i = 0; i < 8; ++i) _mm256_store_ps(t + (v0 + i) * NC + c0, r[i]);
         }
       }
       continue;
@@ -333,6 +331,87 @@ void TableSweep(float* cblk, int64_t rows, const uint16_t* idx,
       });
 }
 
+// Compact tables (gemm_kernels.h): a table of one k is built as floats, then
+// each entry keeps its upper 16 bits (exact: the caller checked that every
+// LUT entry's lower 16 bits are zero, and scaling by a power of two keeps
+// them zero), two columns to a word.
+template <int NC>
+void BuildCompactTable(uint32_t* tab, const float* rows, int m,
+                       const float* b, int64_t bk, int64_t bc, int64_t kc,
+                       int64_t ncols, int range, uint8_t* col_irregular) {
+  static_assert(NC % (2 * kLanes) == 0, "a row is whole word vectors");
+  const int64_t size = int64_t{1} << m;
+#if defined(__AVX2__)
+  if (size >= 8) {  // fused: each pair of 8-column groups transposed, joined
+    alignas(64) uint16_t jb[NC];
+    alignas(64) float sb[NC];
+    const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      PackCols<NC>(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb,
+                   col_irregular);
+      uint32_t* t = tab + kk * size * (NC / 2);
+      for (int w0 = 0; w0 < NC / 2; w0 += 8) {  // words w0..w0+7 of a row
+        const int lo = w0 / kLanes * 2 * kLanes + w0 % kLanes;
+        const int hi = lo + kLanes;
+        const float *plo[8], *phi[8];
+        for (int i = 0; i < 8; ++i) {
+          plo[i] = rows + int64_t{jb[lo + i]} * size;
+          phi[i] = rows + int64_t{jb[hi + i]} * size;
+        }
+        const __m256 slo = _mm256_load_ps(sb + lo), shi = _mm256_load_ps(sb + hi);
+        for (int64_t v0 = 0; v0 < size; v0 += 8) {
+          __m256 rl[8], rh[8];
+          ScaledColumns(plo, v0, slo, rl);
+          ScaledColumns(phi, v0, shi, rh);
+          for (int i = 0; i < 8; ++i) {
+            const __m256i word = _mm256_or_si256(
+                _mm256_srli_epi32(_mm256_castps_si256(rl[i]), 16),
+                _mm256_and_si256(_mm256_castps_si256(rh[i]), high));
+            _mm256_store_si256(
+                reinterpret_cast<__m256i*>(t + (v0 + i) * (NC / 2) + w0), word);
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
+  alignas(64) float one[(int64_t{1} << kCompactMaxBits) * NC];
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    BuildTable<NC>(one, rows, m, b + kk * bk, bk, bc, 1, ncols, range,
+                   col_irregular);
+    uint32_t* t = tab + kk * size * (NC / 2);
+    for (int64_t v = 0; v < size; ++v) {
+      VecU* w = reinterpret_cast<VecU*>(t + v * (NC / 2));
+      for (int q = 0; q < NC / (2 * kLanes); ++q) {
+        VecU lo, hi;
+        std::memcpy(&lo, one + v * NC + 2 * q * kLanes, sizeof(lo));
+        std::memcpy(&hi, one + v * NC + (2 * q + 1) * kLanes, sizeof(hi));
+        w[q] = (lo >> 16) | (hi & 0xffff0000u);
+      }
+    }
+  }
+}
+
+template <int NC>
+void CompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                  const float* scale, int64_t lr, int64_t lk, int64_t kc,
+                  const uint32_t* tab, int m) {
+  constexpr int kW = NC / (2 * kLanes);
+  const int64_t stride = (int64_t{1} << m) * (NC / 2);
+  AccumulateAllRows<NC, RowsTogether<NC>()>(
+      cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
+        const int64_t at = r * lr + kk * lk;
+        const VecU* row = reinterpret_cast<const VecU*>(
+            tab + kk * stride + int64_t{idx[at]} * (NC / 2));
+        const float s = scale[at];
+        for (int q = 0; q < kW; ++q) {
+          acc[2 * q] += (Vec)(row[q] << 16) * s;
+          acc[2 * q + 1] += (Vec)(row[q] & 0xffff0000u) * s;
+        }
+      });
+}
+
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column).
 inline Vec GatherRow(const float* row, const uint16_t* j) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
@@ -386,9 +465,11 @@ const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
   static const KernelTable table = {
       APPROXJAX_STR(APPROXJAX_VARIANT),
       PackRows,
-      {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>,
+      {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>, nullptr, nullptr,
        DirectSweep<kNarrowCols>},
-      {BuildTable<kWideCols>, TableSweep<kWideCols>, DirectSweep<kWideCols>},
+      {BuildTable<kWideCols>, TableSweep<kWideCols>,
+       BuildCompactTable<kWideCols>, CompactSweep<kWideCols>,
+       DirectSweep<kWideCols>},
   };
   return table;
 }

@@ -35,6 +35,21 @@ struct BlockKernels {
                       const float* scale, int64_t lr, int64_t lk, int64_t kc,
                       const float* tab, int m);
 
+  // Compact tables (wide blocks, m <= kCompactMaxBits): when every LUT
+  // entry has at most 8 significant bits (bfloat16-exact: Mitchell, MBM,
+  // ALM-SOA and other logarithmic multipliers at m <= 7), each entry of the
+  // per-tile table is stored as its upper 16 bits, two to a 32-bit word,
+  // which halves the table bytes the sweep streams from cache. Word l of the
+  // q-th vector of a row holds column 2*q*kLanes + l in its low half and
+  // column (2*q + 1)*kLanes + l in its high half. Same arguments and the
+  // same sums, bit for bit, as build_table and table_sweep.
+  void (*build_compact)(uint32_t* tab, const float* rows, int m,
+                        const float* b, int64_t bk, int64_t bc, int64_t kc,
+                        int64_t ncols, int range, uint8_t* col_irregular);
+  void (*compact_sweep)(float* cblk, int64_t rows, const uint16_t* idx,
+                        const float* scale, int64_t lr, int64_t lk,
+                        int64_t kc, const uint32_t* tab, int m);
+
   // The same sums without a per-tile table, for outputs too small to repay
   // building one: cblk[r][c] += sum over k < kc of
   // rows[idx[r, k]][j(b[k, c])] * scale(b[k, c]) * scale[r, k], in order of
@@ -47,6 +62,9 @@ struct BlockKernels {
                        int64_t bk, int64_t bc, int64_t ncols, int range,
                        uint8_t* col_irregular);
 };
+
+// Largest m with compact tables (a table row of one k fits the stack).
+constexpr int kCompactMaxBits = 7;
 
 struct KernelTable {
   const char* name;

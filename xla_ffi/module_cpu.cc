@@ -1,5 +1,6 @@
 // nanobind module _approxjax_cpu: exports the CPU FFI handlers as capsules.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include "capsule.h"
 #include "gemm_cpu.h"
@@ -19,4 +20,6 @@ NB_MODULE(_approxjax_cpu, m) {
   });
   m.def("kernel_variant", []() { return approxjax::CpuKernelName(); },
         "The instruction-set variant of the CPU kernels chosen on this CPU.");
+  m.def("last_gemm_layout", []() { return approxjax::LastGemmLayout(); },
+        "The layout the latest CPU GEMM ran with (tests, profiling).");
 }
