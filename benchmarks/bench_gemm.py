@@ -71,10 +71,12 @@ def time_pair(approx, native, repeats: int) -> tuple[float, float]:
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
-def _row(label, m_rows, k, n, m, repeats, stack=1):
+def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
     """One table row. A stack row times ``stack`` vmapped multipliers against
     one multiplier (approximate, timed alternately): its ratio is the cost of
-    the stack in single-multiplier calls (the target is <= stack)."""
+    the stack in single-multiplier calls (the target is <= stack). ``kind``
+    names the multiplier (truncated: LUT entries of up to 2m + 2 significant
+    bits; mitchell: at most m + 1, so m <= 7 gets compact tables)."""
     rng = np.random.default_rng(0)
     dn = DN
     a_shape, b_shape = (m_rows, k), (k, n)
@@ -88,16 +90,18 @@ def _row(label, m_rows, k, n, m, repeats, stack=1):
         lambda a, b: jax.lax.dot_general(a, b, dn, precision=jax.lax.Precision.HIGHEST)
     )
     one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
-    mult = ax.truncated(m)
+    mult = getattr(ax, kind)(m)
     if stack == 1:
         t_approx, t_base = time_pair(lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats)
     else:
-        mults = ax.stack([ax.truncated(m)] * stack)
+        mults = ax.stack([mult] * stack)
         many = jax.jit(jax.vmap(one, (None, None, 0)))
         t_approx, t_base = time_pair(
             lambda: many(a, b, mults), lambda: one(a, b, mult), repeats=repeats
         )
     shape = f"{label} ({m_rows}x{k}x{n})"
+    if kind != "truncated":
+        shape += f", {kind}"
     if stack > 1:
         shape += f" x{stack} multipliers (vs one multiplier)"
     return {
@@ -156,14 +160,16 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
-    plan = [(s, 7, 1) for s in SHAPES[: 1 if args.quick else None]]
+    plan = [(s, 7, 1, "truncated") for s in SHAPES[: 1 if args.quick else None]]
     if not args.quick:
-        plan += [(SHAPES[0], m, 1) for m in (3, 5, 10, 12)]
-        plan += [(("square 512", 512, 512, 512), 7, 1), (("square 512", 512, 512, 512), 7, 8)]
+        plan += [(SHAPES[0], m, 1, "truncated") for m in (3, 5, 10, 12)]
+        plan += [(SHAPES[0], 7, 1, "mitchell"), (SHAPES[7], 7, 1, "mitchell")]
+        square = ("square 512", 512, 512, 512)
+        plan += [(square, 7, 1, "truncated"), (square, 7, 8, "truncated")]
     rows = []
     print(f"{'shape':<48} {'m':>3} {'approx ms':>10} {'native ms':>10} {'ratio':>7}", flush=True)
-    for (label, mm, k, n), m, stack in plan:
-        r = _row(label, mm, k, n, m, repeats, stack)
+    for (label, mm, k, n), m, stack, kind in plan:
+        r = _row(label, mm, k, n, m, repeats, stack, kind)
         rows.append(r)
         print(
             f"{r['shape']:<48} {r['m']:>3} {r['approx_ms']:>10.2f} {r['native_ms']:>10.2f} "
@@ -173,9 +179,9 @@ def main(argv=None) -> int:
     if args.record:
         record(
             "bench_gemm.py",
-            "Native: `jnp.dot` float32, precision HIGHEST, timed alternately with the "
-            'approximate call; in the row of a stack of multipliers the "native" column '
-            "is one approximate multiplier instead.",
+            "Multiplier truncated(m) unless named. Native: `jnp.dot` float32, precision "
+            "HIGHEST, timed alternately with the approximate call; in the row of a stack "
+            'of multipliers the "native" column is one approximate multiplier instead.',
             ["shape", "m", "approx ms", "native ms", "ratio"],
             [
                 [r["shape"], str(r["m"])]
