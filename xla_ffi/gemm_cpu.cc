@@ -322,7 +322,7 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.scale.Reserve(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
     s.col_irregular.assign(p.nc, 0);
-    s.tab.Reserve(p.direct ? 1 : p.kc * size * p.nc);
+    s.tab.Reserve(p.direct ? 1 : p.kc * size * p.nc / (p.compact ? 2 : 1));
     if (p.split == 1 && p.sum_blocks > 1) {
       s.total.Reserve(p.group_size * p.row_chunk * p.nc);
     }
