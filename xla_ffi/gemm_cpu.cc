@@ -421,11 +421,11 @@ Tiling TileLayout(const Problem& p, bool swap, int nc, int64_t most,
   t.split = 1;
   const int64_t tiles =
       static_cast<int64_t>(p.groups.size()) * t.member_chunks * t.col_blocks;
-  // Too few units to keep the threads busy: run the sum blocks of a long
+  // Too few units to keep several threads busy: run the sum blocks of a long
   // contraction as separate units (partial outputs, added in order at the
   // end), or else split rows further (which repeats the table builds).
   const int64_t out_elems = p.batch * p.m_rows * p.n_cols;
-  if (tiles * t.row_chunks >= 2 * threads) return t;
+  if (threads == 1 || tiles * t.row_chunks >= 2 * threads) return t;
   if (p.sum_blocks > 1 && out_elems * p.sum_blocks <= kMaxPartialFloats) {
     t.split = p.sum_blocks;
   } else if (rows >= 64) {
