@@ -82,8 +82,20 @@ struct Group {
   std::vector<std::pair<int64_t, int64_t>> members;  // (batch index, lut offset)
 };
 
-// The whole problem after validation, shared by every worker.
-struct Problem {
+// How the output is cut into units of work for one layout (see ChooseLayout).
+struct Tiling {
+  int64_t row_chunk, row_chunks;     // rows of the streamed side per unit
+  int64_t group_size, member_chunks;  // multipliers per unit
+  int64_t col_blocks;
+  int64_t split;  // 1, or sum_blocks when blocks run as separate units
+  int64_t Units(int64_t groups) const {
+    return groups * member_chunks * col_blocks * row_chunks * split;
+  }
+};
+
+// The whole problem after validation, shared by every worker; its Tiling is
+// the chosen layout's.
+struct Problem : Tiling {
   const float* lhs;
   const float* rhs;
   const float* lut;
@@ -94,23 +106,21 @@ struct Problem {
   bool transpose_lhs, transpose_rhs;
   bool swap;    // stream rhs^T and table lhs^T
   bool direct;  // gather products (direct_sweep) instead of per-tile tables
-  bool compact_luts;  // every LUT entry bfloat16-exact (ScanTables)
-  bool compact;       // compact per-tile tables (build_compact, compact_sweep)
+  bool compact_ok;  // wide tables may be compact (CompactTablesAllowed)
+  bool compact;     // compact per-tile tables (build_compact, compact_sweep)
   int nc;       // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
   Operand a, b, l;
   int64_t batch;  // product of out_lead
   std::vector<Group> groups;
-  int64_t group_size;  // members computed together (<= members of a group)
 
   // Streamed side (rows R) and tabled side (cols C), both of depth K.
   int64_t rows, cols;
   int64_t s_rs, s_ks, t_ks, t_cs;  // element strides
   std::vector<float> lut_t;        // transposed tables (when swap == direct)
 
-  int64_t col_blocks, row_chunk, row_chunks, member_chunks, units;
+  int64_t units;
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
-  int64_t split;               // 1, or sum_blocks when blocks run as separate units
   float* partials = nullptr;  // [split][batch][M][N] when split > 1
   int64_t kc;  // k of one per-tile table
   int64_t kp;  // k packed at a time: a multiple of kc
@@ -387,23 +397,13 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
   return ffi::Error::Success();
 }
 
-// Whether wide table blocks can be compact (gemm_kernels.h);
-// APPROXJAX_CPU_COMPACT=0 turns compact tables off (tests, benchmarks).
-bool Compact(const Problem& p) {
+// Whether wide table blocks may be compact (gemm_kernels.h), given whether
+// every LUT entry is bfloat16-exact; APPROXJAX_CPU_COMPACT=0 turns compact
+// tables off (tests, benchmarks).
+bool CompactTablesAllowed(bool exact_luts, int m) {
   const char* off = std::getenv("APPROXJAX_CPU_COMPACT");
-  return p.compact_luts && p.m <= kCompactMaxBits && !(off && off[0] == '0');
+  return exact_luts && m <= kCompactMaxBits && !(off && off[0] == '0');
 }
-
-// How the output is cut into units of work for one layout (see ChooseLayout).
-struct Tiling {
-  int64_t row_chunk, row_chunks;     // rows of the streamed side per unit
-  int64_t group_size, member_chunks;  // multipliers per unit
-  int64_t col_blocks;
-  int64_t split;  // 1, or sum_blocks when blocks run as separate units
-  int64_t Units(int64_t groups) const {
-    return groups * member_chunks * col_blocks * row_chunks * split;
-  }
-};
 
 Tiling TileLayout(const Problem& p, bool swap, int nc, int64_t most,
                   int64_t threads) {
@@ -470,7 +470,7 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
     if (o.direct) {
       cost = kDirectCost * rows * padded;
     } else {
-      const bool compact = o.nc == kWideCols && Compact(p);
+      const bool compact = o.nc == kWideCols && p.compact_ok;
       cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : compact ? 0.55 : 1.0);
       cost += 2.5 * double(size) * padded * t.row_chunks;
     }
@@ -536,10 +536,11 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     return Done();
   }
   if (auto e = ScanTables("approxjax_gemm", p.lut, p.l.matrix_count, m,
-                          &p.range, &p.compact_luts);
+                          &p.range, &p.compact_ok);
       e.failure()) {
     return Failed(e);
   }
+  p.compact_ok = CompactTablesAllowed(p.compact_ok, m);
 
   p.kernels = &SelectKernels();
   const int64_t size = int64_t{1} << m;
@@ -563,7 +564,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
   const Tiling tiling = ChooseLayout(p, size, most, threads);
   p.block = p.nc == kWideCols ? &p.kernels->wide : &p.kernels->narrow;
-  p.compact = !p.direct && p.nc == kWideCols && Compact(p);
+  p.compact = !p.direct && p.nc == kWideCols && p.compact_ok;
   const int64_t lhs_rs = transpose_lhs ? 1 : p.depth;
   const int64_t lhs_ks = transpose_lhs ? p.m_rows : 1;
   const int64_t rhs_ks = transpose_rhs ? 1 : p.n_cols;
@@ -602,12 +603,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                                         1,
                                         std::min(p.depth, kPackDepth));
   p.kp = std::min(p.depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
-  p.col_blocks = tiling.col_blocks;
-  p.row_chunk = tiling.row_chunk;
-  p.row_chunks = tiling.row_chunks;
-  p.group_size = tiling.group_size;
-  p.member_chunks = tiling.member_chunks;
-  p.split = tiling.split;
+  static_cast<Tiling&>(p) = tiling;
   if (p.split > 1) {
     try {
       state->partials.resize(out_elems * p.split);
@@ -617,7 +613,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     }
     p.partials = state->partials.data();
   }
-  p.units = tiling.Units(static_cast<int64_t>(p.groups.size()));
+  p.units = p.Units(static_cast<int64_t>(p.groups.size()));
 
   RecordLayout(p);
   const int64_t workers = std::min<int64_t>(threads, p.units);
