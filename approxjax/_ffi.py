@@ -10,11 +10,11 @@ JAX's FFI leaves open live in one place:
   over all leading dimensions, so nested ``vmap`` works too.
 * attributes are cast to the exact C++ types the handlers bind.
 * each call is a JAX primitive of its own (``approxjax_gemm``,
-  ``approxjax_multiply``) whose batching rule is the ``expand_dims`` above and
-  whose lowering wraps the FFI call in the partitioning rules of
-  :mod:`approxjax._partition`, so ``jit`` over sharded operands runs it on
-  local shards, and whose type carries the varying manual axes of its operands
-  so it works inside ``shard_map``;
+  ``approxjax_conv_gemm``, ``approxjax_multiply``) whose batching rule is the
+  ``expand_dims`` above and whose lowering wraps the FFI call in the
+  partitioning rules of :mod:`approxjax._partition`, so ``jit`` over sharded
+  operands runs it on local shards, and whose type carries the varying manual
+  axes of its operands so it works inside ``shard_map``;
 * the CPU module always registers; the CUDA module registers when it was
   built, and asking for a GPU without it raises an error that says how to
   build it.
@@ -23,6 +23,7 @@ JAX's FFI leaves open live in one place:
 from __future__ import annotations
 
 import functools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _approxjax_cuda = None
 
 GEMM_TARGET = "approxjax_gemm"
+CONV_GEMM_TARGET = "approxjax_conv_gemm"
 MULTIPLY_TARGET = "approxjax_multiply"
 
 for _name, _capsule in _approxjax_cpu.registrations().items():
@@ -97,6 +99,17 @@ def _gemm_shape(shapes, transpose_lhs, transpose_rhs):
     return (*lead, lhs[-1] if transpose_lhs else lhs[-2], rhs[-2] if transpose_rhs else rhs[-1])
 
 
+def _conv_gemm_shape(shapes, kernel, strides, dilation):
+    """Result shape (lead, N, P, O) of a conv GEMM on operands of ``shapes`` (x, w, lut)."""
+    x, w, lut = shapes
+    n = len(kernel)
+    lead = np.broadcast_shapes(x[: -(n + 2)], w[:-2], lut[:-2])
+    pixels = 1
+    for size, k, st, d in zip(x[-(n + 1) : -1], kernel, strides, dilation, strict=True):
+        pixels *= (size - (k - 1) * d - 1) // st + 1
+    return (*lead, x[-(n + 2)], pixels, w[-1])
+
+
 def _multiply_shape(shapes):
     """Result shape of an elementwise multiply on operands of ``shapes`` (a, b, lut)."""
     a, b, lut = shapes
@@ -109,12 +122,22 @@ def _raw_gemm(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
 
 
+def _raw_conv_gemm(x, w, lut, *, kernel, strides, dilation):
+    shape = _conv_gemm_shape((x.shape, w.shape, lut.shape), kernel, strides, dilation)
+    call = jax.ffi.ffi_call(CONV_GEMM_TARGET, _local_result(x, shape))
+    as_i64 = partial(np.asarray, dtype=np.int64)
+    return call(
+        x, w, lut, kernel=as_i64(kernel), strides=as_i64(strides), dilation=as_i64(dilation)
+    )
+
+
 def _raw_multiply(a, b, lut):
     shape = _multiply_shape((a.shape, b.shape, lut.shape))
     return jax.ffi.ffi_call(MULTIPLY_TARGET, _local_result(a, shape))(a, b, lut)
 
 
 gemm_p = Primitive("approxjax_gemm")
+conv_gemm_p = Primitive("approxjax_conv_gemm")
 multiply_p = Primitive("approxjax_multiply")
 
 
@@ -129,6 +152,15 @@ def _gemm_core(transpose_lhs, transpose_rhs):
 
 
 _MULTIPLY_CORE = (("e",), ("e",), ("l1", "l2"), ("e",))
+
+
+def _conv_gemm_core(n):
+    """Factors of a conv GEMM: only the images ``n`` and the output features
+    ``o`` may stay split (a window spans the spatial dimensions, a row of
+    ``w`` every input channel)."""
+    spatial = tuple(f"s{d}" for d in range(n))
+    core = (("n", *spatial, "c"), ("k", "o"), ("l1", "l2"), ("n", "p", "o"))
+    return core, dict(replicated=("l1", "l2", "c", "k", "p", *spatial), reduced=())
 
 
 def _result_aval(avals, shape, core, rule):
@@ -151,15 +183,23 @@ def _gemm_abstract(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return _result_aval((lhs, rhs, lut), shape, core, _GEMM_RULE)
 
 
+def _conv_gemm_abstract(x, w, lut, *, kernel, strides, dilation):
+    shape = _conv_gemm_shape((x.shape, w.shape, lut.shape), kernel, strides, dilation)
+    core, rule = _conv_gemm_core(len(kernel))
+    return _result_aval((x, w, lut), shape, core, rule)
+
+
 def _multiply_abstract(a, b, lut):
     shape = _multiply_shape((a.shape, b.shape, lut.shape))
     return _result_aval((a, b, lut), shape, _MULTIPLY_CORE, _MULTIPLY_RULE)
 
 
 gemm_p.def_abstract_eval(_gemm_abstract)
+conv_gemm_p.def_abstract_eval(_conv_gemm_abstract)
 multiply_p.def_abstract_eval(_multiply_abstract)
 # Eager calls compile the primitive on its own, as JAX does for its own ops.
 gemm_p.def_impl(jax.jit(gemm_p.bind, static_argnames=("transpose_lhs", "transpose_rhs")))
+conv_gemm_p.def_impl(jax.jit(conv_gemm_p.bind, static_argnames=("kernel", "strides", "dilation")))
 multiply_p.def_impl(jax.jit(multiply_p.bind))
 
 
@@ -177,6 +217,7 @@ def _expand_dims_rule(prim):
 
 
 batching.primitive_batchers[gemm_p] = _expand_dims_rule(gemm_p)
+batching.primitive_batchers[conv_gemm_p] = _expand_dims_rule(conv_gemm_p)
 batching.primitive_batchers[multiply_p] = _expand_dims_rule(multiply_p)
 
 
@@ -197,6 +238,18 @@ def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs):
 
 
 @functools.lru_cache(maxsize=1024)
+def _partitioned_conv_gemm(shapes, kernel, strides, dilation):
+    core, rule = _conv_gemm_core(len(kernel))
+
+    def impl(x, w, lut):
+        return _raw_conv_gemm(x, w, lut, kernel=kernel, strides=strides, dilation=dilation)
+
+    return _partition.partitioned(
+        impl, shapes, _conv_gemm_shape(shapes, kernel, strides, dilation), core, **rule
+    )
+
+
+@functools.lru_cache(maxsize=1024)
 def _partitioned_multiply(shapes):
     return _partition.partitioned(
         _raw_multiply, shapes, _multiply_shape(shapes), _MULTIPLY_CORE, **_MULTIPLY_RULE
@@ -208,13 +261,22 @@ def _gemm_lowering(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return _partitioned_gemm(shapes, transpose_lhs, transpose_rhs)(lhs, rhs, lut)
 
 
+def _conv_gemm_lowering(x, w, lut, *, kernel, strides, dilation):
+    shapes = (x.shape, w.shape, lut.shape)
+    return _partitioned_conv_gemm(shapes, kernel, strides, dilation)(x, w, lut)
+
+
 def _multiply_lowering(a, b, lut):
     return _partitioned_multiply((a.shape, b.shape, lut.shape))(a, b, lut)
 
 
 # Like custom_partitioning's own primitive, ours need the device assignment while lowering.
-dispatch.prim_requires_devices_during_lowering.update((gemm_p, multiply_p))
+dispatch.prim_requires_devices_during_lowering.update((gemm_p, conv_gemm_p, multiply_p))
 mlir.register_lowering(gemm_p, mlir.lower_fun(_gemm_lowering, multiple_results=False))
+# CPU only: there is no CUDA kernel for it (approxjax.conv uses it on the CPU).
+mlir.register_lowering(
+    conv_gemm_p, mlir.lower_fun(_conv_gemm_lowering, multiple_results=False), platform="cpu"
+)
 mlir.register_lowering(multiply_p, mlir.lower_fun(_multiply_lowering, multiple_results=False))
 
 
@@ -251,6 +313,54 @@ def gemm(
     return gemm_p.bind(
         lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs)
     )
+
+
+def conv_gemm(
+    x: jax.Array,
+    w: jax.Array,
+    lut: jax.Array,
+    *,
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> jax.Array:
+    """Approximate GEMM of a padded input's patches (implicit im2col, CPU only).
+
+    ``out[n, p, o] = sum_k patch(x)[n, p, k] * w[k, o]`` under ``lut``, the
+    patches read from ``x`` in place, never materialised.
+
+    Args:
+      x: float32 ``(N, S_1, ..., S_n, C)``, already padded (and lhs-dilated).
+      w: float32 ``(prod(kernel) * C, O)``, rows ordered tap-major, channel-minor.
+      lut: float32 ``(2**m, 2**m)``.
+      kernel, strides, dilation: ``n`` positive ints each (window, window
+        strides, rhs dilation).
+
+    Returns:
+      float32 ``(N, P, O)``, P the output pixels in row-major order.
+    """
+    _check_backend()
+    kernel, strides, dilation = (tuple(int(v) for v in t) for t in (kernel, strides, dilation))
+    n = len(kernel)
+    if n < 1 or len(strides) != n or len(dilation) != n or min(kernel + strides + dilation) < 1:
+        raise ValueError(
+            "kernel, strides and dilation must be as many positive ints (>= 1); got "
+            f"{kernel}, {strides}, {dilation}"
+        )
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
+    if (
+        x.ndim != n + 2
+        or w.ndim != 2
+        or any(s < span for s, span in zip(x.shape[1:-1], spans, strict=True))
+        or w.shape[0] != int(np.prod(kernel)) * x.shape[-1]
+    ):
+        raise ValueError(
+            f"conv_gemm needs x (N, *S, C) with every S >= its window {tuple(spans)} and w "
+            f"(prod(kernel) * C, O) = ({int(np.prod(kernel))} * C, O); got x {x.shape} and w "
+            f"{w.shape}"
+        )
+    x, w, lut = same_varying_axes(x, w, lut)
+    return conv_gemm_p.bind(x, w, lut, kernel=kernel, strides=strides, dilation=dilation)
 
 
 def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:

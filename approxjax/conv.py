@@ -1,22 +1,34 @@
 """Approximate ``conv_general_dilated``: every product through the multiplier.
 
-The convolution is lowered to approximate batched GEMMs over patches: the
-input is padded and dilated with ``lax.pad`` and the patches are gathered
-channels-last (one ``take`` of whole channel rows, or strided slices for few
-channels; data movement only, no arithmetic), then ``patches @ kernel`` runs through
-:func:`approxjax.dot_general`, whose custom_vjp makes both gradients
-approximate GEMMs too. Where the patches of the whole batch would outgrow the
-input, they are built and multiplied a few images at a time (``lax.map`` with
-``jax.checkpoint``), so no full im2col buffer is ever held. The gradient with
-respect to the input flows back through the slices as sums (the accumulation
-that a direct convolution's backward pass does as well). Nothing falls back to
-exact products.
+The convolution is a GEMM of the input's patches with the kernel. The input
+is first padded and dilated with ``lax.pad`` (an operand-sized buffer) and
+laid out channels-last, so each patch is a few contiguous runs of channels,
+tap by tap.
+
+* Forward, on the CPU, without feature or batch groups: implicit im2col. The
+  CPU kernel (``approxjax_conv_gemm``) gathers each tile of patches from the
+  padded input while it packs the tile, so no patch buffer exists at all.
+* Otherwise (gradients, groups, GPUs, or ``APPROXJAX_CPU_CONV=patches``) the
+  patches are built: one ``take`` of whole channel rows, or strided slices
+  for few channels (data movement only, no arithmetic), then
+  ``patches @ kernel`` runs as an approximate batched GEMM whose custom_vjp
+  makes both gradients approximate GEMMs too. Where the patches of the whole
+  batch would outgrow the input, they are built and multiplied a few images
+  at a time (``lax.map`` with ``jax.checkpoint``), so no full im2col buffer
+  is ever held. The gradient with respect to the input flows back through
+  the slices as sums (the accumulation that a direct convolution's backward
+  pass does as well).
+
+Both ways sum the same products in the same order: the same bits. Nothing
+falls back to exact products.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -24,8 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from approxjax import _ffi
 from approxjax.multipliers import Multiplier
-from approxjax.ops import GradMultiplier, _check_multiplier, _check_operand, dot_general
+from approxjax.ops import (
+    GradMultiplier,
+    _approx_bmm,
+    _check_multiplier,
+    _check_operand,
+    _GemmConfig,
+    _mode_and_lut,
+)
 
 
 def _pads(padding, lhs_spatial, rhs_spatial, strides, rhs_dilation):
@@ -83,6 +103,8 @@ def conv_general_dilated(
     lhs = _check_operand("lhs", lhs)
     rhs = _check_operand("rhs", rhs)
     _check_multiplier("multiplier", multiplier, allow_forward=False)
+    _check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
+    _check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
     if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(
             f"lhs and rhs need one rank >= 2; got shapes {tuple(lhs.shape)} and {tuple(rhs.shape)}"
@@ -198,32 +220,75 @@ def conv_general_dilated(
 
         patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
-    kw = dict(
-        multiplier=multiplier,
-        input_grad_multiplier=input_grad_multiplier,
-        weight_grad_multiplier=weight_grad_multiplier,
-        preferred_element_type=jnp.float32,
-    )
-    dims = (((2,), (1,)), ((0,), (0,)))
+    ig_mode, ig_lut = _mode_and_lut(input_grad_multiplier)
+    wg_mode, wg_lut = _mode_and_lut(weight_grad_multiplier)
+    config = _GemmConfig(input_grad=ig_mode, weight_grad=wg_mode)
+    luts = (multiplier.lut, ig_lut, wg_lut)
+    x = x.astype(jnp.float32)
+    w = w.astype(jnp.float32)
+
+    def bmm(a, b, luts):  # (G, M, K) @ (G, K, N) through the multipliers
+        return _approx_bmm(config, *_ffi.same_varying_axes(a, b), luts)
+
     if bg == 1:
         og = out_feat // fg
         b = w.reshape(kp, in_feat, fg, og).transpose(2, 0, 1, 3).reshape(fg, kp * in_feat, og)
 
-        def images(xc):  # (n, *Sp, C) -> (n, osz, O)
+        def images(xc, b, luts):  # (n, *Sp, C) -> (n, osz, O)
             rows = xc.shape[0] * osz
             a = patches(xc).reshape(rows, kp, fg, in_feat).transpose(2, 0, 1, 3)
-            y = dot_general(a.reshape(fg, rows, kp * in_feat), b, dims, **kw)  # (G, rows, Og)
+            y = bmm(a.reshape(fg, rows, kp * in_feat), b, luts)  # (G, rows, Og)
             return y.transpose(1, 0, 2).reshape(xc.shape[0], osz, out_feat)
 
-        y = _in_chunks(images, x, osz * kp * channels, lhs.size)
+        def materialized(x, b, luts):
+            fn = partial(images, b=b, luts=luts)
+            return _in_chunks(fn, x, osz * kp * channels, lhs.size)
+
+        if fg == 1 and _implicit_im2col():
+            geometry = (tuple(kernel), strides, rhs_dil)
+            y = _implicit_conv(materialized, geometry, *_ffi.same_varying_axes(x, b), luts)
+        else:
+            y = materialized(x, b, luts)
     else:
         nb, ob = batch // bg, out_feat // bg
         a = patches(x).reshape(bg, nb * osz, kp * channels)
         b = w.reshape(kp * channels, bg, ob).transpose(1, 0, 2)
-        y = dot_general(a, b, dims, **kw)  # (B, nb*osz, ob)
+        y = bmm(a, b, luts)  # (B, nb*osz, ob)
         y = y.reshape(bg, nb, osz, ob).transpose(1, 2, 0, 3).reshape(nb, osz, out_feat)
     y = jnp.moveaxis(y.reshape(y.shape[0], *out_spatial, out_feat), -1, 1).astype(out_dtype)
     return jnp.transpose(y, np.argsort(dn.out_spec))
+
+
+def _implicit_im2col() -> bool:
+    """Whether convolutions read their patches in place (the CPU kernel's
+    implicit im2col) rather than building them: on the CPU unless
+    ``APPROXJAX_CPU_CONV=patches`` (tests, benchmarks)."""
+    return jax.default_backend() == "cpu" and os.environ.get("APPROXJAX_CPU_CONV") != "patches"
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _implicit_conv(materialized, geometry, x, b, luts):
+    """``materialized(x, b, luts)`` (a convolution as GEMMs of built patches)
+    computed by the CPU kernel that reads the patches from ``x`` in place:
+    the same products summed in the same order, so the same bits. The
+    gradients are those of ``materialized``, chunked as it chunks."""
+    kernel, strides, dilation = geometry
+    return _ffi.conv_gemm(x, b[0], luts[0], kernel=kernel, strides=strides, dilation=dilation)
+
+
+def _implicit_conv_fwd(materialized, geometry, x, b, luts):
+    return _implicit_conv(materialized, geometry, x, b, luts), (x, b, luts)
+
+
+def _implicit_conv_bwd(materialized, geometry, residuals, g):
+    x, b, luts = residuals
+    # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them.
+    _, vjp = jax.vjp(lambda x, b: materialized(x, b, luts), x, b)
+    dx, db = vjp(g)
+    return dx, db, tuple(None if t is None else jnp.zeros_like(t) for t in luts)
+
+
+_implicit_conv.defvjp(_implicit_conv_fwd, _implicit_conv_bwd)
 
 
 # Patches of at most this many elements (or of the input's size, if larger)
@@ -235,9 +300,10 @@ def _in_chunks(fn, x, per_image: int, input_size: int):
     """``fn`` over the batch of ``x``, a few images at a time when their patches
     would outgrow the input: peak memory stays at buffers of the input's size.
 
-    Chunk ``j`` holds images ``j, j + B, j + 2B, ...``, so a batch split over
-    devices stays split: with several devices, every chunk keeps a multiple of
-    the device count of images (or the batch is not chunked).
+    On one device, chunks hold consecutive images (a reshape, no copy). With
+    several, chunk ``j`` holds images ``j, j + B, j + 2B, ...``, so a batch
+    split over devices stays split: every chunk keeps a multiple of the device
+    count of images (or the batch is not chunked).
     ``jax.checkpoint`` keeps the patches out of the saved residuals: the
     backward pass rebuilds them chunk by chunk.
     """
@@ -251,6 +317,9 @@ def _in_chunks(fn, x, per_image: int, input_size: int):
     if not allowed or allowed == [1]:
         return fn(x)
     chunks = next((c for c in allowed if c >= need), allowed[-1])
+    if devices == 1:  # consecutive images: no copy of the input
+        ys = lax.map(jax.checkpoint(fn), x.reshape(chunks, batch // chunks, *x.shape[1:]))
+        return ys.reshape(batch, *ys.shape[2:])
     xs = jnp.swapaxes(x.reshape(batch // chunks, chunks, *x.shape[1:]), 0, 1)
     ys = lax.map(jax.checkpoint(fn), xs)  # (chunks, batch // chunks, ...)
     return jnp.swapaxes(ys, 0, 1).reshape(batch, *ys.shape[2:])

@@ -1,5 +1,7 @@
 """approxjax.conv_general_dilated against XLA's convolution and the reference model."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +275,155 @@ def test_wide_channels_gather_path(strides, dilation, padding, rng):
     ex, ew = exact_vjp(jnp.cos(y))
     np.testing.assert_allclose(gx, ex, rtol=2e-5, atol=2e-4)
     np.testing.assert_allclose(gw, ew, rtol=2e-5, atol=2e-3)
+
+
+# Implicit im2col: on the CPU, convolutions without groups read their patches
+# from the padded input inside the kernel (approxjax_conv_gemm).
+
+
+def _np_patches(xp, kernel, strides, dilation):
+    """NumPy im2col of a padded NHWC input: (N * OH * OW, KH * KW * C), taps
+    major, channels minor (the kernel's order of k)."""
+    n, h, w, c = xp.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
+    oh = (h - (kh - 1) * dh - 1) // sh + 1
+    ow = (w - (kw - 1) * dw - 1) // sw + 1
+    cols = [
+        xp[:, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return np.concatenate(cols, axis=-1).reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
+
+
+def _with_specials(rng, x):
+    x = np.array(x)
+    flat = x.reshape(-1)
+    specials = np.array([np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-40, 0.0, -0.0], np.float32)
+    at = rng.choice(flat.size, size=min(flat.size, 3 * specials.size), replace=False)
+    flat[at] = np.resize(specials, at.size)
+    return x
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,strides,dilation,padding",
+    [
+        ((2, 7, 8, 5), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),
+        ((2, 9, 9, 1), (5, 5), (1, 1), (1, 1), ((0, 0), (0, 0))),
+        ((1, 11, 10, 3), (3, 2), (2, 3), (2, 1), ((2, 0), (1, 2))),
+        ((3, 14, 14, 64), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),  # 1764 rows: row tiles
+        ((1, 4, 4, 520), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),  # K = 4680: two sum blocks
+        ((2, 6, 5, 16), (1, 1), (1, 2), (1, 1), ((0, 0), (0, 0))),
+    ],
+)
+@pytest.mark.parametrize("mult", [ax.mitchell(7), ax.truncated(5), ax.truncated(10)], ids=str)
+def test_implicit_im2col_matches_sequential_reference(
+    shape, kernel, strides, dilation, padding, mult, rng, monkeypatch
+):
+    """Bit for bit the reference products summed in the kernels' order, over
+    NumPy-built patches, with inf, NaN, huge, subnormal and zero operands."""
+    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
+    x = _with_specials(rng, random_nonzero(rng, shape))
+    w = _with_specials(rng, random_nonzero(rng, (*kernel, shape[-1], 6)))
+    got = ax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        multiplier=mult,
+    )
+    assert "im2col" in ax._ffi.last_cpu_gemm_layout()
+    xp = np.pad(x, [(0, 0), *padding, (0, 0)])
+    a, (n, oh, ow) = _np_patches(xp, kernel, strides, dilation)
+    want = ref.sequential_dot_general(a, w.reshape(-1, 6), (((1,), (0,)), ((), ())), mult.lut)
+    # Bits, one NaN for all: which of two NaNs a float32 sum returns (inf - inf
+    # against a NaN operand) is the hardware's choice, not the model's.
+    got, want = np.asarray(got), want.reshape(n, oh, ow, 6)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(bits(np.nan_to_num(got)), bits(np.nan_to_num(want)))
+
+
+@given(problem=conv_problems(), seed=st.integers(0, 2**31))
+def test_implicit_im2col_equals_built_patches(problem, seed):
+    """Forward and both gradients: the same bits whether the patches are read
+    in place or built (APPROXJAX_CPU_CONV=patches), every geometry."""
+    import os
+
+    if problem["feature_group_count"] > 1 or problem["batch_group_count"] > 1:
+        return  # groups always build their patches
+    rng = np.random.default_rng(seed)
+    lhs = random_nonzero(rng, problem["lhs_shape"])
+    rhs = random_nonzero(rng, problem["rhs_shape"])
+    mult = ax.stack([ax.mitchell(7), ax.truncated(7)])
+
+    def run(mode):
+        os.environ["APPROXJAX_CPU_CONV"] = mode
+        try:
+
+            def loss(lhs, rhs, mu):  # a fresh function: traced under this mode
+                y = ax.conv_general_dilated(*_args(problem, lhs, rhs), multiplier=mu)
+                return jnp.sum(jnp.sin(y)), y
+
+            grad = jax.vmap(jax.grad(loss, argnums=(0, 1), has_aux=True), (None, None, 0))
+            (gx, gw), y = grad(lhs, rhs, mult)
+            layout = ax._ffi.last_cpu_gemm_layout()
+        finally:
+            del os.environ["APPROXJAX_CPU_CONV"]
+        return [bits(v) for v in (y, gx, gw)], layout
+
+    implicit, _ = run("implicit")
+    built, layout = run("patches")
+    assert "im2col" not in layout
+    for a, b in zip(implicit, built, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_implicit_im2col_stack_is_one_call(rng, monkeypatch):
+    """A vmapped stack of multipliers: one conv GEMM in the program, each
+    member's output as if it ran alone."""
+    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
+    x = random_nonzero(rng, (2, 8, 8, 12))
+    w = random_nonzero(rng, (3, 3, 12, 20))
+    members = [ax.mitchell(7), ax.mbm(7), ax.truncated(7), ax.drum(6, 4)]
+    stack = ax.stack(members[:3])
+
+    def conv(x, w, mu):
+        return ax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), multiplier=mu
+        )
+
+    fn = jax.jit(jax.vmap(conv, (None, None, 0)))
+    assert fn.lower(x, w, stack).as_text().count("approxjax_conv_gemm") == 1
+    got = fn(x, w, stack)
+    for i, mu in enumerate(members[:3]):
+        np.testing.assert_array_equal(bits(got[i]), bits(conv(x, w, mu)))
+
+
+def test_conv_gemm_rejects_bad_shapes(rng):
+    """The internal call checks its arguments in Python, and the C++ handler
+    checks them again: a bad call is an error that names the shapes, never a
+    crash."""
+    from approxjax import _ffi
+
+    x = jnp.asarray(random_nonzero(rng, (1, 5, 5, 3)))
+    lut = ax.mitchell(4).lut
+    w = jnp.asarray(random_nonzero(rng, (27, 4)))
+    call = partial(_ffi.conv_gemm, kernel=(3, 3), dilation=(1, 1))
+    with pytest.raises(ValueError, match=r"positive ints .* \(0, 1\)"):
+        call(x, w, lut, strides=(0, 1))
+    with pytest.raises(ValueError, match=r"got x \(1, 5, 5, 3\) and w \(26, 4\)"):
+        call(x, w[:26], lut, strides=(1, 1))
+    # Past the Python checks, straight to the handler.
+    for out, strides, want in [
+        ((1, 8, 4), (1, 1), "inconsistent shapes"),
+        ((1, 9, 4), (0, 1), "kernel, strides and dilation must be positive"),
+        ((9, 4), (1, 1), "ranks must be"),
+    ]:
+        raw = jax.ffi.ffi_call(_ffi.CONV_GEMM_TARGET, jax.ShapeDtypeStruct(out, jnp.float32))
+        i64 = partial(np.asarray, dtype=np.int64)
+        with pytest.raises(Exception, match=f"approxjax_conv_gemm: {want}"):
+            jax.block_until_ready(
+                raw(x, w, lut, kernel=i64((3, 3)), strides=i64(strides), dilation=i64((1, 1)))
+            )

@@ -93,6 +93,12 @@ struct Tiling {
   }
 };
 
+// Columns [k, k + len) of every patch: contiguous in the input from its
+// row's base plus off (consecutive taps merge where their channels abut).
+struct PatchRun {
+  int64_t k, off, len;
+};
+
 // The whole problem after validation, shared by every worker; its Tiling is
 // the chosen layout's.
 struct Problem : Tiling {
@@ -104,7 +110,7 @@ struct Problem : Tiling {
   int m;                          // mantissa bits
   int range;                      // regular exponent range
   bool transpose_lhs, transpose_rhs;
-  bool swap;    // stream rhs^T and table lhs^T
+  bool swap;    // stream rhs^T and table lhs^T (never for convolutions)
   bool direct;  // gather products (direct_sweep) instead of per-tile tables
   bool compact_ok;  // wide tables may be compact (CompactTablesAllowed)
   bool compact;     // compact per-tile tables (build_compact, compact_sweep)
@@ -113,6 +119,12 @@ struct Problem : Tiling {
   Operand a, b, l;
   int64_t batch;  // product of out_lead
   std::vector<Group> groups;
+  int64_t lhs_matrix;  // elements of one lhs matrix (or one conv input)
+  // Implicit im2col (approxjax_conv_gemm): lhs row i, column k is element
+  // RowBase(i) + tap_off[k / C] + k % C of the padded input.
+  bool conv = false;
+  ConvShape geometry;
+  std::vector<PatchRun> runs;  // the patch, as runs contiguous in the input
 
   // Streamed side (rows R) and tabled side (cols C), both of depth K.
   int64_t rows, cols;
@@ -127,8 +139,21 @@ struct Problem : Tiling {
   const KernelTable* kernels;
   const BlockKernels* block;
 
+  int64_t RowBase(int64_t i) const {
+    const ConvShape& g = geometry;
+    int64_t q = i % g.pixels, off = i / g.pixels * g.image;
+    for (int d = static_cast<int>(g.out_dims.size()) - 1; d >= 0; --d) {
+      off += q % g.out_dims[d] * g.row_step[d];
+      q /= g.out_dims[d];
+    }
+    return off;
+  }
   float Lhs(int64_t oa, int64_t i, int64_t k) const {
-    const float* base = lhs + oa * m_rows * depth;
+    const float* base = lhs + oa * lhs_matrix;
+    if (conv) {
+      const int64_t c = geometry.channels;
+      return base[RowBase(i) + geometry.tap_off[k / c] + k % c];
+    }
     return transpose_lhs ? base[k * m_rows + i] : base[i * depth + k];
   }
   float Rhs(int64_t ob, int64_t k, int64_t n) const {
@@ -180,9 +205,40 @@ struct Scratch {
   Buffer<float> total;  // the same, summing blocks (units of > 1 block)
   Buffer<uint16_t> idx;
   Buffer<float> scale;
+  Buffer<float> patch;            // a gathered tile of patches (conv)
+  std::vector<int64_t> row_base;  // where each row's patch starts (conv)
   std::vector<uint8_t> row_irregular;
   std::vector<uint8_t> col_irregular;
 };
+
+// Copies patch columns [k0, k0 + kp) of `rows` rows (their patches starting
+// at x + row_base[r]) into tile[r * kp + k - k0], run by run (Problem::runs).
+// The patches are never held whole; this tile stays in cache.
+void GatherPatches(const Problem& p, const float* x, const int64_t* row_base,
+                   int64_t rows, int64_t k0, int64_t kp, float* tile) {
+  // The parts of the runs that fall in [k0, k0 + kp): (k - k0, offset, len).
+  struct Part {
+    int64_t at, off, len;
+  };
+  std::vector<Part> parts;
+  for (const PatchRun& run : p.runs) {
+    const int64_t lo = std::max(k0, run.k), hi = std::min(k0 + kp, run.k + run.len);
+    if (lo < hi) parts.push_back({lo - k0, run.off + (lo - run.k), hi - lo});
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* src = x + row_base[r];
+    float* dst = tile + r * kp;
+    for (const Part& part : parts) {
+      if (part.len >= 16) {
+        std::memcpy(dst + part.at, src + part.off, part.len * sizeof(float));
+      } else {  // a few channels: cheaper than a call
+        for (int64_t e = 0; e < part.len; ++e) {
+          dst[part.at + e] = src[part.off + e];
+        }
+      }
+    }
+  }
+}
 
 void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t part = unit % p.split;
@@ -211,7 +267,11 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   std::fill(s.row_irregular.begin(), s.row_irregular.end(), 0);
   std::fill(s.col_irregular.begin(), s.col_irregular.end(), 0);
 
-  const float* smat = (p.swap ? p.rhs : p.lhs) + os * p.depth * p.rows;
+  const float* smat =
+      p.swap ? p.rhs + os * p.depth * p.rows : p.lhs + os * p.lhs_matrix;
+  if (p.conv) {
+    for (int64_t r = 0; r < rows; ++r) s.row_base[r] = p.RowBase(r0 + r);
+  }
   const float* tmat = (p.swap ? p.lhs : p.rhs) + ot * p.depth * p.cols;
   for (int64_t blk = b0; blk < b1; ++blk) {
     std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
@@ -223,9 +283,16 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       // at a time: whole cache lines of each row (packing kc k at a time,
       // a few floats of each row, cost as much as the sweep on 1024^3).
       const int64_t kp = std::min(p.kp, k_end - kp0);
-      p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
-                           p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
-                           s.scale.get(), s.row_irregular.data());
+      if (p.conv) {
+        GatherPatches(p, smat, s.row_base.data(), rows, kp0, kp, s.patch.get());
+        p.kernels->pack_rows(s.patch.get(), rows, kp, kp, 1, p.m, p.range,
+                             s.idx.get(), s.scale.get(),
+                             s.row_irregular.data());
+      } else {
+        p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
+                             p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
+                             s.scale.get(), s.row_irregular.data());
+      }
       const int64_t lr = kmajor ? 1 : kp, lk = kmajor ? rows : 1;
       for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);
@@ -331,6 +398,10 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.idx.Reserve(p.row_chunk * p.kp);
     s.scale.Reserve(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
+    if (p.conv) {
+      s.patch.Reserve(p.row_chunk * p.kp);
+      s.row_base.resize(p.row_chunk);
+    }
     s.col_irregular.assign(p.nc, 0);
     s.tab.Reserve(p.direct ? 1 : p.kc * size * p.nc / (p.compact ? 2 : 1));
     if (p.split == 1 && p.sum_blocks > 1) {
@@ -459,6 +530,7 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   double best = -1;
   Tiling chosen{};
   for (const Option& o : options) {
+    if (o.swap && p.conv) continue;  // patches are only ever streamed
     if (o.direct && p.m > kMaxDirectBits && only != "gathers") continue;
     if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
       continue;
@@ -494,27 +566,18 @@ std::string last_layout;
 void RecordLayout(const Problem& p) {
   std::string d = p.direct ? "gathers" : p.compact ? "compact tables" : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
+  if (p.conv) d += " im2col";
   d += " row_chunk=" + std::to_string(p.row_chunk) +
        " split=" + std::to_string(p.split) + " units=" + std::to_string(p.units);
   std::lock_guard<std::mutex> lock(last_layout_mutex);
   last_layout = std::move(d);
 }
 
-ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
-                           ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
-                           ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                           bool transpose_rhs) {
-  auto state = std::make_shared<SharedState>();
+// Runs a checked problem: operands, transposes (and geometry) already set.
+ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
+                   const BatchShape& shape, const char* target) {
   Problem& p = state->problem;
-  BatchShape shape;
-  if (auto e = CheckGemm(lhs.dimensions(), rhs.dimensions(), lut.dimensions(),
-                         out->dimensions(), transpose_lhs, transpose_rhs,
-                         &shape);
-      e.failure()) {
-    return Failed(e);
-  }
-  p.transpose_lhs = transpose_lhs;
-  p.transpose_rhs = transpose_rhs;
+  const bool transpose_lhs = p.transpose_lhs, transpose_rhs = p.transpose_rhs;
   p.m_rows = shape.m_rows;
   p.n_cols = shape.n_cols;
   p.depth = shape.depth;
@@ -525,17 +588,14 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   p.a = shape.a;
   p.b = shape.b;
   p.l = shape.l;
-  p.lhs = lhs.typed_data();
-  p.rhs = rhs.typed_data();
-  p.lut = lut.typed_data();
-  p.out = out->typed_data();
+  if (!p.conv) p.lhs_matrix = p.m_rows * p.depth;
   const int64_t out_elems = p.batch * p.m_rows * p.n_cols;
   if (out_elems == 0) return Done();
   if (p.depth == 0) {
     std::fill(p.out, p.out + out_elems, 0.0f);
     return Done();
   }
-  if (auto e = ScanTables("approxjax_gemm", p.lut, p.l.matrix_count, m,
+  if (auto e = ScanTables(target, p.lut, p.l.matrix_count, m,
                           &p.range, &p.compact_ok);
       e.failure()) {
     return Failed(e);
@@ -592,7 +652,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
     }
   } catch (const std::bad_alloc&) {
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                             "approxjax_gemm: out of memory"));
+                             std::string(target) + ": out of memory"));
   }
 
   // At most kPackDepth k per table (small m would allow thousands), so that a
@@ -609,7 +669,7 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
       state->partials.resize(out_elems * p.split);
     } catch (const std::bad_alloc&) {
       return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                               "approxjax_gemm: out of memory"));
+                               std::string(target) + ": out of memory"));
     }
     p.partials = state->partials.data();
   }
@@ -625,6 +685,62 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
   }
   Worker(state);
   return future;
+}
+
+ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
+                           ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
+                           ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
+                           bool transpose_rhs) {
+  auto state = std::make_shared<SharedState>();
+  Problem& p = state->problem;
+  BatchShape shape;
+  if (auto e = CheckGemm(lhs.dimensions(), rhs.dimensions(), lut.dimensions(),
+                         out->dimensions(), transpose_lhs, transpose_rhs,
+                         &shape);
+      e.failure()) {
+    return Failed(e);
+  }
+  p.transpose_lhs = transpose_lhs;
+  p.transpose_rhs = transpose_rhs;
+  p.lhs = lhs.typed_data();
+  p.rhs = rhs.typed_data();
+  p.lut = lut.typed_data();
+  p.out = out->typed_data();
+  return Launch(std::move(state), pool, shape, "approxjax_gemm");
+}
+
+ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> rhs,
+                               ffi::Buffer<ffi::F32> lut,
+                               ffi::ResultBuffer<ffi::F32> out,
+                               ffi::Span<const int64_t> kernel,
+                               ffi::Span<const int64_t> strides,
+                               ffi::Span<const int64_t> dilation) {
+  auto state = std::make_shared<SharedState>();
+  Problem& p = state->problem;
+  if (auto e = CheckConvGemm(x.dimensions(), rhs.dimensions(),
+                             lut.dimensions(), out->dimensions(), kernel,
+                             strides, dilation, &p.geometry);
+      e.failure()) {
+    return Failed(e);
+  }
+  p.conv = true;
+  const int64_t c = p.geometry.channels;
+  for (size_t t = 0; t < p.geometry.tap_off.size() && c > 0; ++t) {
+    const int64_t off = p.geometry.tap_off[t];
+    if (!p.runs.empty() && p.runs.back().off + p.runs.back().len == off) {
+      p.runs.back().len += c;
+    } else {
+      p.runs.push_back({static_cast<int64_t>(t) * c, off, c});
+    }
+  }
+  p.transpose_lhs = p.transpose_rhs = false;
+  p.lhs_matrix = p.geometry.gemm.m_rows / p.geometry.pixels * p.geometry.image;
+  p.lhs = x.typed_data();
+  p.rhs = rhs.typed_data();
+  p.lut = lut.typed_data();
+  p.out = out->typed_data();
+  return Launch(std::move(state), pool, p.geometry.gemm, "approxjax_conv_gemm");
 }
 
 ffi::Error ApproxMultiplyImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -689,21 +805,30 @@ const KernelTable& SelectKernels() {
   return *chosen;
 }
 
+// Both GEMM targets bind the thread pool, lhs (or the padded input x), rhs
+// and lut, and return out; then their attributes.
+static auto BindGemm() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()   // lhs [..., M, K] or x [..., N, S.., C]
+      .Arg<ffi::Buffer<ffi::F32>>()   // rhs [..., K, N]
+      .Arg<ffi::Buffer<ffi::F32>>()   // lut [..., 2**m, 2**m]
+      .Ret<ffi::Buffer<ffi::F32>>();  // out [..., M, N] or [..., N, P, O]
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxGemmCpu, ApproxGemmImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  // lhs [..., M, K] (or [..., K, M])
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  // rhs [..., K, N] (or [..., N, K])
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  // lut [..., 2**m, 2**m]
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  // out [..., M, N]
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                              BindGemm()
                                   // lhs stored as [..., K, M]
                                   .Attr<bool>("transpose_lhs")
                                   // rhs stored as [..., N, K]
                                   .Attr<bool>("transpose_rhs"));
+
+// x is the padded input; rhs [..., prod(kernel) * C, O] (shapes.h).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxConvGemmCpu, ApproxConvGemmImpl,
+                              BindGemm()
+                                  .Attr<ffi::Span<const int64_t>>("kernel")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("dilation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxMultiplyCpu, ApproxMultiplyImpl,
                               ffi::Ffi::Bind()

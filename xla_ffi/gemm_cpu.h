@@ -14,6 +14,12 @@ namespace approxjax {
 // stored (N, K) when transpose_rhs, and lut[..., 2**m, 2**m].
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCpu);
 
+// XLA FFI handler: the same GEMM with the patches of a padded input as lhs,
+// read in place (implicit im2col): out[..., N, P, O] from x[..., N, S.., C],
+// rhs[..., prod(kernel) * C, O] and attributes kernel, strides, dilation
+// (shapes.h, CheckConvGemm).
+XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxConvGemmCpu);
+
 // XLA FFI handler: out[..., n] = approx(a[..., n], b[..., n]) elementwise, with
 // the leading dimensions of a, b, lut[..., 2**m, 2**m] and out broadcast.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);

@@ -14,6 +14,8 @@ NB_MODULE(_approxjax_cpu, m) {
   m.def("registrations", []() {
     nb::dict d;
     d["approxjax_gemm"] = EncapsulateFfiHandler(approxjax::ApproxGemmCpu);
+    d["approxjax_conv_gemm"] =
+        EncapsulateFfiHandler(approxjax::ApproxConvGemmCpu);
     d["approxjax_multiply"] =
         EncapsulateFfiHandler(approxjax::ApproxMultiplyCpu);
     return d;

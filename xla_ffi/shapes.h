@@ -5,6 +5,7 @@
 //                       rhs[..., K, N] (or [..., N, K] with transpose_rhs),
 //                       lut[..., 2**m, 2**m] -> out[..., M, N]
 //   approxjax_multiply: a[..., n], b[..., n], lut[..., 2**m, 2**m] -> out[..., n]
+//   approxjax_conv_gemm (CPU): see CheckConvGemm.
 //
 // The leading dimensions broadcast numpy-style (each is 1 or the output's).
 #ifndef APPROXJAX_SHAPES_H_
@@ -172,6 +173,97 @@ inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
     return e;
   }
   return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
+}
+
+// An implicit-im2col GEMM (approxjax_conv_gemm): the lhs is the patches of a
+// padded input x[..., N, S_1..S_n, C] (window corner at o_d * stride_d,
+// taps t_d * dilation_d apart), rhs[..., K, O] with K = prod(kernel) * C
+// ordered tap-major, channel-minor -> out[..., N, P, O], P output pixels.
+struct ConvShape {
+  BatchShape gemm;  // M = N * P, K, O; operand a counts whole inputs
+  int64_t channels = 0, pixels = 0;
+  int64_t image = 0;  // elements of one padded image: prod(S) * C
+  std::vector<int64_t> out_dims;  // output spatial dims
+  std::vector<int64_t> row_step;  // per spatial dim: stride * pitch
+  std::vector<int64_t> tap_off;   // per tap: offset of its element (0, 0...)
+};
+
+inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
+                                ffi::Span<const int64_t> wd,
+                                ffi::Span<const int64_t> lud,
+                                ffi::Span<const int64_t> od,
+                                ffi::Span<const int64_t> kernel,
+                                ffi::Span<const int64_t> strides,
+                                ffi::Span<const int64_t> dilation,
+                                ConvShape* s) {
+  const char* target = "approxjax_conv_gemm";
+  const size_t n = kernel.size();
+  const size_t rank = od.size();  // lead + 3
+  auto bad = [&](const std::string& why) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": " + why + "; got x " + DimsString(xd) +
+        ", rhs " + DimsString(wd) + ", lut " + DimsString(lud) + ", out " +
+        DimsString(od) + ", kernel " + DimsString(kernel) + ", strides " +
+        DimsString(strides) + ", dilation " + DimsString(dilation));
+  };
+  if (n < 1 || strides.size() != n || dilation.size() != n || rank < 3 ||
+      xd.size() != rank + n - 1 || wd.size() != rank - 1 ||
+      lud.size() != rank - 1) {
+    return bad("ranks must be x = out + n - 1 and rhs = lut = out - 1 with n"
+               " = len(kernel) = len(strides) = len(dilation) >= 1");
+  }
+  const size_t lead = rank - 3;
+  const int64_t batch = xd[lead], channels = xd[xd.size() - 1];
+  int64_t taps = 1, pixels = 1, pitch = channels;
+  s->out_dims.assign(n, 0);
+  s->row_step.assign(n, 0);
+  std::vector<int64_t> tap_step(n);
+  for (int d = static_cast<int>(n) - 1; d >= 0; --d) {
+    const int64_t size = xd[lead + 1 + d];
+    if (kernel[d] < 1 || strides[d] < 1 || dilation[d] < 1) {
+      return bad("kernel, strides and dilation must be positive");
+    }
+    const int64_t span = (kernel[d] - 1) * dilation[d] + 1;
+    if (size < span) return bad("every window must fit the padded input");
+    s->out_dims[d] = (size - span) / strides[d] + 1;
+    s->row_step[d] = strides[d] * pitch;
+    tap_step[d] = dilation[d] * pitch;
+    pixels *= s->out_dims[d];
+    taps *= kernel[d];
+    pitch *= size;
+  }
+  if (od[lead] != batch || od[lead + 1] != pixels ||
+      wd[lead] != taps * channels || od[lead + 2] != wd[lead + 1]) {
+    return bad("inconsistent shapes: out must be (..., N, P, O) and rhs "
+               "(..., prod(kernel) * C, O)");
+  }
+  s->channels = channels;
+  s->pixels = pixels;
+  s->image = pitch;
+  s->tap_off.assign(taps, 0);
+  for (int64_t t = 0; t < taps; ++t) {
+    int64_t rest = t, off = 0;
+    for (int d = static_cast<int>(n) - 1; d >= 0; --d) {
+      off += rest % kernel[d] * tap_step[d];
+      rest /= kernel[d];
+    }
+    s->tap_off[t] = off;
+  }
+  BatchShape& g = s->gemm;
+  g.m_rows = batch * pixels;
+  g.depth = taps * channels;
+  g.n_cols = od[lead + 2];
+  if (auto e = TableBits(target, lud, &g.m); e.failure()) return e;
+  g.out_lead.assign(od.begin(), od.begin() + lead);
+  g.batch = 1;
+  for (int64_t d : g.out_lead) g.batch *= d;
+  if (auto e = LeadStrides(target, "x", xd, g.out_lead, &g.a); e.failure()) {
+    return e;
+  }
+  if (auto e = LeadStrides(target, "rhs", wd, g.out_lead, &g.b); e.failure()) {
+    return e;
+  }
+  return LeadStrides(target, "lut", lud, g.out_lead, &g.l);
 }
 
 }  // namespace approxjax
