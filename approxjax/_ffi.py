@@ -99,15 +99,24 @@ def _gemm_shape(shapes, transpose_lhs, transpose_rhs):
     return (*lead, lhs[-1] if transpose_lhs else lhs[-2], rhs[-2] if transpose_rhs else rhs[-1])
 
 
-def _conv_gemm_shape(shapes, kernel, strides, dilation):
-    """Result shape (lead, N, P, O) of a conv GEMM on operands of ``shapes`` (x, w, lut)."""
+def _conv_gemm_shape(shapes, kernel, strides, dilation, transpose_lhs):
+    """Result shape of a conv GEMM on operands of ``shapes`` (x, w or g, lut):
+    (lead, N, P, O), or (lead, prod(kernel) * C, O) for ``patches^T @ g``."""
     x, w, lut = shapes
     n = len(kernel)
+    if transpose_lhs:
+        lead = np.broadcast_shapes(x[: -(n + 2)], w[:-3], lut[:-2])
+        return (*lead, int(np.prod(kernel)) * x[-1], w[-1])
     lead = np.broadcast_shapes(x[: -(n + 2)], w[:-2], lut[:-2])
+    return (*lead, x[-(n + 2)], _out_pixels(x[-(n + 1) : -1], kernel, strides, dilation), w[-1])
+
+
+def _out_pixels(spatial, kernel, strides, dilation) -> int:
+    """Output pixels of windows ``kernel`` (``strides``, ``dilation``) over ``spatial``."""
     pixels = 1
-    for size, k, st, d in zip(x[-(n + 1) : -1], kernel, strides, dilation, strict=True):
+    for size, k, st, d in zip(spatial, kernel, strides, dilation, strict=True):
         pixels *= (size - (k - 1) * d - 1) // st + 1
-    return (*lead, x[-(n + 2)], pixels, w[-1])
+    return pixels
 
 
 def _multiply_shape(shapes):
@@ -122,12 +131,20 @@ def _raw_gemm(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return call(lhs, rhs, lut, transpose_lhs=bool(transpose_lhs), transpose_rhs=bool(transpose_rhs))
 
 
-def _raw_conv_gemm(x, w, lut, *, kernel, strides, dilation):
-    shape = _conv_gemm_shape((x.shape, w.shape, lut.shape), kernel, strides, dilation)
+def _raw_conv_gemm(x, w, lut, *, kernel, strides, dilation, transpose_lhs):
+    shape = _conv_gemm_shape(
+        (x.shape, w.shape, lut.shape), kernel, strides, dilation, transpose_lhs
+    )
     call = jax.ffi.ffi_call(CONV_GEMM_TARGET, _local_result(x, shape))
     as_i64 = partial(np.asarray, dtype=np.int64)
     return call(
-        x, w, lut, kernel=as_i64(kernel), strides=as_i64(strides), dilation=as_i64(dilation)
+        x,
+        w,
+        lut,
+        kernel=as_i64(kernel),
+        strides=as_i64(strides),
+        dilation=as_i64(dilation),
+        transpose_lhs=bool(transpose_lhs),
     )
 
 
@@ -154,13 +171,18 @@ def _gemm_core(transpose_lhs, transpose_rhs):
 _MULTIPLY_CORE = (("e",), ("e",), ("l1", "l2"), ("e",))
 
 
-def _conv_gemm_core(n):
+def _conv_gemm_core(n, transpose_lhs):
     """Factors of a conv GEMM: only the images ``n`` and the output features
     ``o`` may stay split (a window spans the spatial dimensions, a row of
-    ``w`` every input channel)."""
+    ``w`` every input channel). In ``patches^T @ g`` the images are summed
+    over: split, they give partial sums and a psum."""
     spatial = tuple(f"s{d}" for d in range(n))
+    replicated = ("l1", "l2", "c", "k", "p", *spatial)
+    if transpose_lhs:
+        core = (("n", *spatial, "c"), ("n", "p", "o"), ("l1", "l2"), ("k", "o"))
+        return core, dict(replicated=replicated, reduced=("n",))
     core = (("n", *spatial, "c"), ("k", "o"), ("l1", "l2"), ("n", "p", "o"))
-    return core, dict(replicated=("l1", "l2", "c", "k", "p", *spatial), reduced=())
+    return core, dict(replicated=replicated, reduced=())
 
 
 def _result_aval(avals, shape, core, rule):
@@ -183,9 +205,11 @@ def _gemm_abstract(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return _result_aval((lhs, rhs, lut), shape, core, _GEMM_RULE)
 
 
-def _conv_gemm_abstract(x, w, lut, *, kernel, strides, dilation):
-    shape = _conv_gemm_shape((x.shape, w.shape, lut.shape), kernel, strides, dilation)
-    core, rule = _conv_gemm_core(len(kernel))
+def _conv_gemm_abstract(x, w, lut, *, kernel, strides, dilation, transpose_lhs):
+    shape = _conv_gemm_shape(
+        (x.shape, w.shape, lut.shape), kernel, strides, dilation, transpose_lhs
+    )
+    core, rule = _conv_gemm_core(len(kernel), transpose_lhs)
     return _result_aval((x, w, lut), shape, core, rule)
 
 
@@ -199,7 +223,9 @@ conv_gemm_p.def_abstract_eval(_conv_gemm_abstract)
 multiply_p.def_abstract_eval(_multiply_abstract)
 # Eager calls compile the primitive on its own, as JAX does for its own ops.
 gemm_p.def_impl(jax.jit(gemm_p.bind, static_argnames=("transpose_lhs", "transpose_rhs")))
-conv_gemm_p.def_impl(jax.jit(conv_gemm_p.bind, static_argnames=("kernel", "strides", "dilation")))
+conv_gemm_p.def_impl(
+    jax.jit(conv_gemm_p.bind, static_argnames=("kernel", "strides", "dilation", "transpose_lhs"))
+)
 multiply_p.def_impl(jax.jit(multiply_p.bind))
 
 
@@ -238,15 +264,15 @@ def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs):
 
 
 @functools.lru_cache(maxsize=1024)
-def _partitioned_conv_gemm(shapes, kernel, strides, dilation):
-    core, rule = _conv_gemm_core(len(kernel))
+def _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs):
+    core, rule = _conv_gemm_core(len(kernel), transpose_lhs)
+    geometry = dict(kernel=kernel, strides=strides, dilation=dilation, transpose_lhs=transpose_lhs)
 
     def impl(x, w, lut):
-        return _raw_conv_gemm(x, w, lut, kernel=kernel, strides=strides, dilation=dilation)
+        return _raw_conv_gemm(x, w, lut, **geometry)
 
-    return _partition.partitioned(
-        impl, shapes, _conv_gemm_shape(shapes, kernel, strides, dilation), core, **rule
-    )
+    out = _conv_gemm_shape(shapes, kernel, strides, dilation, transpose_lhs)
+    return _partition.partitioned(impl, shapes, out, core, **rule)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -261,9 +287,9 @@ def _gemm_lowering(lhs, rhs, lut, *, transpose_lhs, transpose_rhs):
     return _partitioned_gemm(shapes, transpose_lhs, transpose_rhs)(lhs, rhs, lut)
 
 
-def _conv_gemm_lowering(x, w, lut, *, kernel, strides, dilation):
+def _conv_gemm_lowering(x, w, lut, *, kernel, strides, dilation, transpose_lhs):
     shapes = (x.shape, w.shape, lut.shape)
-    return _partitioned_conv_gemm(shapes, kernel, strides, dilation)(x, w, lut)
+    return _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs)(x, w, lut)
 
 
 def _multiply_lowering(a, b, lut):
@@ -323,21 +349,26 @@ def conv_gemm(
     kernel: tuple[int, ...],
     strides: tuple[int, ...],
     dilation: tuple[int, ...],
+    transpose_lhs: bool = False,
 ) -> jax.Array:
     """Approximate GEMM of a padded input's patches (implicit im2col, CPU only).
 
-    ``out[n, p, o] = sum_k patch(x)[n, p, k] * w[k, o]`` under ``lut``, the
-    patches read from ``x`` in place, never materialised.
+    ``out[n, p, o] = sum_k patch(x)[n, p, k] * w[k, o]`` under ``lut``, or with
+    ``transpose_lhs`` the weight gradient ``out[k, o] = sum_(n, p) patch(x)[n,
+    p, k] * g[n, p, o]`` (``w`` is then ``g``); the patches are read from
+    ``x`` in place, never materialised.
 
     Args:
       x: float32 ``(N, S_1, ..., S_n, C)``, already padded (and lhs-dilated).
-      w: float32 ``(prod(kernel) * C, O)``, rows ordered tap-major, channel-minor.
+      w: float32 ``(prod(kernel) * C, O)``, rows ordered tap-major,
+        channel-minor; with ``transpose_lhs``, ``g`` of shape ``(N, P, O)``.
       lut: float32 ``(2**m, 2**m)``.
       kernel, strides, dilation: ``n`` positive ints each (window, window
         strides, rhs dilation).
 
     Returns:
-      float32 ``(N, P, O)``, P the output pixels in row-major order.
+      float32 ``(N, P, O)``, P the output pixels in row-major order; with
+      ``transpose_lhs``, ``(prod(kernel) * C, O)``.
     """
     _check_backend()
     kernel, strides, dilation = (tuple(int(v) for v in t) for t in (kernel, strides, dilation))
@@ -348,19 +379,30 @@ def conv_gemm(
             f"{kernel}, {strides}, {dilation}"
         )
     spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
-    if (
-        x.ndim != n + 2
-        or w.ndim != 2
-        or any(s < span for s, span in zip(x.shape[1:-1], spans, strict=True))
-        or w.shape[0] != int(np.prod(kernel)) * x.shape[-1]
-    ):
+    fits = x.ndim == n + 2 and all(s >= span for s, span in zip(x.shape[1:-1], spans, strict=True))
+    taps = int(np.prod(kernel))
+    if transpose_lhs:
+        pixels = _out_pixels(x.shape[1:-1], kernel, strides, dilation) if fits else -1
+        ok = fits and w.ndim == 3 and w.shape[:2] == (x.shape[0], pixels)
+        want = f"g (N, P, O) = ({x.shape[0]}, {pixels}, O)"
+    else:
+        ok = fits and w.ndim == 2 and w.shape[0] == taps * x.shape[-1]
+        want = f"w (prod(kernel) * C, O) = ({taps} * C, O)"
+    if not ok:
         raise ValueError(
-            f"conv_gemm needs x (N, *S, C) with every S >= its window {tuple(spans)} and w "
-            f"(prod(kernel) * C, O) = ({int(np.prod(kernel))} * C, O); got x {x.shape} and w "
-            f"{w.shape}"
+            f"conv_gemm needs x (N, *S, C) with every S >= its window {tuple(spans)} and "
+            f"{want}; got x {x.shape} and {'g' if transpose_lhs else 'w'} {w.shape}"
         )
     x, w, lut = same_varying_axes(x, w, lut)
-    return conv_gemm_p.bind(x, w, lut, kernel=kernel, strides=strides, dilation=dilation)
+    return conv_gemm_p.bind(
+        x,
+        w,
+        lut,
+        kernel=kernel,
+        strides=strides,
+        dilation=dilation,
+        transpose_lhs=bool(transpose_lhs),
+    )
 
 
 def multiply(a: jax.Array, b: jax.Array, lut: jax.Array) -> jax.Array:

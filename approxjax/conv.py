@@ -5,22 +5,28 @@ is first padded and dilated with ``lax.pad`` (an operand-sized buffer) and
 laid out channels-last, so each patch is a few contiguous runs of channels,
 tap by tap.
 
-* Forward, on the CPU, without feature or batch groups: implicit im2col. The
-  CPU kernel (``approxjax_conv_gemm``) gathers each tile of patches from the
-  padded input while it packs the tile, so no patch buffer exists at all.
-* Otherwise (gradients, groups, GPUs, or ``APPROXJAX_CPU_CONV=patches``) the
-  patches are built: one ``take`` of whole channel rows, or strided slices
-  for few channels (data movement only, no arithmetic), then
-  ``patches @ kernel`` runs as an approximate batched GEMM whose custom_vjp
-  makes both gradients approximate GEMMs too. Where the patches of the whole
-  batch would outgrow the input, they are built and multiplied a few images
-  at a time (``lax.map`` with ``jax.checkpoint``), so no full im2col buffer
-  is ever held. The gradient with respect to the input flows back through
-  the slices as sums (the accumulation that a direct convolution's backward
-  pass does as well).
+* On the CPU, without feature or batch groups: implicit im2col. The CPU
+  kernel (``approxjax_conv_gemm``) gathers each tile of patches from the
+  padded input while it packs the tile (or builds its per-tile table), so no
+  patch buffer exists. The forward pass and the weight gradient
+  (``patches^T @ g``) run this way; the input gradient is ``g @ w^T``
+  followed by the sum back through the slices below, which needs no patches.
+* Otherwise (groups, GPUs, an exact weight gradient, or
+  ``APPROXJAX_CPU_CONV=patches``) the patches are built: one ``take`` of
+  whole channel rows, or strided slices for few channels (data movement only,
+  no arithmetic), then ``patches @ kernel`` runs as an approximate batched
+  GEMM whose custom_vjp makes both gradients approximate GEMMs too. Where the
+  patches of the whole batch would outgrow the input, they are built and
+  multiplied a few images at a time (``lax.map`` with ``jax.checkpoint``), so
+  no full im2col buffer is ever held. The gradient with respect to the input
+  flows back through the slices as sums (the accumulation that a direct
+  convolution's backward pass does as well).
 
-Both ways sum the same products in the same order: the same bits. Nothing
-falls back to exact products.
+Both ways sum the same products in the same order, so the forward pass and
+the input gradient have the same bits either way; the weight gradient too,
+unless the built patches were chunked (then the chunks' sums are added,
+within float32 rounding of the one sum). Nothing falls back to exact
+products.
 """
 
 from __future__ import annotations
@@ -245,7 +251,7 @@ def conv_general_dilated(
             return _in_chunks(fn, x, osz * kp * channels, lhs.size)
 
         if fg == 1 and _implicit_im2col():
-            geometry = (tuple(kernel), strides, rhs_dil)
+            geometry = (tuple(kernel), strides, rhs_dil, wg_mode)
             y = _implicit_conv(materialized, geometry, *_ffi.same_varying_axes(x, b), luts)
         else:
             y = materialized(x, b, luts)
@@ -270,9 +276,14 @@ def _implicit_im2col() -> bool:
 def _implicit_conv(materialized, geometry, x, b, luts):
     """``materialized(x, b, luts)`` (a convolution as GEMMs of built patches)
     computed by the CPU kernel that reads the patches from ``x`` in place:
-    the same products summed in the same order, so the same bits. The
-    gradients are those of ``materialized``, chunked as it chunks."""
-    kernel, strides, dilation = geometry
+    the same products summed in the same order, so the same bits.
+
+    The input gradient is that of ``materialized`` (``g @ w^T``, chunked as it
+    chunks, summed back through the slices); the weight gradient
+    ``patches^T @ g`` reads the patches in place too, over the whole batch in
+    one sum (unless it is exact: then as ``materialized`` computes it).
+    """
+    kernel, strides, dilation, _ = geometry
     return _ffi.conv_gemm(x, b[0], luts[0], kernel=kernel, strides=strides, dilation=dilation)
 
 
@@ -282,10 +293,20 @@ def _implicit_conv_fwd(materialized, geometry, x, b, luts):
 
 def _implicit_conv_bwd(materialized, geometry, residuals, g):
     x, b, luts = residuals
-    # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them.
-    _, vjp = jax.vjp(lambda x, b: materialized(x, b, luts), x, b)
-    dx, db = vjp(g)
-    return dx, db, tuple(None if t is None else jnp.zeros_like(t) for t in luts)
+    kernel, strides, dilation, weight_grad = geometry
+    lut_cts = tuple(None if t is None else jnp.zeros_like(t) for t in luts)
+    # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them
+    # (and so the built patches, where only the input gradient is asked for).
+    if weight_grad == "exact":
+        _, vjp = jax.vjp(lambda x, b: materialized(x, b, luts), x, b)
+        return (*vjp(g), lut_cts)
+    _, vjp = jax.vjp(lambda x: materialized(x, b, luts), x)
+    (dx,) = vjp(g)
+    lut = luts[0] if weight_grad == "forward" else luts[2]
+    db = _ffi.conv_gemm(
+        x, g, lut, kernel=kernel, strides=strides, dilation=dilation, transpose_lhs=True
+    )
+    return dx, db[None], lut_cts
 
 
 _implicit_conv.defvjp(_implicit_conv_fwd, _implicit_conv_bwd)

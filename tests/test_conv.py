@@ -345,6 +345,80 @@ def test_implicit_im2col_matches_sequential_reference(
     np.testing.assert_array_equal(bits(np.nan_to_num(got)), bits(np.nan_to_num(want)))
 
 
+@pytest.mark.parametrize("mult", [ax.mitchell(7), ax.truncated(10)], ids=str)
+def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch):
+    """Forward and weight gradient, with the patches streamed or tabled (the
+    cost model's choice, both reached here) and tables or gathers: bit for
+    bit the reference products summed in the kernels' order, specials included."""
+    from approxjax import _ffi
+
+    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
+    dims = ("NHWC", "HWIO", "NHWC")
+    seen = set()
+    for shape, kernel, strides, dilation, out in [
+        ((2, 7, 8, 5), (3, 3), (1, 1), (1, 1), 6),
+        ((1, 3, 3, 5), (3, 3), (1, 1), (1, 1), 70),  # 1 pixel, 70 outputs
+        ((1, 11, 10, 3), (3, 2), (2, 3), (2, 1), 40),
+        ((3, 9, 9, 1), (5, 5), (1, 1), (1, 1), 6),
+        ((2, 6, 6, 20), (3, 3), (1, 1), (1, 1), 3),
+    ]:
+        for kind in ("auto", "tables", "gathers"):
+            monkeypatch.setenv("APPROXJAX_CPU_GEMM", kind)
+            x = _with_specials(rng, random_nonzero(rng, shape))
+            w = random_nonzero(rng, (*kernel, shape[-1], out))
+            conv = partial(
+                ax.conv_general_dilated,
+                window_strides=strides,
+                padding="VALID",
+                rhs_dilation=dilation,
+                dimension_numbers=dims,
+                multiplier=mult,
+            )
+            y, vjp = jax.vjp(conv, x, w)
+            seen.add(("forward", _ffi.last_cpu_gemm_layout().split(" stream=")[1][:3]))
+            g = random_nonzero(rng, y.shape)
+            _, dw = vjp(g)
+            layout = _ffi.last_cpu_gemm_layout()
+            assert "im2col" in layout
+            seen.add(("weights", layout.split(" stream=")[1][:3]))
+            a, _ = _np_patches(x, kernel, strides, dilation)
+            g2 = np.asarray(g).reshape(-1, out)
+            for got, want in [
+                (
+                    y,
+                    ref.sequential_dot_general(
+                        a, w.reshape(-1, out), (((1,), (0,)), ((), ())), mult.lut
+                    ),
+                ),
+                (dw, ref.sequential_dot_general(a, g2, (((0,), (0,)), ((), ())), mult.lut)),
+            ]:
+                got, want = np.asarray(got).reshape(want.shape), np.asarray(want)
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+                np.testing.assert_array_equal(bits(np.nan_to_num(got)), bits(np.nan_to_num(want)))
+    assert seen == {(m, s) for m in ("forward", "weights") for s in ("lhs", "rhs")}, seen
+
+
+def test_implicit_weight_gradient_uses_its_own_multiplier(rng, monkeypatch):
+    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
+    x = random_nonzero(rng, (3, 6, 7, 4))
+    w = random_nonzero(rng, (3, 3, 4, 5))
+    own = ax.truncated(6)
+    conv = partial(
+        ax.conv_general_dilated,
+        window_strides=(1, 1),
+        padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        multiplier=ax.mitchell(7),
+        weight_grad_multiplier=own,
+    )
+    y, vjp = jax.vjp(conv, x, w)
+    g = random_nonzero(rng, y.shape)
+    _, dw = vjp(g)
+    a, _ = _np_patches(x, (3, 3), (1, 1), (1, 1))
+    want = ref.sequential_dot_general(a, g.reshape(-1, 5), (((0,), (0,)), ((), ())), own.lut)
+    np.testing.assert_array_equal(bits(dw), bits(want.reshape(w.shape)))
+
+
 @given(problem=conv_problems(), seed=st.integers(0, 2**31))
 def test_implicit_im2col_equals_built_patches(problem, seed):
     """Forward and both gradients: the same bits whether the patches are read
@@ -415,15 +489,28 @@ def test_conv_gemm_rejects_bad_shapes(rng):
         call(x, w, lut, strides=(0, 1))
     with pytest.raises(ValueError, match=r"got x \(1, 5, 5, 3\) and w \(26, 4\)"):
         call(x, w[:26], lut, strides=(1, 1))
+    g = jnp.asarray(random_nonzero(rng, (1, 8, 4)))  # the weight gradient's g: 9 pixels
+    with pytest.raises(ValueError, match=r"g \(N, P, O\) = \(1, 9, O\); got .* g \(1, 8, 4\)"):
+        call(x, g, lut, strides=(1, 1), transpose_lhs=True)
     # Past the Python checks, straight to the handler.
-    for out, strides, want in [
-        ((1, 8, 4), (1, 1), "inconsistent shapes"),
-        ((1, 9, 4), (0, 1), "kernel, strides and dilation must be positive"),
-        ((9, 4), (1, 1), "ranks must be"),
+    for rhs, out, strides, transpose, want in [
+        (w, (1, 8, 4), (1, 1), False, "inconsistent shapes: out must be"),
+        (w, (1, 9, 4), (0, 1), False, "kernel, strides and dilation must be positive"),
+        (w, (9, 4), (1, 1), False, "ranks must be"),
+        (w, (27, 4), (1, 1), True, "ranks must be"),  # w where g (N, P, O) belongs
+        (g, (27, 4), (1, 1), True, "inconsistent shapes: rhs must be"),  # 8 pixels, not 9
     ]:
         raw = jax.ffi.ffi_call(_ffi.CONV_GEMM_TARGET, jax.ShapeDtypeStruct(out, jnp.float32))
         i64 = partial(np.asarray, dtype=np.int64)
         with pytest.raises(Exception, match=f"approxjax_conv_gemm: {want}"):
             jax.block_until_ready(
-                raw(x, w, lut, kernel=i64((3, 3)), strides=i64(strides), dilation=i64((1, 1)))
+                raw(
+                    x,
+                    rhs,
+                    lut,
+                    kernel=i64((3, 3)),
+                    strides=i64(strides),
+                    dilation=i64((1, 1)),
+                    transpose_lhs=transpose,
+                )
             )

@@ -110,7 +110,7 @@ struct Problem : Tiling {
   int m;                          // mantissa bits
   int range;                      // regular exponent range
   bool transpose_lhs, transpose_rhs;
-  bool swap;    // stream rhs^T and table lhs^T (never for convolutions)
+  bool swap;    // stream rhs^T and table lhs^T
   bool direct;  // gather products (direct_sweep) instead of per-tile tables
   bool compact_ok;  // wide tables may be compact (CompactTablesAllowed)
   bool compact;     // compact per-tile tables (build_compact, compact_sweep)
@@ -120,8 +120,9 @@ struct Problem : Tiling {
   int64_t batch;  // product of out_lead
   std::vector<Group> groups;
   int64_t lhs_matrix;  // elements of one lhs matrix (or one conv input)
-  // Implicit im2col (approxjax_conv_gemm): lhs row i, column k is element
-  // RowBase(i) + tap_off[k / C] + k % C of the padded input.
+  // Implicit im2col (approxjax_conv_gemm): patch row r, column k is element
+  // RowBase(r) + tap_off[k / C] + k % C of the padded input; the lhs is the
+  // patches, or their transpose (the weight gradient) with transpose_lhs.
   bool conv = false;
   ConvShape geometry;
   std::vector<PatchRun> runs;  // the patch, as runs contiguous in the input
@@ -151,8 +152,9 @@ struct Problem : Tiling {
   float Lhs(int64_t oa, int64_t i, int64_t k) const {
     const float* base = lhs + oa * lhs_matrix;
     if (conv) {
+      const int64_t r = transpose_lhs ? k : i, col = transpose_lhs ? i : k;
       const int64_t c = geometry.channels;
-      return base[RowBase(i) + geometry.tap_off[k / c] + k % c];
+      return base[RowBase(r) + geometry.tap_off[col / c] + col % c];
     }
     return transpose_lhs ? base[k * m_rows + i] : base[i * depth + k];
   }
@@ -269,23 +271,33 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
 
   const float* smat =
       p.swap ? p.rhs + os * p.depth * p.rows : p.lhs + os * p.lhs_matrix;
-  if (p.conv) {
+  const bool stream_patches = p.conv && !p.swap;  // else tabled, or none
+  if (stream_patches && !p.transpose_lhs) {  // patch rows are streamed rows
     for (int64_t r = 0; r < rows; ++r) s.row_base[r] = p.RowBase(r0 + r);
   }
-  const float* tmat = (p.swap ? p.lhs : p.rhs) + ot * p.depth * p.cols;
+  const float* tmat =
+      p.swap ? p.lhs + ot * p.lhs_matrix : p.rhs + ot * p.depth * p.cols;
   for (int64_t blk = b0; blk < b1; ++blk) {
     std::fill(s.cblk.get(), s.cblk.get() + members * tile, -0.0f);
     const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
-    // Where packed element (r, k) lies: r * lr + k * lk.
-    const bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
     for (int64_t kp0 = blk * kSumBlock; kp0 < k_end; kp0 += p.kp) {
       // Pack this tile of the streamed operand once for every member, kp k
       // at a time: whole cache lines of each row (packing kc k at a time,
       // a few floats of each row, cost as much as the sweep on 1024^3).
       const int64_t kp = std::min(p.kp, k_end - kp0);
-      if (p.conv) {
+      // Where packed element (r, k) lies: r * lr + k * lk.
+      bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
+      if (stream_patches && !p.transpose_lhs) {  // patches: rows x kp
         GatherPatches(p, smat, s.row_base.data(), rows, kp0, kp, s.patch.get());
+        kmajor = false;
         p.kernels->pack_rows(s.patch.get(), rows, kp, kp, 1, p.m, p.range,
+                             s.idx.get(), s.scale.get(),
+                             s.row_irregular.data());
+      } else if (stream_patches) {  // patch rows kp0.. are k: kp x rows
+        for (int64_t r = 0; r < kp; ++r) s.row_base[r] = p.RowBase(kp0 + r);
+        GatherPatches(p, smat, s.row_base.data(), kp, r0, rows, s.patch.get());
+        kmajor = PacksKMajor(1, rows);
+        p.kernels->pack_rows(s.patch.get(), rows, kp, 1, rows, p.m, p.range,
                              s.idx.get(), s.scale.get(),
                              s.row_irregular.data());
       } else {
@@ -299,6 +311,20 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         const uint16_t* idx = s.idx.get() + (k0 - kp0) * lk;
         const float* scale = s.scale.get() + (k0 - kp0) * lk;
         const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
+        int64_t bk = p.t_ks, bc = p.t_cs;
+        if (p.conv && p.swap) {  // the tabled operand is the patches: gather
+          int64_t* base = s.row_base.data();
+          if (!p.transpose_lhs) {  // lhs^T: patch rows c0.. are its columns
+            for (int64_t c = 0; c < ncols; ++c) base[c] = p.RowBase(c0 + c);
+            GatherPatches(p, tmat, base, ncols, k0, kc, s.patch.get());
+            bk = 1, bc = kc;
+          } else {  // the patches: rows k0.. are k, columns c0.. its columns
+            for (int64_t kk = 0; kk < kc; ++kk) base[kk] = p.RowBase(k0 + kk);
+            GatherPatches(p, tmat, base, kc, c0, ncols, s.patch.get());
+            bk = ncols, bc = 1;
+          }
+          b = s.patch.get();
+        }
         for (int64_t q = 0; q < members; ++q) {
           const int64_t ol = group.members[m0 + q].second;
           const float* lut_rows = p.swap != p.direct
@@ -306,19 +332,19 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                       : p.lut_t.data() + ol * lut_size;
           if (p.direct) {
             p.block->direct_sweep(s.cblk.get() + q * tile, rows, idx, scale,
-                                  lr, lk, kc, lut_rows, p.m, b, p.t_ks, p.t_cs,
+                                  lr, lk, kc, lut_rows, p.m, b, bk, bc,
                                   ncols, p.range, s.col_irregular.data());
             continue;
           }
           if (p.compact) {
             uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
-            p.block->build_compact(tab, lut_rows, p.m, b, p.t_ks, p.t_cs, kc,
+            p.block->build_compact(tab, lut_rows, p.m, b, bk, bc, kc,
                                    ncols, p.range, s.col_irregular.data());
             p.block->compact_sweep(s.cblk.get() + q * tile, rows, idx, scale,
                                    lr, lk, kc, tab, p.m);
             continue;
           }
-          p.block->build_table(s.tab.get(), lut_rows, p.m, b, p.t_ks, p.t_cs,
+          p.block->build_table(s.tab.get(), lut_rows, p.m, b, bk, bc,
                                kc, ncols, p.range, s.col_irregular.data());
           p.block->table_sweep(s.cblk.get() + q * tile, rows, idx, scale, lr,
                                lk, kc, s.tab.get(), p.m);
@@ -399,8 +425,8 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.scale.Reserve(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
     if (p.conv) {
-      s.patch.Reserve(p.row_chunk * p.kp);
-      s.row_base.resize(p.row_chunk);
+      s.patch.Reserve(std::max(p.row_chunk * p.kp, p.kc * p.nc));
+      s.row_base.resize(std::max({p.row_chunk, p.kp, int64_t{p.nc}}));
     }
     s.col_irregular.assign(p.nc, 0);
     s.tab.Reserve(p.direct ? 1 : p.kc * size * p.nc / (p.compact ? 2 : 1));
@@ -530,7 +556,6 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   double best = -1;
   Tiling chosen{};
   for (const Option& o : options) {
-    if (o.swap && p.conv) continue;  // patches are only ever streamed
     if (o.direct && p.m > kMaxDirectBits && only != "gathers") continue;
     if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
       continue;
@@ -715,12 +740,13 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::ResultBuffer<ffi::F32> out,
                                ffi::Span<const int64_t> kernel,
                                ffi::Span<const int64_t> strides,
-                               ffi::Span<const int64_t> dilation) {
+                               ffi::Span<const int64_t> dilation,
+                               bool transpose_lhs) {
   auto state = std::make_shared<SharedState>();
   Problem& p = state->problem;
   if (auto e = CheckConvGemm(x.dimensions(), rhs.dimensions(),
                              lut.dimensions(), out->dimensions(), kernel,
-                             strides, dilation, &p.geometry);
+                             strides, dilation, transpose_lhs, &p.geometry);
       e.failure()) {
     return Failed(e);
   }
@@ -734,8 +760,9 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       p.runs.push_back({static_cast<int64_t>(t) * c, off, c});
     }
   }
-  p.transpose_lhs = p.transpose_rhs = false;
-  p.lhs_matrix = p.geometry.gemm.m_rows / p.geometry.pixels * p.geometry.image;
+  p.transpose_lhs = transpose_lhs;
+  p.transpose_rhs = false;
+  p.lhs_matrix = p.geometry.images * p.geometry.image;
   p.lhs = x.typed_data();
   p.rhs = rhs.typed_data();
   p.lut = lut.typed_data();
@@ -828,7 +855,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxConvGemmCpu, ApproxConvGemmImpl,
                               BindGemm()
                                   .Attr<ffi::Span<const int64_t>>("kernel")
                                   .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("dilation"));
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  // out = patches^T @ rhs (weight gradient)
+                                  .Attr<bool>("transpose_lhs"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxMultiplyCpu, ApproxMultiplyImpl,
                               ffi::Ffi::Bind()

@@ -177,11 +177,16 @@ inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
 
 // An implicit-im2col GEMM (approxjax_conv_gemm): the lhs is the patches of a
 // padded input x[..., N, S_1..S_n, C] (window corner at o_d * stride_d,
-// taps t_d * dilation_d apart), rhs[..., K, O] with K = prod(kernel) * C
-// ordered tap-major, channel-minor -> out[..., N, P, O], P output pixels.
+// taps t_d * dilation_d apart), one row per output pixel and K =
+// prod(kernel) * C columns ordered tap-major, channel-minor:
+//   forward:             rhs[..., K, O]    -> out[..., N, P, O]
+//   transpose_lhs (the weight gradient, patches^T @ g):
+//                        rhs[..., N, P, O] -> out[..., K, O]
+// with P output pixels.
 struct ConvShape {
-  BatchShape gemm;  // M = N * P, K, O; operand a counts whole inputs
-  int64_t channels = 0, pixels = 0;
+  BatchShape gemm;  // M, K, N of the GEMM; operand a counts whole inputs
+  bool transposed = false;
+  int64_t images = 0, channels = 0, pixels = 0;
   int64_t image = 0;  // elements of one padded image: prod(S) * C
   std::vector<int64_t> out_dims;  // output spatial dims
   std::vector<int64_t> row_step;  // per spatial dim: stride * pitch
@@ -195,10 +200,11 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
                                 ffi::Span<const int64_t> kernel,
                                 ffi::Span<const int64_t> strides,
                                 ffi::Span<const int64_t> dilation,
-                                ConvShape* s) {
+                                bool transposed, ConvShape* s) {
   const char* target = "approxjax_conv_gemm";
   const size_t n = kernel.size();
-  const size_t rank = od.size();  // lead + 3
+  const size_t rank = od.size();  // lead + 3 (lead + 2 when transposed)
+  const size_t out_core = transposed ? 2 : 3, rhs_core = transposed ? 3 : 2;
   auto bad = [&](const std::string& why) {
     return ffi::Error::InvalidArgument(
         std::string(target) + ": " + why + "; got x " + DimsString(xd) +
@@ -206,13 +212,16 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
         DimsString(od) + ", kernel " + DimsString(kernel) + ", strides " +
         DimsString(strides) + ", dilation " + DimsString(dilation));
   };
-  if (n < 1 || strides.size() != n || dilation.size() != n || rank < 3 ||
-      xd.size() != rank + n - 1 || wd.size() != rank - 1 ||
-      lud.size() != rank - 1) {
-    return bad("ranks must be x = out + n - 1 and rhs = lut = out - 1 with n"
-               " = len(kernel) = len(strides) = len(dilation) >= 1");
+  if (n < 1 || strides.size() != n || dilation.size() != n ||
+      rank < out_core || xd.size() != rank - out_core + n + 2 ||
+      wd.size() != rank - out_core + rhs_core ||
+      lud.size() != rank - out_core + 2) {
+    return bad("ranks must be lead + n + 2 (x), lead + 2 (lut) and lead + 3 "
+               "(out, or rhs when transposed) with n = len(kernel) = "
+               "len(strides) = len(dilation) >= 1");
   }
-  const size_t lead = rank - 3;
+  const size_t lead = rank - out_core;
+  s->transposed = transposed;
   const int64_t batch = xd[lead], channels = xd[xd.size() - 1];
   int64_t taps = 1, pixels = 1, pitch = channels;
   s->out_dims.assign(n, 0);
@@ -232,11 +241,16 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
     taps *= kernel[d];
     pitch *= size;
   }
-  if (od[lead] != batch || od[lead + 1] != pixels ||
-      wd[lead] != taps * channels || od[lead + 2] != wd[lead + 1]) {
-    return bad("inconsistent shapes: out must be (..., N, P, O) and rhs "
-               "(..., prod(kernel) * C, O)");
+  if (transposed ? wd[lead] != batch || wd[lead + 1] != pixels ||
+                       od[lead] != taps * channels || od[lead + 1] != wd[lead + 2]
+                 : od[lead] != batch || od[lead + 1] != pixels ||
+                       wd[lead] != taps * channels || od[lead + 2] != wd[lead + 1]) {
+    return bad(transposed ? "inconsistent shapes: rhs must be (..., N, P, O) "
+                            "and out (..., prod(kernel) * C, O)"
+                          : "inconsistent shapes: out must be (..., N, P, O) "
+                            "and rhs (..., prod(kernel) * C, O)");
   }
+  s->images = batch;
   s->channels = channels;
   s->pixels = pixels;
   s->image = pitch;
@@ -250,9 +264,9 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
     s->tap_off[t] = off;
   }
   BatchShape& g = s->gemm;
-  g.m_rows = batch * pixels;
-  g.depth = taps * channels;
-  g.n_cols = od[lead + 2];
+  g.m_rows = transposed ? taps * channels : batch * pixels;
+  g.depth = transposed ? batch * pixels : taps * channels;
+  g.n_cols = od[rank - 1];
   if (auto e = TableBits(target, lud, &g.m); e.failure()) return e;
   g.out_lead.assign(od.begin(), od.begin() + lead);
   g.batch = 1;
