@@ -280,6 +280,10 @@ def test_wide_channels_gather_path(strides, dilation, padding, rng):
 # Implicit im2col: on the CPU, convolutions without groups read their patches
 # from the padded input inside the kernel (approxjax_conv_gemm).
 
+cpu_only = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="implicit im2col is the CPU kernel's"
+)
+
 
 def _np_patches(xp, kernel, strides, dilation):
     """NumPy im2col of a padded NHWC input: (N * OH * OW, KH * KW * C), taps
@@ -305,6 +309,7 @@ def _with_specials(rng, x):
     return x
 
 
+@cpu_only
 @pytest.mark.parametrize(
     "shape,kernel,strides,dilation,padding",
     [
@@ -345,6 +350,7 @@ def test_implicit_im2col_matches_sequential_reference(
     np.testing.assert_array_equal(bits(np.nan_to_num(got)), bits(np.nan_to_num(want)))
 
 
+@cpu_only
 @pytest.mark.parametrize("mult", [ax.mitchell(7), ax.truncated(10)], ids=str)
 def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch):
     """Forward and weight gradient, with the patches streamed or tabled (the
@@ -398,6 +404,7 @@ def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch
     assert seen == {(m, s) for m in ("forward", "weights") for s in ("lhs", "rhs")}, seen
 
 
+@cpu_only
 def test_implicit_weight_gradient_uses_its_own_multiplier(rng, monkeypatch):
     monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
     x = random_nonzero(rng, (3, 6, 7, 4))
@@ -454,6 +461,7 @@ def test_implicit_im2col_equals_built_patches(problem, seed):
         np.testing.assert_array_equal(a, b)
 
 
+@cpu_only
 def test_implicit_im2col_stack_is_one_call(rng, monkeypatch):
     """A vmapped stack of multipliers: one conv GEMM in the program, each
     member's output as if it ran alone."""
@@ -475,6 +483,7 @@ def test_implicit_im2col_stack_is_one_call(rng, monkeypatch):
         np.testing.assert_array_equal(bits(got[i]), bits(conv(x, w, mu)))
 
 
+@cpu_only
 def test_conv_gemm_rejects_bad_shapes(rng):
     """The internal call checks its arguments in Python, and the C++ handler
     checks them again: a bad call is an error that names the shapes, never a
