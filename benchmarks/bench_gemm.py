@@ -59,9 +59,16 @@ def _time(fn, *args, repeats: int) -> float:
 
 def time_pair(approx, native, repeats: int) -> tuple[float, float]:
     """Median ms of two zero-argument calls, timed alternately (after a
-    warm-up of each) so that both see the same state of a shared machine."""
+    warm-up of each) so that both see the same state of a shared machine.
+    Calls of a few ms are repeated more (up to ~0.3 s of the slower one, at
+    most 200 times): a median of 7 millisecond calls moves with every
+    hiccup of a shared machine."""
+    jax.block_until_ready(approx())
+    t = time.perf_counter()
     jax.block_until_ready(approx())
     jax.block_until_ready(native())
+    slowest = time.perf_counter() - t
+    repeats = max(repeats, min(200, int(0.3 / max(slowest, 1e-6))))
     times = ([], [])
     for _ in range(repeats):
         for fn, out in zip((approx, native), times, strict=True):
