@@ -310,20 +310,23 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);
         const uint16_t* idx = s.idx.get() + (k0 - kp0) * lk;
         const float* scale = s.scale.get() + (k0 - kp0) * lk;
-        const float* b = tmat + k0 * p.t_ks + c0 * p.t_cs;
+        // The tabled block: b[k * bk + c * bc] for kc k and ncols columns.
+        const float* b = s.patch.get();
         int64_t bk = p.t_ks, bc = p.t_cs;
-        if (p.conv && p.swap) {  // the tabled operand is the patches: gather
+        if (!(p.conv && p.swap)) {
+          b = tmat + k0 * p.t_ks + c0 * p.t_cs;
+        } else if (!p.transpose_lhs) {  // lhs^T: patch rows c0.. are columns
           int64_t* base = s.row_base.data();
-          if (!p.transpose_lhs) {  // lhs^T: patch rows c0.. are its columns
-            for (int64_t c = 0; c < ncols; ++c) base[c] = p.RowBase(c0 + c);
-            GatherPatches(p, tmat, base, ncols, k0, kc, s.patch.get());
-            bk = 1, bc = kc;
-          } else {  // the patches: rows k0.. are k, columns c0.. its columns
-            for (int64_t kk = 0; kk < kc; ++kk) base[kk] = p.RowBase(k0 + kk);
-            GatherPatches(p, tmat, base, kc, c0, ncols, s.patch.get());
-            bk = ncols, bc = 1;
-          }
-          b = s.patch.get();
+          for (int64_t c = 0; c < ncols; ++c) base[c] = p.RowBase(c0 + c);
+          GatherPatches(p, tmat, base, ncols, k0, kc, s.patch.get());
+          bk = 1;
+          bc = kc;
+        } else {  // the patches themselves: rows k0.. are k, columns c0..
+          int64_t* base = s.row_base.data();
+          for (int64_t kk = 0; kk < kc; ++kk) base[kk] = p.RowBase(k0 + kk);
+          GatherPatches(p, tmat, base, kc, c0, ncols, s.patch.get());
+          bk = ncols;
+          bc = 1;
         }
         for (int64_t q = 0; q < members; ++q) {
           const int64_t ol = group.members[m0 + q].second;
