@@ -50,6 +50,7 @@ from approxjax.ops import (
     _check_multiplier,
     _check_operand,
     _GemmConfig,
+    _grad_lut,
     _mode_and_lut,
 )
 
@@ -302,7 +303,7 @@ def _implicit_conv_bwd(materialized, geometry, residuals, g):
         return (*vjp(g), lut_cts)
     _, vjp = jax.vjp(lambda x: materialized(x, b, luts), x)
     (dx,) = vjp(g)
-    lut = luts[0] if weight_grad == "forward" else luts[2]
+    lut = _grad_lut(weight_grad, luts, 2)
     db = _ffi.conv_gemm(
         x, g, lut, kernel=kernel, strides=strides, dilation=dilation, transpose_lhs=True
     )

@@ -285,26 +285,25 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       // at a time: whole cache lines of each row (packing kc k at a time,
       // a few floats of each row, cost as much as the sweep on 1024^3).
       const int64_t kp = std::min(p.kp, k_end - kp0);
-      // Where packed element (r, k) lies: r * lr + k * lk.
-      bool kmajor = PacksKMajor(p.s_rs, p.s_ks);
-      if (stream_patches && !p.transpose_lhs) {  // patches: rows x kp
+      // The streamed tile: src[r * rs + k * ks] for `rows` rows and kp k.
+      const float* src = s.patch.get();
+      int64_t rs = p.s_rs, ks = p.s_ks;
+      if (!stream_patches) {
+        src = smat + r0 * p.s_rs + kp0 * p.s_ks;
+      } else if (!p.transpose_lhs) {  // patches: rows x kp
         GatherPatches(p, smat, s.row_base.data(), rows, kp0, kp, s.patch.get());
-        kmajor = false;
-        p.kernels->pack_rows(s.patch.get(), rows, kp, kp, 1, p.m, p.range,
-                             s.idx.get(), s.scale.get(),
-                             s.row_irregular.data());
-      } else if (stream_patches) {  // patch rows kp0.. are k: kp x rows
+        rs = kp;
+        ks = 1;
+      } else {  // patch rows kp0.. are k: kp x rows
         for (int64_t r = 0; r < kp; ++r) s.row_base[r] = p.RowBase(kp0 + r);
         GatherPatches(p, smat, s.row_base.data(), kp, r0, rows, s.patch.get());
-        kmajor = PacksKMajor(1, rows);
-        p.kernels->pack_rows(s.patch.get(), rows, kp, 1, rows, p.m, p.range,
-                             s.idx.get(), s.scale.get(),
-                             s.row_irregular.data());
-      } else {
-        p.kernels->pack_rows(smat + r0 * p.s_rs + kp0 * p.s_ks, rows, kp,
-                             p.s_rs, p.s_ks, p.m, p.range, s.idx.get(),
-                             s.scale.get(), s.row_irregular.data());
+        rs = 1;
+        ks = rows;
       }
+      p.kernels->pack_rows(src, rows, kp, rs, ks, p.m, p.range, s.idx.get(),
+                           s.scale.get(), s.row_irregular.data());
+      // Where packed element (r, k) lies: r * lr + k * lk.
+      const bool kmajor = PacksKMajor(rs, ks);
       const int64_t lr = kmajor ? 1 : kp, lk = kmajor ? rows : 1;
       for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);
