@@ -318,14 +318,20 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     m <= 7), wide per-tile tables hold two entries to a word. The bits match
     the reference and the float tables: either operand streamed, contiguous
     and transposed storage, special operands in both, a stack of multipliers
-    sharing the packing, and a partial column block."""
+    sharing the packing, and a partial column block. With AVX-512 the
+    tables are built by word permutes from the LUT's planes; the transposing
+    build (APPROXJAX_CPU_PLANES=0) gives the same bits. A LUT with zero and
+    tiny entries checks their signed zeros."""
     mm, k, n = shape
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
     lhs[1, 17], lhs[mm - 1, k - 1], lhs[40, 3] = np.inf, -3.0e38, 1.0e-40
     rhs[33, 2], rhs[k - 1, n - 1], rhs[7, n - 5] = np.nan, 3.0e38, -1.0e-40
     rhs[5, n // 2] = lhs[mm // 2, 6] = 0.0
-    mults = [ax.mitchell(m), ax.mbm(m), ax.alm_soa(m)]
+    holes = np.array(ax.mitchell(m).lut)
+    holes[:: max(1, len(holes) // 3), 1::2] = 0.0  # zero entries
+    holes[-1, 0] = 2.0**-30  # a small entry: a narrower regular range
+    mults = [ax.mitchell(m), ax.mbm(m), ax.alm_soa(m), ax.Multiplier(holes, name="holes")]
     for mu in mults:
         assert (np.asarray(mu.lut).view(np.uint32) & 0xFFFF == 0).all()
     dn = (((1,), (0,)), ((), ()))
@@ -334,10 +340,16 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
         dn = (((0,), (1,)), ((), ()))
     stacked = jax.jit(jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu)))
     got = np.asarray(stacked(ax.stack(mults)))
-    assert last_cpu_gemm_layout().startswith("compact tables nc=64"), last_cpu_gemm_layout()
+    layout = last_cpu_gemm_layout()
+    assert layout.startswith("compact tables nc=64"), layout
+    assert ("planes" in layout) == (ax.cpu_kernel_variant() == "Avx512"), layout
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
+    monkeypatch.setenv("APPROXJAX_CPU_PLANES", "0")
+    transposed = np.asarray(stacked(ax.stack(mults)))
+    assert "planes" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    np.testing.assert_array_equal(bits(transposed), bits(got))
     monkeypatch.setenv("APPROXJAX_CPU_COMPACT", "0")
     floats = np.asarray(stacked(ax.stack(mults)))
     assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()

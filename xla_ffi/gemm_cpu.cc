@@ -131,6 +131,9 @@ struct Problem : Tiling {
   int64_t rows, cols;
   int64_t s_rs, s_ks, t_ks, t_cs;  // element strides
   std::vector<float> lut_t;        // transposed tables (when swap == direct)
+  // PackPlanes of each table, 64-byte aligned (plane builds), or nullptr.
+  std::vector<uint16_t> plane_store;
+  uint16_t* planes = nullptr;
 
   int64_t units;
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
@@ -340,8 +343,14 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
           }
           if (p.compact) {
             uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
-            p.block->build_compact(tab, lut_rows, p.m, b, bk, bc, kc,
-                                   ncols, p.range, s.col_irregular.data());
+            if (p.planes != nullptr) {
+              p.block->build_compact_planes(
+                  tab, p.planes + ol * (lut_size >> p.m) * kPlaneRow,
+                  p.m, b, bk, bc, kc, ncols, p.range, s.col_irregular.data());
+            } else {
+              p.block->build_compact(tab, lut_rows, p.m, b, bk, bc, kc, ncols,
+                                     p.range, s.col_irregular.data());
+            }
             p.block->compact_sweep(s.cblk.get() + q * tile, rows, idx, scale,
                                    lr, lk, kc, tab, p.m);
             continue;
@@ -504,6 +513,13 @@ bool CompactTablesAllowed(bool exact_luts, int m) {
   return exact_luts && m <= kCompactMaxBits && !(off && off[0] == '0');
 }
 
+// Whether compact tables may be built from planes where the kernel variant
+// can (APPROXJAX_CPU_PLANES=0 keeps the transposing build, for tests).
+bool PlanesAllowed() {
+  const char* off = std::getenv("APPROXJAX_CPU_PLANES");
+  return !(off && off[0] == '0');
+}
+
 Tiling TileLayout(const Problem& p, bool swap, int nc, int64_t most,
                   int64_t threads) {
   const int64_t rows = swap ? p.n_cols : p.m_rows;
@@ -591,9 +607,12 @@ std::string last_layout;
 
 // Keeps a description of the layout of the latest GEMM (LastGemmLayout).
 void RecordLayout(const Problem& p) {
-  std::string d = p.direct ? "gathers" : p.compact ? "compact tables" : "tables";
+  std::string d = p.direct    ? "gathers"
+                  : p.compact ? "compact tables"
+                              : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
   if (p.conv) d += " im2col";
+  if (p.planes != nullptr) d += " planes";
   d += " row_chunk=" + std::to_string(p.row_chunk) +
        " split=" + std::to_string(p.split) + " units=" + std::to_string(p.units);
   std::lock_guard<std::mutex> lock(last_layout_mutex);
@@ -675,6 +694,18 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
             dst[j * size + i] = src[i * size + j];
           }
         }
+      }
+    }
+    p.planes = nullptr;
+    if (p.compact && p.block->build_compact_planes != nullptr &&
+        PlanesAllowed()) {
+      p.plane_store.resize(p.l.matrix_count * size * kPlaneRow + 32);
+      const uintptr_t at = reinterpret_cast<uintptr_t>(p.plane_store.data());
+      p.planes = p.plane_store.data() + ((64 - at % 64) % 64) / 2;
+      for (int64_t t = 0; t < p.l.matrix_count; ++t) {
+        const float* rows = p.swap ? p.lut + t * size * size
+                                   : p.lut_t.data() + t * size * size;
+        PackPlanes(rows, p.m, p.planes + t * size * kPlaneRow);
       }
     }
   } catch (const std::bad_alloc&) {
@@ -822,7 +853,8 @@ const KernelTable& SelectKernels() {
     __builtin_cpu_init();
     const bool avx2 =
         __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw");
     if (want == "baseline") return &KernelsBaseline();
     if (want == "avx2" && avx2) return &KernelsAvx2();
     if (want == "avx512" && avx512) return &KernelsAvx512();

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace approxjax {
 
@@ -61,7 +62,31 @@ struct BlockKernels {
                        const float* lut_rows, int m, const float* b,
                        int64_t bk, int64_t bc, int64_t ncols, int range,
                        uint8_t* col_irregular);
+
+  // build_compact from the LUT's planes (PackPlanes) instead of its rows, by
+  // permutes; the same table, bit for bit. nullptr where the variant has
+  // none (then build_compact).
+  void (*build_compact_planes)(uint32_t* tab, const uint16_t* planes, int m,
+                               const float* b, int64_t bk, int64_t bc,
+                               int64_t kc, int64_t ncols, int range,
+                               uint8_t* col_irregular);
 };
+
+// Words per row of a LUT's planes: planes[v * kPlaneRow + j] holds the upper
+// 16 bits of rows[j][v] (the bfloat16 of a compact table's entry before
+// scaling) for j < 2**m, and zero beyond.
+constexpr int kPlaneRow = 128;
+
+inline void PackPlanes(const float* rows, int m, uint16_t* planes) {
+  const int64_t size = int64_t{1} << m;
+  for (int64_t v = 0; v < size; ++v) {
+    for (int64_t j = 0; j < kPlaneRow; ++j) {
+      uint32_t bits = 0;
+      if (j < size) std::memcpy(&bits, rows + j * size + v, sizeof(bits));
+      planes[v * kPlaneRow + j] = static_cast<uint16_t>(bits >> 16);
+    }
+  }
+}
 
 // Largest m with compact tables (a table row of one k fits the stack).
 constexpr int kCompactMaxBits = 7;
