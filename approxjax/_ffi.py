@@ -65,9 +65,11 @@ def cpu_kernel_variant() -> str:
 
 
 def last_cpu_gemm_layout() -> str:
-    """How the latest CPU GEMM ran: per-tile tables (float or compact) or
-    gathers, block width, streamed operand, row chunk, block split and units
-    of work. For tests and profiling; empty before the first CPU GEMM."""
+    """How the latest CPU GEMM ran: "separable" (a GEMM of transformed
+    operands, for LUTs that factor exactly), per-tile tables (float or
+    compact, built from planes or not) or gathers; block width, streamed
+    operand, row chunk, block split and units of work. For tests and
+    profiling; empty before the first CPU GEMM."""
     return _approxjax_cpu.last_gemm_layout()
 
 

@@ -82,8 +82,10 @@ def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
     """One table row. A stack row times ``stack`` vmapped multipliers against
     one multiplier (approximate, timed alternately): its ratio is the cost of
     the stack in single-multiplier calls (the target is <= stack). ``kind``
-    names the multiplier (truncated: LUT entries of up to 2m + 2 significant
-    bits; mitchell: at most m + 1, so m <= 7 gets compact tables)."""
+    names the multiplier. truncated(m) is separable (its LUT is exactly
+    f[i] * g[j]): a GEMM of transformed operands with exact products, no
+    tables. mitchell has at most m + 1 significant bits per entry, so m <= 7
+    gets compact tables; drum gets float tables: the general path."""
     rng = np.random.default_rng(0)
     dn = DN
     a_shape, b_shape = (m_rows, k), (k, n)
@@ -171,6 +173,7 @@ def main(argv=None) -> int:
     if not args.quick:
         plan += [(SHAPES[0], m, 1, "truncated") for m in (3, 5, 10, 12)]
         plan += [(SHAPES[0], 7, 1, "mitchell"), (SHAPES[7], 7, 1, "mitchell")]
+        plan += [(SHAPES[0], 7, 1, "drum"), (SHAPES[7], 7, 1, "drum")]
         square = ("square 512", 512, 512, 512)
         plan += [(square, 7, 1, "truncated"), (square, 7, 8, "truncated")]
     rows = []
@@ -186,7 +189,9 @@ def main(argv=None) -> int:
     if args.record:
         record(
             "bench_gemm.py",
-            "Multiplier truncated(m) unless named. Native: `jnp.dot` float32, precision "
+            "Multiplier truncated(m) unless named (separable: an FMA GEMM of transformed "
+            "operands; mitchell: compact tables; drum: float tables). Native: `jnp.dot` "
+            "float32, precision "
             "HIGHEST, timed alternately with the approximate call; in the row of a stack "
             'of multipliers the "native" column is one approximate multiplier instead.',
             ["shape", "m", "approx ms", "native ms", "ratio"],

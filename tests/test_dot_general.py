@@ -165,18 +165,20 @@ def test_precision_is_accepted(rng):
 
 
 _VARIANT_SCRIPT = """
-import hashlib, numpy as np, approxjax as ax
+import hashlib, os, numpy as np, approxjax as ax
 rng = np.random.default_rng(5)
 out = []
 cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
 cases += [((1100, 60, 100), 7)]  # with mitchell: compact tables
-for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
-    a = rng.standard_normal((mm, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    a[3, 3] = np.inf
-    mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
-    out.append(np.asarray(ax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                                         multiplier=mult)).tobytes())
+for separable in ("1", "0"):  # truncated(m): the FMA path, then tables
+    os.environ["APPROXJAX_CPU_SEPARABLE"] = separable
+    for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
+        a = rng.standard_normal((mm, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        a[3, 3] = np.inf
+        mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
+        out.append(np.asarray(ax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                                             multiplier=mult)).tobytes())
 print(ax.cpu_kernel_variant(), hashlib.sha256(b"".join(out)).hexdigest())
 """
 
@@ -354,6 +356,79 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     floats = np.asarray(stacked(ax.stack(mults)))
     assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()
     np.testing.assert_array_equal(bits(floats), bits(got))
+
+
+def _factored_lut(m):
+    """A separable LUT that is not truncated(m): f[i] * g[j] with
+    f = 1 + 3i / 2**(m + 2) and g = 1/2 + j / 2**(m + 1), exact in float32
+    (at most 2m + 3 significant bits) for m <= 10."""
+    i = np.arange(2**m, dtype=np.float64)
+    f = 1.0 + 3.0 * i / 2.0 ** (m + 2)
+    g = 0.5 + i / 2.0 ** (m + 1)
+    lut = np.outer(f, g)
+    assert (lut.astype(np.float32) == lut).all()
+    return ax.Multiplier(lut.astype(np.float32), name=f"factored{m}")
+
+
+@pytest.mark.parametrize("m", [2, 5, 7, 10, 11])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("shape", [(300, 70, 90), (90, 70, 300), (40, 5000, 20)])
+def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng, monkeypatch):
+    """A LUT that factors exactly, lut[i, j] == f[i] * g[j] (truncated(m); a
+    user LUT made of two other factors), runs as a GEMM of the transformed
+    operands f[i(a)] * scale(a) and g[j(b)] * scale(b) with exact products in
+    order of k: the bits of the reference and of per-tile tables
+    (APPROXJAX_CPU_SEPARABLE=0), with special operands in both (inf, NaN,
+    zeros, subnormals, and exponents beyond the regular range, which take
+    the scalar rule)."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (mm, k))
+    rhs = random_nonzero(rng, (k, n))
+    lhs[1, 17], lhs[mm - 1, k - 1], lhs[30, 3], lhs[2, 5] = np.inf, -3.0e38, 1.0e-40, 2.0**70
+    rhs[33, 2], rhs[k - 1, n - 1], rhs[7, n - 5], rhs[9, 1] = np.nan, 3.0e38, -1.0e-40, 2.0**-80
+    rhs[5, n // 2] = lhs[mm // 2, 6] = 0.0
+    lhs[3, 9] = -0.0
+    dn = (((1,), (0,)), ((), ()))
+    if transpose:
+        lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
+        dn = (((0,), (1,)), ((), ()))
+    fn = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
+    for mu in [ax.truncated(m)] + ([_factored_lut(m)] if m <= 10 else []):
+        monkeypatch.delenv("APPROXJAX_CPU_SEPARABLE", raising=False)
+        got = np.asarray(fn(lhs, rhs, mu))
+        assert last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
+        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+        np.testing.assert_array_equal(bits(got), bits(want))
+        monkeypatch.setenv("APPROXJAX_CPU_SEPARABLE", "0")
+        tables = np.asarray(fn(lhs, rhs, mu))
+        assert not last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
+        np.testing.assert_array_equal(bits(tables), bits(got))
+
+
+def test_which_luts_take_the_fma_path(rng):
+    """A stack of separable LUTs shares the packing and takes the FMA path
+    member by member (same bits as the reference); one non-separable LUT in
+    a stack (Mitchell) keeps the whole call on tables; a forced kind
+    (APPROXJAX_CPU_GEMM) is honoured for truncated(m)."""
+    lhs = random_nonzero(rng, (200, 60))
+    rhs = random_nonzero(rng, (60, 100))
+    lhs[4, 7] = np.inf
+    dn = (((1,), (0,)), ((), ()))
+    stacked = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))
+    mults = [ax.truncated(5), _factored_lut(5), ax.truncated(5)]
+    got = np.asarray(stacked(ax.stack(mults)))
+    assert last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
+    for i, mu in enumerate(mults):
+        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+        np.testing.assert_array_equal(bits(got[i]), bits(want))
+    stacked(ax.stack([ax.truncated(5), ax.mitchell(5)]))
+    assert last_cpu_gemm_layout().startswith("tables"), last_cpu_gemm_layout()
+    os.environ["APPROXJAX_CPU_GEMM"] = "gathers"
+    try:
+        ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(5))
+        assert last_cpu_gemm_layout().startswith("gathers"), last_cpu_gemm_layout()
+    finally:
+        del os.environ["APPROXJAX_CPU_GEMM"]
 
 
 def test_compact_tables_only_for_bfloat16_exact_luts(rng):

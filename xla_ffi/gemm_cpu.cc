@@ -9,6 +9,11 @@
 //     tab[k][v][c] = lut[v, j(b[k, c])] * scale(b[k, c]) turns the inner loop
 //     into plain FMA streams over contiguous rows of the table. A cost model
 //     picks which operand is streamed and NC (64, or 16 for narrow outputs).
+//   * Separable LUTs, lut[i, j] == f[i] * g[j] exactly (truncated(m): the
+//     products of the operands' truncated significands), need no tables: a
+//     product is exactly (f[i] * scale(a)) * (g[j] * scale(b)), so the
+//     kernel transforms both operands and runs a GEMM microkernel with
+//     exact products in order of k (the same bits).
 //   * Outputs with few rows and columns (weight gradients of small layers)
 //     would rebuild a table for every few products: there the kernel gathers
 //     each product from the LUT instead (direct_sweep), for m <= 8.
@@ -114,6 +119,11 @@ struct Problem : Tiling {
   bool direct;  // gather products (direct_sweep) instead of per-tile tables
   bool compact_ok;  // wide tables may be compact (CompactTablesAllowed)
   bool compact;     // compact per-tile tables (build_compact, compact_sweep)
+  // Separable LUTs, lut[i, j] == f[i] * g[j] exactly (FindSeparable): GEMMs
+  // of the transformed operands (build_separable, separable_sweep). f and g
+  // of LUT matrix t at t * 2**m, indexed by the lhs's and the rhs's index.
+  bool separable = false;
+  std::vector<float> sep_f, sep_g;
   int nc;       // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
   Operand a, b, l;
@@ -210,6 +220,7 @@ struct Scratch {
   Buffer<float> total;  // the same, summing blocks (units of > 1 block)
   Buffer<uint16_t> idx;
   Buffer<float> scale;
+  Buffer<float> scaled;           // the packed tile transformed (separable)
   Buffer<float> patch;            // a gathered tile of patches (conv)
   std::vector<int64_t> row_base;  // where each row's patch starts (conv)
   std::vector<uint8_t> row_irregular;
@@ -335,6 +346,17 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
           const float* lut_rows = p.swap != p.direct
                                       ? p.lut + ol * lut_size
                                       : p.lut_t.data() + ol * lut_size;
+          if (p.separable) {  // kc == kp: this member's whole packed tile
+            const float* f = (p.swap ? p.sep_g : p.sep_f).data() + (ol << p.m);
+            const float* g = (p.swap ? p.sep_f : p.sep_g).data() + (ol << p.m);
+            p.kernels->scale_rows(s.scaled.get(), s.scale.get(), s.idx.get(),
+                                  rows * kp, f);
+            p.block->build_separable(s.tab.get(), g, p.m, b, bk, bc, kc, ncols,
+                                     p.range, s.col_irregular.data());
+            p.block->separable_sweep(s.cblk.get() + q * tile, rows,
+                                     s.scaled.get(), lr, lk, kc, s.tab.get());
+            continue;
+          }
           if (p.direct) {
             p.block->direct_sweep(s.cblk.get() + q * tile, rows, idx, scale,
                                   lr, lk, kc, lut_rows, p.m, b, bk, bc,
@@ -434,13 +456,16 @@ void Worker(const std::shared_ptr<SharedState>& state) {
     s.cblk.Reserve(p.group_size * p.row_chunk * p.nc);
     s.idx.Reserve(p.row_chunk * p.kp);
     s.scale.Reserve(p.row_chunk * p.kp);
+    if (p.separable) s.scaled.Reserve(p.row_chunk * p.kp);
     s.row_irregular.assign(p.row_chunk, 0);
     if (p.conv) {
       s.patch.Reserve(std::max(p.row_chunk * p.kp, p.kc * p.nc));
       s.row_base.resize(std::max({p.row_chunk, p.kp, int64_t{p.nc}}));
     }
     s.col_irregular.assign(p.nc, 0);
-    s.tab.Reserve(p.direct ? 1 : p.kc * size * p.nc / (p.compact ? 2 : 1));
+    s.tab.Reserve(p.direct        ? 1
+                  : p.separable ? p.kc * p.nc
+                                : p.kc * size * p.nc / (p.compact ? 2 : 1));
     if (p.split == 1 && p.sum_blocks > 1) {
       s.total.Reserve(p.group_size * p.row_chunk * p.nc);
     }
@@ -478,12 +503,26 @@ ffi::Future Done() {
 
 // Scans tables for invalid entries and returns the regular exponent range
 // and whether every entry is bfloat16-exact (its lower 16 bits zero).
-ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
-                      int m, int* range, bool* compact = nullptr) {
+ffi::Error ScanTables(const KernelTable& kernels, const char* target,
+                      const float* lut, int64_t count, int m, int* range,
+                      bool* compact = nullptr) {
   int lo = 0, hi = 0;
   bool any = false;
   uint32_t low_bits = 0;
   const int64_t elems = count << (2 * m);
+  // A branch-free pass first: where no entry is negative, non-finite or
+  // subnormal, the exponent range is that of the nonzero entries' biased
+  // exponent fields. Otherwise the entry-by-entry loop below.
+  uint32_t odd = 0, emin = 255, emax = 0;
+  kernels.scan_lut(reinterpret_cast<const uint32_t*>(lut), elems, &odd,
+                   &low_bits, &emin, &emax);
+  if (odd == 0) {
+    if (emax > 0) lo = static_cast<int>(emin) - 127, hi = static_cast<int>(emax) - 127;
+    *range = RegularExponentRange(lo, hi);
+    if (compact != nullptr) *compact = (low_bits & 0xffffu) == 0;
+    return ffi::Error::Success();
+  }
+  low_bits = 0;
   for (int64_t e = 0; e < elems; ++e) {
     const float v = lut[e];
     const uint32_t bits = FloatBits(v);
@@ -503,6 +542,45 @@ ffi::Error ScanTables(const char* target, const float* lut, int64_t count,
   *range = RegularExponentRange(lo, hi);
   if (compact != nullptr) *compact = (low_bits & 0xffffu) == 0;
   return ffi::Error::Success();
+}
+
+// Whether one LUT is separable: lut[i, j] == f[i] * g[j] exactly for normal
+// f, g > 0 (f the first column, g the first row over lut[0, 0]), as for
+// truncated(m), whose entries are products of the operands' truncated
+// significands. Then every product the model forms is exactly
+// (f[i] * scale(a)) * (g[j] * scale(b)). Narrows *range so that those
+// transformed operands stay normal. Never with APPROXJAX_CPU_SEPARABLE=0, or
+// where APPROXJAX_CPU_GEMM forces tables or gathers (tests, benchmarks).
+bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
+                   float* f, float* g, int* range) {
+  const char* off = std::getenv("APPROXJAX_CPU_SEPARABLE");
+  const char* force = std::getenv("APPROXJAX_CPU_GEMM");
+  if ((off && off[0] == '0') ||
+      (force && *force && std::string(force) != "auto")) {
+    return false;
+  }
+  const int64_t size = int64_t{1} << m;
+  const double corner = lut[0];
+  if (!(corner > 0)) return false;
+  int lo = 0, hi = 0;
+  const auto normal = [&](float x, bool first) {
+    const int e = BiasedExponent(FloatBits(x));
+    if (e == 0 || e == 255) return false;
+    lo = first ? e - 127 : std::min(lo, e - 127);
+    hi = first ? e - 127 : std::max(hi, e - 127);
+    return true;
+  };
+  for (int64_t i = 0; i < size; ++i) {
+    f[i] = lut[i * size];
+    const double gj = double(lut[i]) / corner;
+    g[i] = static_cast<float>(gj);
+    if (double(g[i]) != gj || !normal(f[i], i == 0) || !normal(g[i], false)) {
+      return false;
+    }
+  }
+  if (!kernels.factors_match(lut, f, g, size)) return false;
+  *range = std::min({*range, 126 + lo, 127 - hi});
+  return true;
 }
 
 // Whether wide table blocks may be compact (gemm_kernels.h), given whether
@@ -574,7 +652,9 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   double best = -1;
   Tiling chosen{};
   for (const Option& o : options) {
-    if (o.direct && p.m > kMaxDirectBits && only != "gathers") continue;
+    if (o.direct && (p.separable || (p.m > kMaxDirectBits && only != "gathers"))) {
+      continue;
+    }
     if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
       continue;
     }
@@ -584,6 +664,14 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
     double cost;
     if (o.direct) {
       cost = kDirectCost * rows * padded;
+    } else if (p.separable) {
+      // An FMA per product; the streamed tile packed for every column block
+      // and the tabled block transformed for every row chunk, at about a
+      // dozen FMAs per element where its columns are strided in memory.
+      const bool strided = o.swap ? !p.transpose_lhs : p.transpose_rhs;
+      cost = rows * padded * (o.nc == kNarrowCols ? 0.4 : 0.25);
+      cost += 3.0 * rows * double(t.col_blocks);
+      cost += (strided ? 15.0 : 3.0) * padded * double(t.row_chunks);
     } else {
       const bool compact = o.nc == kWideCols && p.compact_ok;
       cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : compact ? 0.55 : 1.0);
@@ -607,9 +695,10 @@ std::string last_layout;
 
 // Keeps a description of the layout of the latest GEMM (LastGemmLayout).
 void RecordLayout(const Problem& p) {
-  std::string d = p.direct    ? "gathers"
-                  : p.compact ? "compact tables"
-                              : "tables";
+  std::string d = p.direct      ? "gathers"
+                  : p.separable ? "separable"
+                  : p.compact   ? "compact tables"
+                                : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
   if (p.conv) d += " im2col";
   if (p.planes != nullptr) d += " planes";
@@ -641,14 +730,27 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
     std::fill(p.out, p.out + out_elems, 0.0f);
     return Done();
   }
-  if (auto e = ScanTables(target, p.lut, p.l.matrix_count, m,
+  p.kernels = &SelectKernels();
+  if (auto e = ScanTables(*p.kernels, target, p.lut, p.l.matrix_count, m,
                           &p.range, &p.compact_ok);
       e.failure()) {
     return Failed(e);
   }
   p.compact_ok = CompactTablesAllowed(p.compact_ok, m);
+  p.separable = p.range >= 0;
+  try {
+    p.sep_f.resize(p.l.matrix_count << m);
+    p.sep_g.resize(p.l.matrix_count << m);
+  } catch (const std::bad_alloc&) {
+    return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                             std::string(target) + ": out of memory"));
+  }
+  for (int64_t t = 0; t < p.l.matrix_count && p.separable; ++t) {
+    p.separable = FindSeparable(*p.kernels, p.lut + (t << (2 * m)), m,
+                                p.sep_f.data() + (t << m),
+                                p.sep_g.data() + (t << m), &p.range);
+  }
 
-  p.kernels = &SelectKernels();
   const int64_t size = int64_t{1} << m;
   // Group the batch by operand matrices: members differ only in their table.
   std::map<std::pair<int64_t, int64_t>, size_t> where;
@@ -670,7 +772,7 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
   p.sum_blocks = (p.depth + kSumBlock - 1) / kSumBlock;
   const Tiling tiling = ChooseLayout(p, size, most, threads);
   p.block = p.nc == kWideCols ? &p.kernels->wide : &p.kernels->narrow;
-  p.compact = !p.direct && p.nc == kWideCols && p.compact_ok;
+  p.compact = !p.direct && !p.separable && p.nc == kWideCols && p.compact_ok;
   const int64_t lhs_rs = transpose_lhs ? 1 : p.depth;
   const int64_t lhs_ks = transpose_lhs ? p.m_rows : 1;
   const int64_t rhs_ks = transpose_rhs ? 1 : p.n_cols;
@@ -684,7 +786,7 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
   }
 
   try {
-    if (p.swap == p.direct) {  // rows are read along the rhs index: lut^T
+    if (p.swap == p.direct && !p.separable) {  // rows along the rhs index: lut^T
       p.lut_t.resize(p.l.matrix_count * size * size);
       for (int64_t t = 0; t < p.l.matrix_count; ++t) {
         const float* src = p.lut + t * size * size;
@@ -715,8 +817,9 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
 
   // At most kPackDepth k per table (small m would allow thousands), so that a
   // worker's packed tile, kept between calls, stays under 1 MiB.
-  p.kc = p.direct ? std::min(p.depth, kPackDepth)
-                  : std::clamp<int64_t>(kTableFloats / (size * p.nc) *
+  p.kc = p.direct || p.separable
+             ? std::min(p.depth, kPackDepth)
+             : std::clamp<int64_t>(kTableFloats / (size * p.nc) *
                                             (p.compact ? 2 : 1),
                                         1,
                                         std::min(p.depth, kPackDepth));
@@ -818,7 +921,8 @@ ffi::Error ApproxMultiplyImpl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   const Operand &oa = shape.a, &ob = shape.b, &ol = shape.l;
   const float* lp = lut.typed_data();
   int range;
-  if (auto e = ScanTables("approxjax_multiply", lp, ol.matrix_count, m, &range);
+  if (auto e = ScanTables(SelectKernels(), "approxjax_multiply", lp,
+                          ol.matrix_count, m, &range);
       e.failure()) {
     return e;
   }

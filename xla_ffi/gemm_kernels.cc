@@ -4,6 +4,7 @@
 // give one source for every width.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -485,6 +486,102 @@ void CompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
       });
 }
 
+// Separable LUTs (gemm_kernels.h): the streamed operand transformed,
+// out[e] = scale[e] * f[idx[e]] for n packed elements.
+void ScaleRows(float* __restrict out, const float* __restrict scale,
+               const uint16_t* __restrict idx, int64_t n,
+               const float* __restrict f) {
+  for (int64_t e = 0; e < n; ++e) out[e] = scale[e] * f[idx[e]];
+}
+
+// LUT scans (gemm_kernels.h), branch-free so that they vectorise.
+void ScanLut(const uint32_t* words, int64_t n, uint32_t* odd,
+             uint32_t* low_bits, uint32_t* emin, uint32_t* emax) {
+  uint32_t o = 0, low = 0, lo = 255, hi = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    const uint32_t bits = words[e], x = (bits >> 23) & 0xffu;
+    o |= (bits & 0x80000000u) | static_cast<uint32_t>(x == 255) |
+         static_cast<uint32_t>((x == 0) & (bits != 0));
+    low |= bits;
+    lo = std::min(lo, bits == 0 ? 255u : x);
+    hi = std::max(hi, x);
+  }
+  *odd = o, *low_bits = low, *emin = lo, *emax = hi;
+}
+
+bool FactorsMatch(const float* lut, const float* f, const float* g,
+                  int64_t size) {
+  for (int64_t i = 0; i < size; ++i) {
+    const double fi = f[i];
+    const float* row = lut + i * size;
+    int bad = 0;  // no early exit inside a row
+    for (int64_t j = 0; j < size; ++j) {
+      bad |= fi * static_cast<double>(g[j]) != static_cast<double>(row[j]);
+    }
+    if (bad) return false;
+  }
+  return true;
+}
+
+// The tabled operand's block, transformed: tab[k][c] = g[j(b[k, c])] *
+// scale(b[k, c]) (a table of one row per k), columns ncols..NC-1 zero.
+template <int NC>
+void BuildSeparable(float* tab, const float* g, int m, const float* b,
+                    int64_t bk, int64_t bc, int64_t kc, int64_t ncols,
+                    int range, uint8_t* col_irregular) {
+  alignas(64) uint16_t jb[NC];
+  alignas(64) float sb[NC];
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    PackCols<NC>(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb,
+                 col_irregular);
+    float* t = tab + kk * NC;
+    for (int c = 0; c < NC; ++c) t[c] = g[jb[c]] * sb[c];
+  }
+}
+
+// Rows held in registers by the separable sweep: about three quarters of
+// the vector registers (32 with AVX-512, 16 otherwise) as accumulators.
+template <int NC>
+constexpr int SeparableRows() {
+  constexpr int regs = APPROXJAX_VEC_BYTES == 64 ? 32 : 16;
+  constexpr int per_row = NC / kLanes;
+  return per_row * 2 > regs * 3 / 4 ? 1 : regs * 3 / 4 / per_row;
+}
+
+// cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k:
+// a plain GEMM microkernel (each table row loaded once for all the rows in
+// registers), with exact products.
+template <int NC>
+void SeparableSweep(float* cblk, int64_t rows, const float* scale,
+                    int64_t lr, int64_t lk, int64_t kc, const float* tab) {
+  constexpr int kV = NC / kLanes;
+  constexpr int R = SeparableRows<NC>();
+  int64_t r = 0;
+  const auto block = [&](auto rows_c) {
+    constexpr int Q = decltype(rows_c)::value;
+    Vec acc[Q][kV];
+    for (int q = 0; q < Q; ++q) {
+      const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
+      for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
+    }
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
+      Vec t[kV];
+      for (int v = 0; v < kV; ++v) t[v] = row[v];
+      for (int q = 0; q < Q; ++q) {
+        const float s = scale[(r + q) * lr + kk * lk];
+        for (int v = 0; v < kV; ++v) acc[q][v] += t[v] * s;
+      }
+    }
+    for (int q = 0; q < Q; ++q) {
+      Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
+      for (int v = 0; v < kV; ++v) out[v] = acc[q][v];
+    }
+  };
+  for (; r + R <= rows; r += R) block(std::integral_constant<int, R>());
+  for (; r < rows; ++r) block(std::integral_constant<int, 1>());
+}
+
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column).
 inline Vec GatherRow(const float* row, const uint16_t* j) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
@@ -545,11 +642,16 @@ const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
   static const KernelTable table = {
       APPROXJAX_STR(APPROXJAX_VARIANT),
       PackRows,
+      ScaleRows,
+      ScanLut,
+      FactorsMatch,
       {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>, nullptr, nullptr,
-       DirectSweep<kNarrowCols>, nullptr},
+       DirectSweep<kNarrowCols>, nullptr, BuildSeparable<kNarrowCols>,
+       SeparableSweep<kNarrowCols>},
       {BuildTable<kWideCols>, TableSweep<kWideCols>,
        BuildCompactTable<kWideCols>, CompactSweep<kWideCols>,
-       DirectSweep<kWideCols>, kBuildCompactPlanesWide},
+       DirectSweep<kWideCols>, kBuildCompactPlanesWide,
+       BuildSeparable<kWideCols>, SeparableSweep<kWideCols>},
   };
   return table;
 }

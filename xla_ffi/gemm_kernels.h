@@ -70,6 +70,22 @@ struct BlockKernels {
                                const float* b, int64_t bk, int64_t bc,
                                int64_t kc, int64_t ncols, int range,
                                uint8_t* col_irregular);
+
+  // Separable LUTs (lut[i, j] == f[i] * g[j] exactly, as truncated(m)): the
+  // product of a and b is then exactly a' * b' with a' = f[i(a)] * scale(a)
+  // and b' = g[j(b)] * scale(b), so a GEMM of the transformed operands with
+  // exact products, summed in order of k, gives the same bits as the
+  // tables. build_separable stores b' for kc x ncols elements of b as
+  // tab[k][c] (`rows` is g: f when the tabled operand is the lhs), marking
+  // columns as build_table does; separable_sweep adds
+  // cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k,
+  // where scale holds a' (scale_rows applied to the packed tile).
+  void (*build_separable)(float* tab, const float* rows, int m,
+                          const float* b, int64_t bk, int64_t bc, int64_t kc,
+                          int64_t ncols, int range, uint8_t* col_irregular);
+  void (*separable_sweep)(float* cblk, int64_t rows, const float* scale,
+                          int64_t lr, int64_t lk, int64_t kc,
+                          const float* tab);
 };
 
 // Words per row of a LUT's planes: planes[v * kPlaneRow + j] holds the upper
@@ -103,6 +119,21 @@ struct KernelTable {
   void (*pack_rows)(const float* src, int64_t rows, int64_t k, int64_t rs,
                     int64_t ks, int m, int range, uint16_t* idx, float* scale,
                     uint8_t* row_irregular);
+
+  // out[e] = scale[e] * f[idx[e]] for n packed elements (separable LUTs:
+  // the streamed operand transformed, f exact and normal).
+  void (*scale_rows)(float* out, const float* scale, const uint16_t* idx,
+                     int64_t n, const float* f);
+
+  // LUT scans, run on every call (a LUT of m = 11 has 4M entries): the OR
+  // of the sign bits, of "exponent field 255" and of "subnormal" (*odd), the
+  // OR of all bits, and the least and greatest biased exponent fields (of
+  // the nonzero entries, and of all) over n entries' bits.
+  void (*scan_lut)(const uint32_t* words, int64_t n, uint32_t* odd,
+                   uint32_t* low_bits, uint32_t* emin, uint32_t* emax);
+  // Whether lut[i * size + j] == f[i] * g[j] exactly for every i, j.
+  bool (*factors_match)(const float* lut, const float* f, const float* g,
+                        int64_t size);
 
   BlockKernels narrow;  // kNarrowCols
   BlockKernels wide;    // kWideCols
