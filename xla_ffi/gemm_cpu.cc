@@ -407,14 +407,16 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                               : p.out) +
                  g * p.m_rows * p.n_cols;
     const float* cblk = sums + q * tile;
+    if (p.swap) {  // transposed: contiguous runs of output row c0 + c
+      for (int64_t c = 0; c < ncols; ++c) {
+        float* dst = out + (c0 + c) * p.n_cols + r0;
+        for (int64_t r = 0; r < rows; ++r) dst[r] = cblk[r * p.nc + c];
+      }
+    }
     for (int64_t r = 0; r < rows; ++r) {
-      const float* src = cblk + r * p.nc;
       if (!p.swap) {  // a contiguous run of one output row
-        std::memcpy(out + (r0 + r) * p.n_cols + c0, src, ncols * sizeof(float));
-      } else {
-        for (int64_t c = 0; c < ncols; ++c) {
-          out[(c0 + c) * p.n_cols + r0 + r] = src[c];
-        }
+        std::memcpy(out + (r0 + r) * p.n_cols + c0, cblk + r * p.nc,
+                    ncols * sizeof(float));
       }
       if (!s.row_irregular[r] && !any_col_irregular) continue;
       for (int64_t c = 0; c < ncols; ++c) {
