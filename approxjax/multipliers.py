@@ -237,7 +237,9 @@ def truncated(m: int, *, truncate_result: bool = False) -> Multiplier:
     as a narrow multiplier's input stage does). At ``m = 7`` this is
     bfloat16-input multiplication with truncated conversion, and the product
     equals the float32 product of the two truncated operands wherever that is
-    a normal number.
+    a normal number. For ``m <= 11`` (without ``truncate_result``) the table
+    is separable, ``lut[i, j] == f[i] * g[j]`` exactly, so the CPU kernel
+    runs it as a GEMM of the transformed operands, without per-tile tables.
 
     Args:
       m: mantissa bits, 0 to 12.

@@ -519,7 +519,10 @@ ffi::Error ScanTables(const KernelTable& kernels, const char* target,
   kernels.scan_lut(reinterpret_cast<const uint32_t*>(lut), elems, &odd,
                    &low_bits, &emin, &emax);
   if (odd == 0) {
-    if (emax > 0) lo = static_cast<int>(emin) - 127, hi = static_cast<int>(emax) - 127;
+    if (emax > 0) {
+      lo = static_cast<int>(emin) - 127;
+      hi = static_cast<int>(emax) - 127;
+    }
     *range = RegularExponentRange(lo, hi);
     if (compact != nullptr) *compact = (low_bits & 0xffffu) == 0;
     return ffi::Error::Success();
@@ -654,9 +657,8 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   double best = -1;
   Tiling chosen{};
   for (const Option& o : options) {
-    if (o.direct && (p.separable || (p.m > kMaxDirectBits && only != "gathers"))) {
-      continue;
-    }
+    const bool gathers_ok = p.m <= kMaxDirectBits || only == "gathers";
+    if (o.direct && (p.separable || !gathers_ok)) continue;
     if ((only == "tables" && o.direct) || (only == "gathers" && !o.direct)) {
       continue;
     }
@@ -788,7 +790,7 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
   }
 
   try {
-    if (p.swap == p.direct && !p.separable) {  // rows along the rhs index: lut^T
+    if (p.swap == p.direct && !p.separable) {  // rows by the rhs index: lut^T
       p.lut_t.resize(p.l.matrix_count * size * size);
       for (int64_t t = 0; t < p.l.matrix_count; ++t) {
         const float* src = p.lut + t * size * size;
