@@ -491,7 +491,25 @@ void CompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
 void ScaleRows(float* __restrict out, const float* __restrict scale,
                const uint16_t* __restrict idx, int64_t n,
                const float* __restrict f) {
-  for (int64_t e = 0; e < n; ++e) out[e] = scale[e] * f[idx[e]];
+  int64_t e = 0;
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  // Explicit gathers: left to itself the compiler emulates them with scalar
+  // loads and inserts (measured 10-20% of a separable GEMM at 1024^3).
+  for (; e + 16 <= n; e += 16) {
+    const __m512i v = _mm512_cvtepu16_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + e)));
+    _mm512_storeu_ps(out + e, _mm512_mul_ps(_mm512_loadu_ps(scale + e),
+                                            _mm512_i32gather_ps(v, f, 4)));
+  }
+#elif defined(__AVX2__) && APPROXJAX_VEC_BYTES == 32
+  for (; e + 8 <= n; e += 8) {
+    const __m256i v = _mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx + e)));
+    _mm256_storeu_ps(out + e, _mm256_mul_ps(_mm256_loadu_ps(scale + e),
+                                            _mm256_i32gather_ps(f, v, 4)));
+  }
+#endif
+  for (; e < n; ++e) out[e] = scale[e] * f[idx[e]];
 }
 
 // LUT scans (gemm_kernels.h), branch-free so that they vectorise.
