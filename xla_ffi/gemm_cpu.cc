@@ -549,21 +549,20 @@ ffi::Error ScanTables(const KernelTable& kernels, const char* target,
   return ffi::Error::Success();
 }
 
+// Whether an environment switch (APPROXJAX_CPU_...) is set to 0.
+bool TurnedOff(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] == '0';
+}
+
 // Whether one LUT is separable: lut[i, j] == f[i] * g[j] exactly for normal
 // f, g > 0 (f the first column, g the first row over lut[0, 0]), as for
 // truncated(m), whose entries are products of the operands' truncated
 // significands. Then every product the model forms is exactly
 // (f[i] * scale(a)) * (g[j] * scale(b)). Narrows *range so that those
-// transformed operands stay normal. Never with APPROXJAX_CPU_SEPARABLE=0, or
-// where APPROXJAX_CPU_GEMM forces tables or gathers (tests, benchmarks).
+// transformed operands stay normal.
 bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
                    float* f, float* g, int* range) {
-  const char* off = std::getenv("APPROXJAX_CPU_SEPARABLE");
-  const char* force = std::getenv("APPROXJAX_CPU_GEMM");
-  if ((off && off[0] == '0') ||
-      (force && *force && std::string(force) != "auto")) {
-    return false;
-  }
   const int64_t size = int64_t{1} << m;
   const double corner = lut[0];
   if (!(corner > 0)) return false;
@@ -592,15 +591,21 @@ bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
 // every LUT entry is bfloat16-exact; APPROXJAX_CPU_COMPACT=0 turns compact
 // tables off (tests, benchmarks).
 bool CompactTablesAllowed(bool exact_luts, int m) {
-  const char* off = std::getenv("APPROXJAX_CPU_COMPACT");
-  return exact_luts && m <= kCompactMaxBits && !(off && off[0] == '0');
+  return exact_luts && m <= kCompactMaxBits &&
+         !TurnedOff("APPROXJAX_CPU_COMPACT");
 }
 
 // Whether compact tables may be built from planes where the kernel variant
 // can (APPROXJAX_CPU_PLANES=0 keeps the transposing build, for tests).
-bool PlanesAllowed() {
-  const char* off = std::getenv("APPROXJAX_CPU_PLANES");
-  return !(off && off[0] == '0');
+bool PlanesAllowed() { return !TurnedOff("APPROXJAX_CPU_PLANES"); }
+
+// Whether separable LUTs may skip the tables: not with
+// APPROXJAX_CPU_SEPARABLE=0, nor where APPROXJAX_CPU_GEMM forces tables or
+// gathers (tests, benchmarks).
+bool SeparableAllowed() {
+  const char* force = std::getenv("APPROXJAX_CPU_GEMM");
+  return !TurnedOff("APPROXJAX_CPU_SEPARABLE") &&
+         !(force && *force && std::string(force) != "auto");
 }
 
 Tiling TileLayout(const Problem& p, bool swap, int nc, int64_t most,
@@ -741,10 +746,12 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
     return Failed(e);
   }
   p.compact_ok = CompactTablesAllowed(p.compact_ok, m);
-  p.separable = p.range >= 0;
+  p.separable = p.range >= 0 && SeparableAllowed();
   try {
-    p.sep_f.resize(p.l.matrix_count << m);
-    p.sep_g.resize(p.l.matrix_count << m);
+    if (p.separable) {
+      p.sep_f.resize(p.l.matrix_count << m);
+      p.sep_g.resize(p.l.matrix_count << m);
+    }
   } catch (const std::bad_alloc&) {
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                              std::string(target) + ": out of memory"));
