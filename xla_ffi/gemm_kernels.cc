@@ -4,7 +4,6 @@
 // give one source for every width.
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -541,37 +540,18 @@ constexpr int SeparableRows() {
 }
 
 // cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k:
-// a plain GEMM microkernel (each table row loaded once for all the rows in
-// registers), with exact products.
+// a plain GEMM microkernel with exact products (the compiler loads each
+// table row once for all the rows held in registers).
 template <int NC>
 void SeparableSweep(float* cblk, int64_t rows, const float* scale,
                     int64_t lr, int64_t lk, int64_t kc, const float* tab) {
   constexpr int kV = NC / kLanes;
-  constexpr int R = SeparableRows<NC>();
-  int64_t r = 0;
-  const auto block = [&](auto rows_c) {
-    constexpr int Q = decltype(rows_c)::value;
-    Vec acc[Q][kV];
-    for (int q = 0; q < Q; ++q) {
-      const Vec* out = reinterpret_cast<const Vec*>(cblk + (r + q) * NC);
-      for (int v = 0; v < kV; ++v) acc[q][v] = out[v];
-    }
-    for (int64_t kk = 0; kk < kc; ++kk) {
-      const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
-      Vec t[kV];
-      for (int v = 0; v < kV; ++v) t[v] = row[v];
-      for (int q = 0; q < Q; ++q) {
-        const float s = scale[(r + q) * lr + kk * lk];
-        for (int v = 0; v < kV; ++v) acc[q][v] += t[v] * s;
-      }
-    }
-    for (int q = 0; q < Q; ++q) {
-      Vec* out = reinterpret_cast<Vec*>(cblk + (r + q) * NC);
-      for (int v = 0; v < kV; ++v) out[v] = acc[q][v];
-    }
-  };
-  for (; r + R <= rows; r += R) block(std::integral_constant<int, R>());
-  for (; r < rows; ++r) block(std::integral_constant<int, 1>());
+  AccumulateAllRows<NC, SeparableRows<NC>()>(
+      cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
+        const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
+        const float s = scale[r * lr + kk * lk];
+        for (int v = 0; v < kV; ++v) acc[v] += row[v] * s;
+      });
 }
 
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column),
