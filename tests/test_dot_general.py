@@ -312,6 +312,15 @@ def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng, monke
             np.testing.assert_array_equal(bits(got[i]), bits(want))
 
 
+def _cpu_flag(name: str) -> bool:
+    """Whether /proc/cpuinfo lists a CPU flag (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(name in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("m", [2, 3, 5, 7])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", [(1100, 60, 100), (100, 60, 1100)])
@@ -321,9 +330,11 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     the reference and the float tables: either operand streamed, contiguous
     and transposed storage, special operands in both, a stack of multipliers
     sharing the packing, and a partial column block. With AVX-512 the
-    tables are built by word permutes from the LUT's planes; the transposing
-    build (APPROXJAX_CPU_PLANES=0) gives the same bits. A LUT with zero and
-    tiny entries checks their signed zeros."""
+    tables are built by word permutes from the LUT's planes, or with VBMI by
+    byte permutes from its codes (every LUT but the one with zeros here);
+    the planes (APPROXJAX_CPU_CODES=0) and the transposing build
+    (APPROXJAX_CPU_PLANES=0) give the same bits. A LUT with zero and tiny
+    entries checks their signed zeros."""
     mm, k, n = shape
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
@@ -344,10 +355,16 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     got = np.asarray(stacked(ax.stack(mults)))
     layout = last_cpu_gemm_layout()
     assert layout.startswith("compact tables nc=64"), layout
-    assert ("planes" in layout) == (ax.cpu_kernel_variant() == "Avx512"), layout
+    avx512 = ax.cpu_kernel_variant() == "Avx512"
+    assert ("codes" in layout) == (avx512 and _cpu_flag("avx512vbmi")), layout
+    assert ("codes" in layout or "planes" in layout) == avx512, layout
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
+    monkeypatch.setenv("APPROXJAX_CPU_CODES", "0")
+    planes = np.asarray(stacked(ax.stack(mults)))
+    assert ("planes" in last_cpu_gemm_layout()) == avx512, last_cpu_gemm_layout()
+    np.testing.assert_array_equal(bits(planes), bits(got))
     monkeypatch.setenv("APPROXJAX_CPU_PLANES", "0")
     transposed = np.asarray(stacked(ax.stack(mults)))
     assert "planes" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
@@ -429,6 +446,57 @@ def test_which_luts_take_the_fma_path(rng):
         assert last_cpu_gemm_layout().startswith("gathers"), last_cpu_gemm_layout()
     finally:
         del os.environ["APPROXJAX_CPU_GEMM"]
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize(
+    "kind,shape,expect",
+    [
+        ("mitchell", (300, 150, 100), "compact tables"),
+        ("truncated", (300, 150, 100), "separable"),
+        ("stack", (300, 150, 100), "tables"),
+        ("stack", (40, 4150, 150), "tables"),  # two sum blocks
+        ("truncated", (40, 4150, 150), "separable"),
+    ],
+)
+def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monkeypatch):
+    """Where the output has several column blocks, the streamed operand is
+    packed once before the units ("prepacked"; for one separable LUT per
+    operand pair, already transformed: "prescaled") instead of once per
+    column block: the same bits as packing per unit (APPROXJAX_CPU_PREPACK=0)
+    and as the reference, with two batch groups, irregular rows (in either
+    sum block of a long contraction), and both storage orders of the lhs."""
+    mm, k, n = shape
+    lhs = random_nonzero(rng, (2, mm, k))
+    rhs = random_nonzero(rng, (2, k, n))
+    lhs[0, 3, 7], lhs[1, mm - 1, k - 30], lhs[1, 5, k // 2] = np.inf, -3.0e38, 1.0e-40
+    rhs[1, 9, n - 10] = np.nan
+    dn = (((2,), (1,)), ((0,), (0,)))
+    if transpose:
+        lhs = np.ascontiguousarray(np.swapaxes(lhs, 1, 2))
+        dn = (((1,), (1,)), ((0,), (0,)))
+    mults = {
+        "mitchell": [ax.mitchell(7)],
+        "truncated": [ax.truncated(7)],
+        "stack": [ax.drum(6), ax.truncated(6)],
+    }[kind]
+
+    def run():
+        f = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))
+        return np.asarray(jax.jit(f)(ax.stack(mults)))
+
+    got = run()
+    layout = last_cpu_gemm_layout()
+    assert layout.startswith(expect), layout
+    assert (" prescaled" if kind == "truncated" else " prepacked") in layout, layout
+    for i, mu in enumerate(mults):
+        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+        np.testing.assert_array_equal(bits(got[i]), bits(want))
+    monkeypatch.setenv("APPROXJAX_CPU_PREPACK", "0")
+    per_unit = run()
+    assert "prepacked" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    assert "prescaled" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    np.testing.assert_array_equal(bits(per_unit), bits(got))
 
 
 def test_compact_tables_only_for_bfloat16_exact_luts(rng):

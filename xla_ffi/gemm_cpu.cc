@@ -43,6 +43,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -62,6 +63,7 @@ constexpr int64_t kBlockRows = 1024;         // rows of an output tile
 constexpr int64_t kPackDepth = 128;         // k of the streamed tile packed at once
 constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
 constexpr int64_t kMaxPartialFloats = 1 << 22;  // 16 MiB of block partials
+constexpr int64_t kMaxPrepackBytes = int64_t{1} << 30;  // see Prepack
 constexpr double kDirectCost = 4.7;  // a gathered product, in wide-sweep MACs
 constexpr int kMaxDirectBits = 8;    // gathers only from tables <= 256 KiB
 
@@ -144,12 +146,35 @@ struct Problem : Tiling {
   // PackPlanes of each table, 64-byte aligned (plane builds), or nullptr.
   std::vector<uint16_t> plane_store;
   uint16_t* planes = nullptr;
+  // PackCodes of each table (code builds), 64-byte aligned, and each
+  // table's base (-1: none, planes instead); codes is nullptr where none.
+  std::vector<uint8_t> code_store;
+  uint8_t* codes = nullptr;
+  std::vector<int> code_base;
 
   int64_t units;
   int64_t sum_blocks;          // ceil(depth / kSumBlock)
   float* partials = nullptr;  // [split][batch][M][N] when split > 1
   int64_t kc;  // k of one per-tile table
   int64_t kp;  // k packed at a time: a multiple of kc
+  // The streamed operand packed once, before the units, where its tiles
+  // would otherwise be packed again for every column block (Prepack): the
+  // tile of group gi, row chunk rc and k from kp0 at
+  // PackedAt(gi, rc, kp0) of pre_idx and pre_scale, or of pre_scaled (the
+  // separable transform, where every group has one member: prescaled); its
+  // rows' irregular flags at IrregularAt(gi, rc, tile).
+  bool prepacked = false, prescaled = false;
+  int64_t tiles_per_block = 0, pack_units = 0;
+  AlignedArray<uint16_t> pre_idx;
+  AlignedArray<float> pre_scale, pre_scaled;
+  AlignedArray<uint8_t> pre_irregular;
+  int64_t PackedAt(int64_t gi, int64_t rc, int64_t kp0) const {
+    return ((gi * row_chunks + rc) * depth + kp0) * row_chunk;
+  }
+  int64_t IrregularAt(int64_t gi, int64_t rc, int64_t tile) const {
+    return ((gi * row_chunks + rc) * sum_blocks * tiles_per_block + tile) *
+           row_chunk;
+  }
   const KernelTable* kernels;
   const BlockKernels* block;
 
@@ -256,6 +281,47 @@ void GatherPatches(const Problem& p, const float* x, const int64_t* row_base,
   }
 }
 
+// The streamed operand's matrix of a group (os: its operand offset).
+const float* StreamedMatrix(const Problem& p, int64_t os) {
+  return p.swap ? p.rhs + os * p.depth * p.rows : p.lhs + os * p.lhs_matrix;
+}
+
+// f of LUT matrix ol on the streamed side (separable LUTs).
+const float* SeparableStreamed(const Problem& p, int64_t ol) {
+  return (p.swap ? p.sep_g : p.sep_f).data() + (ol << p.m);
+}
+
+// One tile of the prepacked streamed operand: group gi, row chunk rc, k from
+// kp0 (tile `tile` of the depth), packed as RunUnit would pack it. Writes
+// only its own tile and flags, so tiles pack in parallel.
+void PackUnit(const Problem& p, int64_t unit, Scratch& s) {
+  const int64_t tile = unit % (p.sum_blocks * p.tiles_per_block);
+  unit /= p.sum_blocks * p.tiles_per_block;
+  const int64_t rc = unit % p.row_chunks;
+  const int64_t gi = unit / p.row_chunks;
+  const int64_t blk = tile / p.tiles_per_block;
+  const int64_t kp0 = blk * kSumBlock + tile % p.tiles_per_block * p.kp;
+  const int64_t k_end = std::min(p.depth, (blk + 1) * kSumBlock);
+  if (kp0 >= k_end) return;  // past the end of a short last block
+  const int64_t kp = std::min(p.kp, k_end - kp0);
+  const int64_t r0 = rc * p.row_chunk;
+  const int64_t rows = std::min(p.row_chunk, p.rows - r0);
+  const Group& group = p.groups[gi];
+  const float* src =
+      StreamedMatrix(p, p.swap ? group.ob : group.oa) + r0 * p.s_rs + kp0 * p.s_ks;
+  uint8_t* flags = p.pre_irregular.get() + p.IrregularAt(gi, rc, tile);
+  const int64_t at = p.PackedAt(gi, rc, kp0);
+  if (!p.prescaled) {
+    p.kernels->pack_rows(src, rows, kp, p.s_rs, p.s_ks, p.m, p.range,
+                         p.pre_idx.get() + at, p.pre_scale.get() + at, flags);
+    return;
+  }
+  p.kernels->pack_rows(src, rows, kp, p.s_rs, p.s_ks, p.m, p.range,
+                       s.idx.get(), s.scale.get(), flags);
+  p.kernels->scale_rows(p.pre_scaled.get() + at, s.scale.get(), s.idx.get(),
+                        rows * kp, SeparableStreamed(p, group.members[0].second));
+}
+
 void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t part = unit % p.split;
   unit /= p.split;
@@ -266,7 +332,8 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t cb = unit % p.col_blocks;
   unit /= p.col_blocks;
   const int64_t mc = unit % p.member_chunks;
-  const Group& group = p.groups[unit / p.member_chunks];
+  const int64_t gi = unit / p.member_chunks;
+  const Group& group = p.groups[gi];
   const int64_t m0 = mc * p.group_size;
   const int64_t members = std::min<int64_t>(
       p.group_size, static_cast<int64_t>(group.members.size()) - m0);
@@ -282,9 +349,14 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
 
   std::fill(s.row_irregular.begin(), s.row_irregular.end(), 0);
   std::fill(s.col_irregular.begin(), s.col_irregular.end(), 0);
+  if (p.prepacked) {  // this unit's rows' flags, from its blocks' tiles
+    for (int64_t t = b0 * p.tiles_per_block; t < b1 * p.tiles_per_block; ++t) {
+      const uint8_t* flags = p.pre_irregular.get() + p.IrregularAt(gi, rc, t);
+      for (int64_t r = 0; r < rows; ++r) s.row_irregular[r] |= flags[r];
+    }
+  }
 
-  const float* smat =
-      p.swap ? p.rhs + os * p.depth * p.rows : p.lhs + os * p.lhs_matrix;
+  const float* smat = StreamedMatrix(p, os);
   const bool stream_patches = p.conv && !p.swap;  // else tabled, or none
   if (stream_patches && !p.transpose_lhs) {  // patch rows are streamed rows
     for (int64_t r = 0; r < rows; ++r) s.row_base[r] = p.RowBase(r0 + r);
@@ -299,30 +371,47 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       // at a time: whole cache lines of each row (packing kc k at a time,
       // a few floats of each row, cost as much as the sweep on 1024^3).
       const int64_t kp = std::min(p.kp, k_end - kp0);
-      // The streamed tile: src[r * rs + k * ks] for `rows` rows and kp k.
-      const float* src = s.patch.get();
+      // The packed tile: element (r, k) at r * lr + k * lk of tile_idx and
+      // tile_scale (or of tile_scaled, prescaled).
+      const uint16_t* tile_idx = s.idx.get();
+      const float* tile_scale = s.scale.get();
+      const float* tile_scaled = nullptr;
       int64_t rs = p.s_rs, ks = p.s_ks;
-      if (!stream_patches) {
-        src = smat + r0 * p.s_rs + kp0 * p.s_ks;
-      } else if (!p.transpose_lhs) {  // patches: rows x kp
-        GatherPatches(p, smat, s.row_base.data(), rows, kp0, kp, s.patch.get());
-        rs = kp;
-        ks = 1;
-      } else {  // patch rows kp0.. are k: kp x rows
-        for (int64_t r = 0; r < kp; ++r) s.row_base[r] = p.RowBase(kp0 + r);
-        GatherPatches(p, smat, s.row_base.data(), kp, r0, rows, s.patch.get());
-        rs = 1;
-        ks = rows;
+      if (p.prepacked) {
+        const int64_t at = p.PackedAt(gi, rc, kp0);
+        if (p.prescaled) {
+          tile_scaled = p.pre_scaled.get() + at;
+        } else {
+          tile_idx = p.pre_idx.get() + at;
+          tile_scale = p.pre_scale.get() + at;
+        }
+      } else {
+        // The streamed tile: src[r * rs + k * ks] for `rows` rows and kp k.
+        const float* src = s.patch.get();
+        if (!stream_patches) {
+          src = smat + r0 * p.s_rs + kp0 * p.s_ks;
+        } else if (!p.transpose_lhs) {  // patches: rows x kp
+          GatherPatches(p, smat, s.row_base.data(), rows, kp0, kp,
+                        s.patch.get());
+          rs = kp;
+          ks = 1;
+        } else {  // patch rows kp0.. are k: kp x rows
+          for (int64_t r = 0; r < kp; ++r) s.row_base[r] = p.RowBase(kp0 + r);
+          GatherPatches(p, smat, s.row_base.data(), kp, r0, rows,
+                        s.patch.get());
+          rs = 1;
+          ks = rows;
+        }
+        p.kernels->pack_rows(src, rows, kp, rs, ks, p.m, p.range, s.idx.get(),
+                             s.scale.get(), s.row_irregular.data());
       }
-      p.kernels->pack_rows(src, rows, kp, rs, ks, p.m, p.range, s.idx.get(),
-                           s.scale.get(), s.row_irregular.data());
       // Where packed element (r, k) lies: r * lr + k * lk.
       const bool kmajor = PacksKMajor(rs, ks);
       const int64_t lr = kmajor ? 1 : kp, lk = kmajor ? rows : 1;
       for (int64_t k0 = kp0; k0 < kp0 + kp; k0 += p.kc) {
         const int64_t kc = std::min(p.kc, kp0 + kp - k0);
-        const uint16_t* idx = s.idx.get() + (k0 - kp0) * lk;
-        const float* scale = s.scale.get() + (k0 - kp0) * lk;
+        const uint16_t* idx = tile_idx + (k0 - kp0) * lk;
+        const float* scale = tile_scale + (k0 - kp0) * lk;
         // The tabled block: b[k * bk + c * bc] for kc k and ncols columns.
         const float* b = s.patch.get();
         int64_t bk = p.t_ks, bc = p.t_cs;
@@ -347,14 +436,17 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                       ? p.lut + ol * lut_size
                                       : p.lut_t.data() + ol * lut_size;
           if (p.separable) {  // kc == kp: this member's whole packed tile
-            const float* f = (p.swap ? p.sep_g : p.sep_f).data() + (ol << p.m);
             const float* g = (p.swap ? p.sep_f : p.sep_g).data() + (ol << p.m);
-            p.kernels->scale_rows(s.scaled.get(), s.scale.get(), s.idx.get(),
-                                  rows * kp, f);
+            const float* scaled = tile_scaled;
+            if (scaled == nullptr) {
+              p.kernels->scale_rows(s.scaled.get(), tile_scale, tile_idx,
+                                    rows * kp, SeparableStreamed(p, ol));
+              scaled = s.scaled.get();
+            }
             p.block->build_separable(s.tab.get(), g, p.m, b, bk, bc, kc, ncols,
                                      p.range, s.col_irregular.data());
-            p.block->separable_sweep(s.cblk.get() + q * tile, rows,
-                                     s.scaled.get(), lr, lk, kc, s.tab.get());
+            p.block->separable_sweep(s.cblk.get() + q * tile, rows, scaled, lr,
+                                     lk, kc, s.tab.get());
             continue;
           }
           if (p.direct) {
@@ -365,7 +457,13 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
           }
           if (p.compact) {
             uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
-            if (p.planes != nullptr) {
+            const int64_t t = ol;  // which table
+            if (p.codes != nullptr && p.code_base[t] >= 0) {
+              p.block->build_compact_codes(
+                  tab, p.codes + t * (lut_size >> p.m) * kCodeRow,
+                  p.code_base[t], p.m, b, bk, bc, kc, ncols, p.range,
+                  s.col_irregular.data());
+            } else if (p.planes != nullptr) {
               p.block->build_compact_planes(
                   tab, p.planes + ol * (lut_size >> p.m) * kPlaneRow,
                   p.m, b, bk, bc, kc, ncols, p.range, s.col_irregular.data());
@@ -432,6 +530,8 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
 
 struct SharedState {
   Problem problem;
+  std::atomic<int64_t> next_pack{0};
+  std::atomic<int64_t> packed{0};  // prepacked tiles finished
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> finished{0};
   int64_t workers = 1;
@@ -470,6 +570,18 @@ void Worker(const std::shared_ptr<SharedState>& state) {
                                 : p.kc * size * p.nc / (p.compact ? 2 : 1));
     if (p.split == 1 && p.sum_blocks > 1) {
       s.total.Reserve(p.group_size * p.row_chunk * p.nc);
+    }
+    if (p.prepacked) {
+      for (int64_t u = state->next_pack.fetch_add(1); u < p.pack_units;
+           u = state->next_pack.fetch_add(1)) {
+        PackUnit(p, u, s);  // allocates nothing: cannot throw
+        state->packed.fetch_add(1, std::memory_order_release);
+      }
+      // Every tile is claimed by now, by a worker that is running: wait for
+      // the others' last tiles (short), never for work not yet started.
+      while (state->packed.load(std::memory_order_acquire) < p.pack_units) {
+        std::this_thread::yield();
+      }
     }
     for (int64_t u = state->next.fetch_add(1); u < p.units;
          u = state->next.fetch_add(1)) {
@@ -599,6 +711,21 @@ bool CompactTablesAllowed(bool exact_luts, int m) {
 // can (APPROXJAX_CPU_PLANES=0 keeps the transposing build, for tests).
 bool PlanesAllowed() { return !TurnedOff("APPROXJAX_CPU_PLANES"); }
 
+// Whether compact tables may be built from byte codes where the kernel
+// variant and the CPU (AVX-512 VBMI) can; APPROXJAX_CPU_CODES=0 keeps the
+// planes (tests, benchmarks).
+bool CodesAllowed() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool vbmi = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0;
+  }();
+  return vbmi && !TurnedOff("APPROXJAX_CPU_CODES");
+#else
+  return false;
+#endif
+}
+
 // Whether separable LUTs may skip the tables: not with
 // APPROXJAX_CPU_SEPARABLE=0, nor where APPROXJAX_CPU_GEMM forces tables or
 // gathers (tests, benchmarks).
@@ -699,6 +826,40 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
   return chosen;
 }
 
+// Sets up packing the streamed operand once (Problem::prepacked) where a
+// unit would pack it again for every column block or chunk of members, and
+// its patches are not gathered on the fly (no im2col buffer), within
+// kMaxPrepackBytes; a failed allocation leaves the per-unit packing.
+void Prepack(Problem& p, int64_t most) {
+  p.prepacked = false;
+  if ((p.conv && !p.swap) || p.col_blocks * p.member_chunks < 2 ||
+      TurnedOff("APPROXJAX_CPU_PREPACK")) {
+    return;
+  }
+  p.prescaled = p.separable && most == 1;
+  const int64_t chunks = static_cast<int64_t>(p.groups.size()) * p.row_chunks;
+  const int64_t elems = chunks * p.row_chunk * p.depth;
+  p.tiles_per_block =
+      (std::min(p.depth, kSumBlock) + p.kp - 1) / p.kp;
+  const int64_t flags = chunks * p.sum_blocks * p.tiles_per_block * p.row_chunk;
+  if (elems * (p.prescaled ? 4 : 6) + flags > kMaxPrepackBytes) return;
+  try {
+    if (p.prescaled) {
+      p.pre_scaled = AllocateAligned<float>(elems);
+    } else {
+      p.pre_idx = AllocateAligned<uint16_t>(elems);
+      p.pre_scale = AllocateAligned<float>(elems);
+    }
+    p.pre_irregular = AllocateAligned<uint8_t>(flags);
+  } catch (const std::bad_alloc&) {
+    p.pre_idx.reset(), p.pre_scale.reset(), p.pre_scaled.reset();
+    return;
+  }
+  std::memset(p.pre_irregular.get(), 0, flags);
+  p.pack_units = chunks * p.sum_blocks * p.tiles_per_block;
+  p.prepacked = true;
+}
+
 std::mutex last_layout_mutex;
 std::string last_layout;
 
@@ -710,7 +871,8 @@ void RecordLayout(const Problem& p) {
                                 : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
   if (p.conv) d += " im2col";
-  if (p.planes != nullptr) d += " planes";
+  if (p.prepacked) d += p.prescaled ? " prescaled" : " prepacked";
+  if (p.planes != nullptr) d += p.codes != nullptr ? " codes" : " planes";
   d += " row_chunk=" + std::to_string(p.row_chunk) +
        " split=" + std::to_string(p.split) + " units=" + std::to_string(p.units);
   std::lock_guard<std::mutex> lock(last_layout_mutex);
@@ -821,6 +983,20 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
         PackPlanes(rows, p.m, p.planes + t * size * kPlaneRow);
       }
     }
+    p.codes = nullptr;
+    if (p.planes != nullptr && p.block->build_compact_codes != nullptr &&
+        CodesAllowed()) {
+      p.code_store.resize(p.l.matrix_count * size * kCodeRow + 64);
+      const uintptr_t at = reinterpret_cast<uintptr_t>(p.code_store.data());
+      uint8_t* codes = p.code_store.data() + (64 - at % 64) % 64;
+      p.code_base.assign(p.l.matrix_count, -1);
+      for (int64_t t = 0; t < p.l.matrix_count; ++t) {
+        const float* rows = p.swap ? p.lut + t * size * size
+                                   : p.lut_t.data() + t * size * size;
+        p.code_base[t] = PackCodes(rows, p.m, codes + t * size * kCodeRow);
+        if (p.code_base[t] >= 0) p.codes = codes;
+      }
+    }
   } catch (const std::bad_alloc&) {
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                              std::string(target) + ": out of memory"));
@@ -846,6 +1022,7 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
     p.partials = state->partials.data();
   }
   p.units = p.Units(static_cast<int64_t>(p.groups.size()));
+  Prepack(p, most);
 
   RecordLayout(p);
   const int64_t workers = std::min<int64_t>(threads, p.units);

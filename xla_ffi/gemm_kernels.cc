@@ -173,6 +173,9 @@ void PackRows(const float* src, int64_t rows, int64_t k, int64_t rs,
   }
 }
 
+// k ahead of the one packed whose row PackCols prefetches.
+constexpr int64_t kPrefetchRows = 4;
+
 template <int NC>
 void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
               int64_t ncols, int m, int range, uint16_t* jb, float* sb,
@@ -183,6 +186,16 @@ void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
     uint16_t* jr = jb + kk * NC;
     float* sr = sb + kk * NC;
     if (bc == 1) {  // contiguous: kLanes at a time, then zero padding
+      // Rows of a row-major operand lie a row of the matrix apart (pages
+      // apart for wide ones), too far for the hardware prefetcher: a table
+      // build otherwise waits on memory for each k. A prefetch never
+      // faults, so the address past the last row is harmless.
+      const uintptr_t ahead = reinterpret_cast<uintptr_t>(b) +
+                              static_cast<uintptr_t>((kk + kPrefetchRows) * bk) *
+                                  sizeof(float);
+      for (int64_t c = 0; c < ncols; c += 64 / sizeof(float)) {
+        __builtin_prefetch(reinterpret_cast<const void*>(ahead + c * 4));
+      }
       int64_t c = 0;
       for (; c + kLanes <= ncols; c += kLanes) {
         MarkLanes(PackLanes(b + kk * bk + c, shift, regular, jr + c, sr + c),
@@ -296,55 +309,103 @@ inline __m512i PermutePlane(const uint16_t* p, __m512i j, __mmask32 bit6) {
   return _mm512_mask_blend_epi16(bit6, lo, hi);
 }
 
-// Compact tables by permutes: word 2l of vector q is column 32q + l, word
-// 2l + 1 column 32q + 16 + l (gemm_kernels.h). Each entry is the high plane
-// (bfloat16 bits) with the column's exponent and sign added as integers:
-// exact, since the scaled entry is a normal float (the regular range).
-// Zero entries and zero or subnormal columns give the column's signed zero,
-// irregular columns +0, as the float build does.
+// The columns of one k of a compact table built by permutes, per group g of
+// 32 columns in word order (word 2l of vector g is column 32g + l, word
+// 2l + 1 column 32g + 16 + l; gemm_kernels.h): the LUT index j of each
+// word's column (and its bit 6), base plus the column's sign and exponent
+// - 127 (added to an entry's bits, mod 2**16), the column's signed zero,
+// and which columns are nonzero.
+template <int NC>
+struct CompactColumns {
+  static_assert(NC % 32 == 0, "a row is whole word vectors");
+  static constexpr int kGroups = NC / 32;
+  __m512i j[kGroups], add[kGroups], zero[kGroups];
+  __mmask32 live[kGroups], bit6[kGroups];
+
+  CompactColumns(const float* b, int64_t bk, int64_t bc, int64_t ncols, int m,
+                 int range, uint8_t* col_irregular, int base) {
+    alignas(64) uint16_t jb[NC];
+    alignas(64) float sb[NC];
+    PackCols<NC>(b, bk, bc, 1, ncols, m, range, jb, sb, col_irregular);
+    // In registers (words built in memory and reloaded whole would stall
+    // on store forwarding): word 2l + h of a dword vector is the low (h = 0)
+    // or high (h = 1) half of its lane l.
+    const __m512i offset =
+        _mm512_set1_epi16(static_cast<int16_t>(base - (127 << 7)));
+    for (int g = 0; g < kGroups; ++g) {
+      const int c = 32 * g;
+      const __m512i lo = _mm512_castps_si512(_mm512_load_ps(sb + c));
+      const __m512i hi = _mm512_castps_si512(_mm512_load_ps(sb + c + 16));
+      // The upper halves of the scales' bits: sign and exponent.
+      const __m512i words = _mm512_or_si512(
+          _mm512_srli_epi32(lo, 16),
+          _mm512_and_si512(hi, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+      add[g] = _mm512_add_epi16(words, offset);
+      zero[g] = _mm512_and_si512(words, _mm512_set1_epi16(
+                                            static_cast<int16_t>(0x8000)));
+      live[g] = _mm512_test_epi16_mask(words, _mm512_set1_epi16(0x7f80));
+      const __m512i jlo = _mm512_cvtepu16_epi32(
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(jb + c)));
+      const __m512i jhi = _mm512_cvtepu16_epi32(
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(jb + c + 16)));
+      j[g] = _mm512_or_si512(jlo, _mm512_slli_epi32(jhi, 16));
+      bit6[g] = _mm512_test_epi16_mask(j[g], _mm512_set1_epi16(64));
+    }
+  }
+};
+
+// Compact tables by permutes. Each entry is the high plane (bfloat16 bits)
+// with the column's exponent and sign added as integers: exact, since the
+// scaled entry is a normal float (the regular range). Zero entries and zero
+// or subnormal columns give the column's signed zero, irregular columns +0,
+// as the float build does.
 template <int NC>
 void BuildCompactPlanes(uint32_t* tab, const uint16_t* planes, int m,
                         const float* b, int64_t bk, int64_t bc, int64_t kc,
                         int64_t ncols, int range, uint8_t* col_irregular) {
   static_assert(kPlaneRow == 128, "two 64-entry halves per plane row");
-  static_assert(NC % 32 == 0, "a row is whole word vectors");
-  constexpr int kGroups = NC / 32;
   const int64_t size = int64_t{1} << m;
-  alignas(64) uint16_t jb[NC];
-  alignas(64) float sb[NC];
   for (int64_t kk = 0; kk < kc; ++kk) {
-    PackCols<NC>(b + kk * bk, bk, bc, 1, ncols, m, range, jb, sb,
-                 col_irregular);
-    __m512i j[kGroups], add[kGroups], zero[kGroups];
-    __mmask32 bit6[kGroups], live[kGroups];
-    for (int g = 0; g < kGroups; ++g) {
-      alignas(64) uint16_t w[32], a[32], z[32];
-      uint32_t nonzero = 0;
-      for (int l = 0; l < 16; ++l) {
-        for (int h = 0; h < 2; ++h) {
-          const int at = 2 * l + h;  // the word of column c
-          const int c = 32 * g + 16 * h + l;
-          const uint32_t bits = FloatBits(sb[c]);
-          w[at] = jb[c];
-          z[at] = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-          // Sign and exponent - 127, added to the entry's bits (mod 2**16).
-          a[at] = static_cast<uint16_t>((bits >> 16) - (127u << 7));
-          nonzero |= static_cast<uint32_t>((bits & 0x7f800000u) != 0) << at;
-        }
-      }
-      j[g] = _mm512_load_si512(w);
-      add[g] = _mm512_load_si512(a);
-      zero[g] = _mm512_load_si512(z);
-      bit6[g] = _mm512_test_epi16_mask(j[g], _mm512_set1_epi16(64));
-      live[g] = static_cast<__mmask32>(nonzero);
-    }
+    const CompactColumns<NC> cols(b + kk * bk, bk, bc, ncols, m, range,
+                                  col_irregular, 0);
     uint32_t* t = tab + kk * size * (NC / 2);
     for (int64_t v = 0; v < size; ++v) {
       const uint16_t* pv = planes + v * kPlaneRow;
-      for (int g = 0; g < kGroups; ++g) {
-        const __m512i e = PermutePlane(pv, j[g], bit6[g]);
-        const __mmask32 k = _mm512_mask_test_epi16_mask(live[g], e, e);
-        const __m512i r = _mm512_mask_add_epi16(zero[g], k, e, add[g]);
+      for (int g = 0; g < cols.kGroups; ++g) {
+        const __m512i e = PermutePlane(pv, cols.j[g], cols.bit6[g]);
+        const __mmask32 k = _mm512_mask_test_epi16_mask(cols.live[g], e, e);
+        const __m512i r = _mm512_mask_add_epi16(cols.zero[g], k, e, cols.add[g]);
+        _mm512_store_si512(t + v * (NC / 2) + 16 * g, r);
+      }
+    }
+  }
+}
+
+// Compact tables from byte codes (AVX-512 VBMI; gemm_kernels.h): a row of
+// 32 columns is one zero-masked vpermt2b, which looks up all 128 codes of
+// the LUT row at once and leaves each word's high byte zero, and an add of
+// base + the column's exponent and sign: against two vpermt2w, a blend and
+// a test of the planes. The same table, bit for bit (no entry is zero).
+template <int NC>
+__attribute__((target("avx512vbmi"))) void BuildCompactCodes(
+    uint32_t* tab, const uint8_t* codes, int base, int m, const float* b,
+    int64_t bk, int64_t bc, int64_t kc, int64_t ncols, int range,
+    uint8_t* col_irregular) {
+  static_assert(kCodeRow == 128, "two 64-byte halves per code row");
+  constexpr __mmask64 kLowBytes = 0x5555555555555555ull;
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const CompactColumns<NC> cols(b + kk * bk, bk, bc, ncols, m, range,
+                                  col_irregular, base);
+    uint32_t* t = tab + (kk << m) * (NC / 2);
+    for (int64_t v = 0; v < int64_t{1} << m; ++v) {
+      const __m512i* q = reinterpret_cast<const __m512i*>(codes + v * kCodeRow);
+      const __m512i lo = _mm512_loadu_si512(q), hi = _mm512_loadu_si512(q + 1);
+      for (int g = 0; g < cols.kGroups; ++g) {
+        // Byte 2w of the index (word w's low byte) is j < 128.
+        const __m512i e =
+            _mm512_maskz_permutex2var_epi8(kLowBytes, lo, cols.j[g], hi);
+        const __m512i r = _mm512_mask_add_epi16(cols.zero[g], cols.live[g], e,
+                                                cols.add[g]);
         _mm512_store_si512(t + v * (NC / 2) + 16 * g, r);
       }
     }
@@ -621,9 +682,12 @@ void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
 
 #if defined(__AVX512BW__) && APPROXJAX_VEC_BYTES == 64
 constexpr auto kBuildCompactPlanesWide = BuildCompactPlanes<kWideCols>;
+constexpr auto kBuildCompactCodesWide = BuildCompactCodes<kWideCols>;
 #else
 constexpr decltype(BlockKernels::build_compact_planes)
     kBuildCompactPlanesWide = nullptr;
+constexpr decltype(BlockKernels::build_compact_codes) kBuildCompactCodesWide =
+    nullptr;
 #endif
 
 }  // namespace
@@ -636,11 +700,11 @@ const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
       ScanLut,
       FactorsMatch,
       {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>, nullptr, nullptr,
-       DirectSweep<kNarrowCols>, nullptr, BuildSeparable<kNarrowCols>,
+       DirectSweep<kNarrowCols>, nullptr, nullptr, BuildSeparable<kNarrowCols>,
        SeparableSweep<kNarrowCols>},
       {BuildTable<kWideCols>, TableSweep<kWideCols>,
        BuildCompactTable<kWideCols>, CompactSweep<kWideCols>,
-       DirectSweep<kWideCols>, kBuildCompactPlanesWide,
+       DirectSweep<kWideCols>, kBuildCompactPlanesWide, kBuildCompactCodesWide,
        BuildSeparable<kWideCols>, SeparableSweep<kWideCols>},
   };
   return table;

@@ -71,6 +71,14 @@ struct BlockKernels {
                                int64_t kc, int64_t ncols, int range,
                                uint8_t* col_irregular);
 
+  // build_compact from the LUT's byte codes (PackCodes, base) by byte
+  // permutes; the same table, bit for bit. nullptr where the variant has
+  // none; needs AVX-512 VBMI at run time (the caller checks).
+  void (*build_compact_codes)(uint32_t* tab, const uint8_t* codes, int base,
+                              int m, const float* b, int64_t bk, int64_t bc,
+                              int64_t kc, int64_t ncols, int range,
+                              uint8_t* col_irregular);
+
   // Separable LUTs (lut[i, j] == f[i] * g[j] exactly, as truncated(m)): the
   // product of a and b is then exactly a' * b' with a' = f[i(a)] * scale(a)
   // and b' = g[j(b)] * scale(b), so a GEMM of the transformed operands with
@@ -102,6 +110,34 @@ inline void PackPlanes(const float* rows, int m, uint16_t* planes) {
       planes[v * kPlaneRow + j] = static_cast<uint16_t>(bits >> 16);
     }
   }
+}
+
+// Bytes per row of a LUT's codes: where a bfloat16-exact LUT has no zero
+// entry and the upper 16 bits of its entries lie within 256 of their least,
+// base (as Mitchell, MBM and ALM-SOA, whose entries lie in [1, 4)), each
+// entry is that least plus a byte: codes[v * kCodeRow + j] = bits(rows[j][v])
+// / 2**16 - base for j < 2**m, zero beyond. Returns base, or -1 (no codes).
+constexpr int kCodeRow = 128;
+
+inline int PackCodes(const float* rows, int m, uint8_t* codes) {
+  const int64_t size = int64_t{1} << m;
+  uint32_t lo = 0xffff, hi = 0;
+  for (int64_t e = 0; e < size * size; ++e) {
+    uint32_t bits;
+    std::memcpy(&bits, rows + e, sizeof(bits));
+    if (bits == 0) return -1;
+    lo = bits >> 16 < lo ? bits >> 16 : lo;
+    hi = bits >> 16 > hi ? bits >> 16 : hi;
+  }
+  if (hi - lo > 255) return -1;
+  for (int64_t v = 0; v < size; ++v) {
+    for (int64_t j = 0; j < kCodeRow; ++j) {
+      uint32_t bits = lo << 16;
+      if (j < size) std::memcpy(&bits, rows + j * size + v, sizeof(bits));
+      codes[v * kCodeRow + j] = static_cast<uint8_t>((bits >> 16) - lo);
+    }
+  }
+  return static_cast<int>(lo);
 }
 
 // Largest m with compact tables (a table row of one k fits the stack).
