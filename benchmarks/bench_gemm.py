@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     plan = [(s, 7, 1, "truncated") for s in SHAPES[: 1 if args.quick else None]]
     if not args.quick:
         plan += [(SHAPES[0], m, 1, "truncated") for m in (3, 5, 10, 12)]
-        plan += [(SHAPES[0], 7, 1, "mitchell"), (SHAPES[7], 7, 1, "mitchell")]
+        plan += [(s, 7, 1, "mitchell") for s in SHAPES]
         plan += [(SHAPES[0], 7, 1, "drum"), (SHAPES[7], 7, 1, "drum")]
         square = ("square 512", 512, 512, 512)
         plan += [(square, 7, 1, "truncated"), (square, 7, 8, "truncated")]

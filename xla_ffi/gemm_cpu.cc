@@ -125,6 +125,7 @@ struct Problem : Tiling {
   // of the transformed operands (build_separable, separable_sweep). f and g
   // of LUT matrix t at t * 2**m, indexed by the lhs's and the rhs's index.
   bool separable = false;
+  bool rounded = false;  // lut[i, j] == float32(f[i] * g[j]) instead
   std::vector<float> sep_f, sep_g;
   int nc;       // column block width: kWideCols or kNarrowCols
   std::vector<int64_t> out_lead;
@@ -446,7 +447,7 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
             p.block->build_separable(s.tab.get(), g, p.m, b, bk, bc, kc, ncols,
                                      p.range, s.col_irregular.data());
             p.block->separable_sweep(s.cblk.get() + q * tile, rows, scaled, lr,
-                                     lk, kc, s.tab.get());
+                                     lk, kc, s.tab.get(), p.rounded);
             continue;
           }
           if (p.direct) {
@@ -671,10 +672,11 @@ bool TurnedOff(const char* name) {
 // f, g > 0 (f the first column, g the first row over lut[0, 0]), as for
 // truncated(m), whose entries are products of the operands' truncated
 // significands. Then every product the model forms is exactly
-// (f[i] * scale(a)) * (g[j] * scale(b)). Narrows *range so that those
-// transformed operands stay normal.
+// (f[i] * scale(a)) * (g[j] * scale(b)). Or, where only
+// lut[i, j] == float32(f[i] * g[j]) (*rounded: truncated(12)), that product
+// rounded. Narrows *range so that those transformed operands stay normal.
 bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
-                   float* f, float* g, int* range) {
+                   float* f, float* g, int* range, bool* rounded) {
   const int64_t size = int64_t{1} << m;
   const double corner = lut[0];
   if (!(corner > 0)) return false;
@@ -694,7 +696,8 @@ bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
       return false;
     }
   }
-  if (!kernels.factors_match(lut, f, g, size)) return false;
+  *rounded = !kernels.factors_match(lut, f, g, size, false);
+  if (*rounded && !kernels.factors_match(lut, f, g, size, true)) return false;
   *range = std::min({*range, 126 + lo, 127 - hi});
   return true;
 }
@@ -805,7 +808,8 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
       // and the tabled block transformed for every row chunk, at about a
       // dozen FMAs per element where its columns are strided in memory.
       const bool strided = o.swap ? !p.transpose_lhs : p.transpose_rhs;
-      cost = rows * padded * (o.nc == kNarrowCols ? 0.4 : 0.25);
+      cost = rows * padded * (o.nc == kNarrowCols ? 0.4 : 0.25) *
+             (p.rounded ? 2.0 : 1.0);  // a multiply and an add per product
       cost += 3.0 * rows * double(t.col_blocks);
       cost += (strided ? 15.0 : 3.0) * padded * double(t.row_chunks);
     } else {
@@ -866,7 +870,7 @@ std::string last_layout;
 // Keeps a description of the layout of the latest GEMM (LastGemmLayout).
 void RecordLayout(const Problem& p) {
   std::string d = p.direct      ? "gathers"
-                  : p.separable ? "separable"
+                  : p.separable ? (p.rounded ? "separable rounded" : "separable")
                   : p.compact   ? "compact tables"
                                 : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
@@ -918,10 +922,14 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                              std::string(target) + ": out of memory"));
   }
+  // One rounded LUT rounds every product: exact ones are unchanged by it.
+  p.rounded = false;
   for (int64_t t = 0; t < p.l.matrix_count && p.separable; ++t) {
+    bool rounded = false;
     p.separable = FindSeparable(*p.kernels, p.lut + (t << (2 * m)), m,
                                 p.sep_f.data() + (t << m),
-                                p.sep_g.data() + (t << m), &p.range);
+                                p.sep_g.data() + (t << m), &p.range, &rounded);
+    p.rounded = p.rounded || rounded;
   }
 
   const int64_t size = int64_t{1} << m;

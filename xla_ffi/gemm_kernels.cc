@@ -562,13 +562,20 @@ void ScanLut(const uint32_t* words, int64_t n, uint32_t* odd,
 }
 
 bool FactorsMatch(const float* lut, const float* f, const float* g,
-                  int64_t size) {
+                  int64_t size, bool rounded) {
   for (int64_t i = 0; i < size; ++i) {
     const double fi = f[i];
     const float* row = lut + i * size;
     int bad = 0;  // no early exit inside a row
-    for (int64_t j = 0; j < size; ++j) {
-      bad |= fi * static_cast<double>(g[j]) != static_cast<double>(row[j]);
+    if (rounded) {  // a float32 product, rounded once; normal entries only
+      const float fs = f[i];
+      for (int64_t j = 0; j < size; ++j) {
+        bad |= (fs * g[j] != row[j]) | (row[j] < 0x1p-126f);
+      }
+    } else {
+      for (int64_t j = 0; j < size; ++j) {
+        bad |= fi * static_cast<double>(g[j]) != static_cast<double>(row[j]);
+      }
     }
     if (bad) return false;
   }
@@ -600,13 +607,39 @@ constexpr int SeparableRows() {
   return per_row * 2 > regs * 3 / 4 ? 1 : regs * 3 / 4 / per_row;
 }
 
+// A value the compiler cannot see through: a product passed through it is
+// rounded on its own, never contracted into a fused multiply-add with the
+// sum it is added to (the kernels build with -ffp-contract=fast).
+inline Vec Opaque(Vec x) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__("" : "+v"(x));
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(x));
+#else
+  volatile Vec held = x;
+  x = held;
+#endif
+  return x;
+}
+
 // cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k:
 // a plain GEMM microkernel with exact products (the compiler loads each
-// table row once for all the rows held in registers).
+// table row once for all the rows held in registers), or with each product
+// rounded first (rounded).
 template <int NC>
 void SeparableSweep(float* cblk, int64_t rows, const float* scale,
-                    int64_t lr, int64_t lk, int64_t kc, const float* tab) {
+                    int64_t lr, int64_t lk, int64_t kc, const float* tab,
+                    bool rounded) {
   constexpr int kV = NC / kLanes;
+  if (rounded) {
+    AccumulateAllRows<NC, SeparableRows<NC>()>(
+        cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
+          const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
+          const float s = scale[r * lr + kk * lk];
+          for (int v = 0; v < kV; ++v) acc[v] += Opaque(row[v] * s);
+        });
+    return;
+  }
   AccumulateAllRows<NC, SeparableRows<NC>()>(
       cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
         const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);

@@ -87,13 +87,18 @@ struct BlockKernels {
   // tab[k][c] (`rows` is g: f when the tabled operand is the lhs), marking
   // columns as build_table does; separable_sweep adds
   // cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k,
-  // where scale holds a' (scale_rows applied to the packed tile).
+  // where scale holds a' (scale_rows applied to the packed tile). Where the
+  // LUT only factors after rounding, lut[i, j] == float32(f[i] * g[j]) (as
+  // truncated(12), whose 26-bit products do not fit float32), every product
+  // of the model is a' * b' rounded (the scales are powers of two and the
+  // products normal), so `rounded` rounds each product before adding it
+  // (a multiply and an add instead of a fused multiply-add).
   void (*build_separable)(float* tab, const float* rows, int m,
                           const float* b, int64_t bk, int64_t bc, int64_t kc,
                           int64_t ncols, int range, uint8_t* col_irregular);
   void (*separable_sweep)(float* cblk, int64_t rows, const float* scale,
                           int64_t lr, int64_t lk, int64_t kc,
-                          const float* tab);
+                          const float* tab, bool rounded);
 };
 
 // Words per row of a LUT's planes: planes[v * kPlaneRow + j] holds the upper
@@ -167,9 +172,11 @@ struct KernelTable {
   // the nonzero entries, and of all) over n entries' bits.
   void (*scan_lut)(const uint32_t* words, int64_t n, uint32_t* odd,
                    uint32_t* low_bits, uint32_t* emin, uint32_t* emax);
-  // Whether lut[i * size + j] == f[i] * g[j] exactly for every i, j.
+  // Whether lut[i * size + j] == f[i] * g[j] exactly for every i, j, or
+  // with `rounded`, == float32(f[i] * g[j]) (one rounding of the exact
+  // product) and normal.
   bool (*factors_match)(const float* lut, const float* f, const float* g,
-                        int64_t size);
+                        int64_t size, bool rounded);
 
   BlockKernels narrow;  // kNarrowCols
   BlockKernels wide;    // kWideCols
