@@ -460,15 +460,19 @@ def test_which_luts_take_the_fma_path(rng):
         ("stack", (300, 150, 100), "tables"),
         ("stack", (40, 4150, 150), "tables"),  # two sum blocks
         ("truncated", (40, 4150, 150), "separable"),
+        ("separable stack", (300, 150, 100), "separable"),
     ],
 )
 def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monkeypatch):
     """Where the output has several column blocks, the streamed operand is
     packed once before the units ("prepacked"; for one separable LUT per
     operand pair, already transformed: "prescaled") instead of once per
-    column block: the same bits as packing per unit (APPROXJAX_CPU_PREPACK=0)
+    column block (for a stack of separable LUTs, once per member from one
+    packing): the same bits as packing per unit (APPROXJAX_CPU_PREPACK=0)
     and as the reference, with two batch groups, irregular rows (in either
-    sum block of a long contraction), and both storage orders of the lhs."""
+    sum block of a long contraction), and both storage orders of the lhs.
+    The packed operand's buffer is kept for later calls: the run after the
+    first reuses it."""
     mm, k, n = shape
     lhs = random_nonzero(rng, (2, mm, k))
     rhs = random_nonzero(rng, (2, k, n))
@@ -482,6 +486,7 @@ def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monke
         "mitchell": [ax.mitchell(7)],
         "truncated": [ax.truncated(7)],
         "stack": [ax.drum(6), ax.truncated(6)],
+        "separable stack": [ax.truncated(6), _factored_lut(6), ax.truncated(6)],
     }[kind]
 
     def run():
@@ -491,7 +496,8 @@ def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monke
     got = run()
     layout = last_cpu_gemm_layout()
     assert layout.startswith(expect), layout
-    assert (" prescaled" if kind == "truncated" else " prepacked") in layout, layout
+    np.testing.assert_array_equal(bits(run()), bits(got))  # a reused buffer
+    assert (" prescaled" if expect == "separable" else " prepacked") in layout, layout
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))

@@ -64,6 +64,7 @@ constexpr int64_t kPackDepth = 128;         // k of the streamed tile packed at 
 constexpr int64_t kTileFloats = 128 * 1024;  // output tiles of one unit
 constexpr int64_t kMaxPartialFloats = 1 << 22;  // 16 MiB of block partials
 constexpr int64_t kMaxPrepackBytes = int64_t{1} << 30;  // see Prepack
+constexpr int64_t kMaxPrescaledBytes = int64_t{1} << 28;
 constexpr double kDirectCost = 4.7;  // a gathered product, in wide-sweep MACs
 constexpr int kMaxDirectBits = 8;    // gathers only from tables <= 256 KiB
 
@@ -81,6 +82,67 @@ AlignedArray<T> AllocateAligned(int64_t n) {
   if (p == nullptr) throw std::bad_alloc();
   return AlignedArray<T>(static_cast<T*>(p));
 }
+
+// Large per-call buffers (the prepacked operand), kept between calls up to
+// kCachedBytes in all: allocated anew on every call, tens of MiB cost a page
+// fault per 4 KiB page on every call (a quarter of the time of a stack of
+// eight 1024^3 GEMMs).
+constexpr int64_t kCachedBytes = int64_t{128} << 20;
+
+class BlockCache {
+ public:
+  // A block of at least `bytes` (64-byte aligned): a kept one, or new.
+  static AlignedArray<char> Take(int64_t bytes, int64_t* size) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto best = blocks_.end();
+      for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+        if (it->first >= bytes && (best == blocks_.end() || it->first < best->first)) {
+          best = it;
+        }
+      }
+      if (best != blocks_.end()) {
+        *size = best->first;
+        AlignedArray<char> block = std::move(best->second);
+        kept_ -= best->first;
+        blocks_.erase(best);
+        return block;
+      }
+    }
+    *size = bytes;
+    return AllocateAligned<char>(bytes);
+  }
+  // Keeps a block for later calls (dropping the oldest beyond kCachedBytes).
+  static void Give(AlignedArray<char> block, int64_t size) {
+    if (size > kCachedBytes) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    blocks_.emplace_back(size, std::move(block));
+    kept_ += size;
+    while (kept_ > kCachedBytes) {
+      kept_ -= blocks_.front().first;
+      blocks_.erase(blocks_.begin());
+    }
+  }
+
+ private:
+  static inline std::mutex mutex_;
+  static inline std::vector<std::pair<int64_t, AlignedArray<char>>> blocks_;
+  static inline int64_t kept_ = 0;
+};
+
+// A block from BlockCache, given back when the call's problem is freed.
+struct CachedBlock {
+  AlignedArray<char> data;
+  int64_t size = 0;
+  CachedBlock() = default;
+  CachedBlock(const CachedBlock&) = delete;
+  CachedBlock& operator=(const CachedBlock&) = delete;
+  void Release() {
+    if (data) BlockCache::Give(std::move(data), size);
+    data.reset();
+  }
+  ~CachedBlock() { Release(); }
+};
 
 // Output batch elements that read the same operand matrices (and differ only
 // in their table): computed together so they share packing.
@@ -160,17 +222,18 @@ struct Problem : Tiling {
   int64_t kp;  // k packed at a time: a multiple of kc
   // The streamed operand packed once, before the units, where its tiles
   // would otherwise be packed again for every column block (Prepack): the
-  // tile of group gi, row chunk rc and k from kp0 at
-  // PackedAt(gi, rc, kp0) of pre_idx and pre_scale, or of pre_scaled (the
-  // separable transform, where every group has one member: prescaled); its
-  // rows' irregular flags at IrregularAt(gi, rc, tile).
+  // tile of group gi, row chunk rc and k from kp0 at PackedAt(gi, rc, kp0)
+  // of pre_idx and pre_scale, or (prescaled, separable LUTs) transformed for
+  // member q of the group at PackedAt(gi * scaled_members + q, rc, kp0) of
+  // pre_scaled; its rows' irregular flags at IrregularAt(gi, rc, tile).
   bool prepacked = false, prescaled = false;
-  int64_t tiles_per_block = 0, pack_units = 0;
-  AlignedArray<uint16_t> pre_idx;
-  AlignedArray<float> pre_scale, pre_scaled;
-  AlignedArray<uint8_t> pre_irregular;
-  int64_t PackedAt(int64_t gi, int64_t rc, int64_t kp0) const {
-    return ((gi * row_chunks + rc) * depth + kp0) * row_chunk;
+  int64_t tiles_per_block = 0, pack_units = 0, scaled_members = 1;
+  CachedBlock pre_block;  // holds the four below
+  uint16_t* pre_idx = nullptr;
+  float *pre_scale = nullptr, *pre_scaled = nullptr;
+  uint8_t* pre_irregular = nullptr;
+  int64_t PackedAt(int64_t slot, int64_t rc, int64_t kp0) const {
+    return ((slot * row_chunks + rc) * depth + kp0) * row_chunk;
   }
   int64_t IrregularAt(int64_t gi, int64_t rc, int64_t tile) const {
     return ((gi * row_chunks + rc) * sum_blocks * tiles_per_block + tile) *
@@ -310,17 +373,20 @@ void PackUnit(const Problem& p, int64_t unit, Scratch& s) {
   const Group& group = p.groups[gi];
   const float* src =
       StreamedMatrix(p, p.swap ? group.ob : group.oa) + r0 * p.s_rs + kp0 * p.s_ks;
-  uint8_t* flags = p.pre_irregular.get() + p.IrregularAt(gi, rc, tile);
-  const int64_t at = p.PackedAt(gi, rc, kp0);
+  uint8_t* flags = p.pre_irregular + p.IrregularAt(gi, rc, tile);
   if (!p.prescaled) {
+    const int64_t at = p.PackedAt(gi, rc, kp0);
     p.kernels->pack_rows(src, rows, kp, p.s_rs, p.s_ks, p.m, p.range,
-                         p.pre_idx.get() + at, p.pre_scale.get() + at, flags);
+                         p.pre_idx + at, p.pre_scale + at, flags);
     return;
   }
   p.kernels->pack_rows(src, rows, kp, p.s_rs, p.s_ks, p.m, p.range,
                        s.idx.get(), s.scale.get(), flags);
-  p.kernels->scale_rows(p.pre_scaled.get() + at, s.scale.get(), s.idx.get(),
-                        rows * kp, SeparableStreamed(p, group.members[0].second));
+  for (size_t q = 0; q < group.members.size(); ++q) {  // shared packing
+    const int64_t at = p.PackedAt(gi * p.scaled_members + q, rc, kp0);
+    p.kernels->scale_rows(p.pre_scaled + at, s.scale.get(), s.idx.get(),
+                          rows * kp, SeparableStreamed(p, group.members[q].second));
+  }
 }
 
 void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
@@ -352,7 +418,7 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   std::fill(s.col_irregular.begin(), s.col_irregular.end(), 0);
   if (p.prepacked) {  // this unit's rows' flags, from its blocks' tiles
     for (int64_t t = b0 * p.tiles_per_block; t < b1 * p.tiles_per_block; ++t) {
-      const uint8_t* flags = p.pre_irregular.get() + p.IrregularAt(gi, rc, t);
+      const uint8_t* flags = p.pre_irregular + p.IrregularAt(gi, rc, t);
       for (int64_t r = 0; r < rows; ++r) s.row_irregular[r] |= flags[r];
     }
   }
@@ -373,18 +439,15 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       // a few floats of each row, cost as much as the sweep on 1024^3).
       const int64_t kp = std::min(p.kp, k_end - kp0);
       // The packed tile: element (r, k) at r * lr + k * lk of tile_idx and
-      // tile_scale (or of tile_scaled, prescaled).
+      // tile_scale (or of each member's transformed tile, prescaled).
       const uint16_t* tile_idx = s.idx.get();
       const float* tile_scale = s.scale.get();
-      const float* tile_scaled = nullptr;
       int64_t rs = p.s_rs, ks = p.s_ks;
       if (p.prepacked) {
-        const int64_t at = p.PackedAt(gi, rc, kp0);
-        if (p.prescaled) {
-          tile_scaled = p.pre_scaled.get() + at;
-        } else {
-          tile_idx = p.pre_idx.get() + at;
-          tile_scale = p.pre_scale.get() + at;
+        if (!p.prescaled) {
+          const int64_t at = p.PackedAt(gi, rc, kp0);
+          tile_idx = p.pre_idx + at;
+          tile_scale = p.pre_scale + at;
         }
       } else {
         // The streamed tile: src[r * rs + k * ks] for `rows` rows and kp k.
@@ -438,11 +501,13 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                       : p.lut_t.data() + ol * lut_size;
           if (p.separable) {  // kc == kp: this member's whole packed tile
             const float* g = (p.swap ? p.sep_f : p.sep_g).data() + (ol << p.m);
-            const float* scaled = tile_scaled;
-            if (scaled == nullptr) {
+            const float* scaled = s.scaled.get();
+            if (p.prescaled) {
+              scaled = p.pre_scaled +
+                       p.PackedAt(gi * p.scaled_members + m0 + q, rc, kp0);
+            } else {
               p.kernels->scale_rows(s.scaled.get(), tile_scale, tile_idx,
                                     rows * kp, SeparableStreamed(p, ol));
-              scaled = s.scaled.get();
             }
             p.block->build_separable(s.tab.get(), g, p.m, b, bk, bc, kc, ncols,
                                      p.range, s.col_irregular.data());
@@ -588,9 +653,12 @@ void Worker(const std::shared_ptr<SharedState>& state) {
          u = state->next.fetch_add(1)) {
       RunUnit(p, u, s);
     }
-    // The last worker to finish adds the block partials.
-    if (p.split > 1 && state->finished.fetch_add(1) + 1 == state->workers) {
-      AddPartials(state->problem);
+    // The last worker to finish adds the block partials, and gives the
+    // prepacked operand's block back before the call completes (the next
+    // call may want it while this state is still held).
+    if (state->finished.fetch_add(1) + 1 == state->workers) {
+      if (p.split > 1) AddPartials(state->problem);
+      state->problem.pre_block.Release();
     }
     state->done.CountDown();
   } catch (const std::bad_alloc&) {
@@ -832,34 +900,46 @@ Tiling ChooseLayout(Problem& p, int64_t size, int64_t most, int64_t threads) {
 
 // Sets up packing the streamed operand once (Problem::prepacked) where a
 // unit would pack it again for every column block or chunk of members, and
-// its patches are not gathered on the fly (no im2col buffer), within
-// kMaxPrepackBytes; a failed allocation leaves the per-unit packing.
+// its patches are not gathered on the fly (no im2col buffer): for separable
+// LUTs transformed for each member of a group (prescaled: 4 bytes per
+// element and member) within kMaxPrescaledBytes, else as indices and scales
+// (6 bytes per element) within kMaxPrepackBytes; a failed allocation leaves
+// the per-unit packing.
 void Prepack(Problem& p, int64_t most) {
   p.prepacked = false;
   if ((p.conv && !p.swap) || p.col_blocks * p.member_chunks < 2 ||
       TurnedOff("APPROXJAX_CPU_PREPACK")) {
     return;
   }
-  p.prescaled = p.separable && most == 1;
   const int64_t chunks = static_cast<int64_t>(p.groups.size()) * p.row_chunks;
   const int64_t elems = chunks * p.row_chunk * p.depth;
   p.tiles_per_block =
       (std::min(p.depth, kSumBlock) + p.kp - 1) / p.kp;
   const int64_t flags = chunks * p.sum_blocks * p.tiles_per_block * p.row_chunk;
-  if (elems * (p.prescaled ? 4 : 6) + flags > kMaxPrepackBytes) return;
+  p.prescaled =
+      p.separable && (most == 1 || elems * most * 4 <= kMaxPrescaledBytes);
+  p.scaled_members = p.prescaled ? most : 1;
+  if (elems * (p.prescaled ? 4 * most : 6) + flags > kMaxPrepackBytes) return;
+  // One block: the arrays at 64-byte boundaries.
+  const auto up = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };
+  const int64_t scaled_bytes = p.prescaled ? up(elems * most * 4) : 0;
+  const int64_t idx_bytes = p.prescaled ? 0 : up(elems * 2);
+  const int64_t scale_bytes = p.prescaled ? 0 : up(elems * 4);
   try {
-    if (p.prescaled) {
-      p.pre_scaled = AllocateAligned<float>(elems);
-    } else {
-      p.pre_idx = AllocateAligned<uint16_t>(elems);
-      p.pre_scale = AllocateAligned<float>(elems);
-    }
-    p.pre_irregular = AllocateAligned<uint8_t>(flags);
+    p.pre_block.data = BlockCache::Take(
+        scaled_bytes + idx_bytes + scale_bytes + up(flags), &p.pre_block.size);
   } catch (const std::bad_alloc&) {
-    p.pre_idx.reset(), p.pre_scale.reset(), p.pre_scaled.reset();
     return;
   }
-  std::memset(p.pre_irregular.get(), 0, flags);
+  char* at = p.pre_block.data.get();
+  p.pre_scaled = p.prescaled ? reinterpret_cast<float*>(at) : nullptr;
+  at += scaled_bytes;
+  p.pre_idx = p.prescaled ? nullptr : reinterpret_cast<uint16_t*>(at);
+  at += idx_bytes;
+  p.pre_scale = p.prescaled ? nullptr : reinterpret_cast<float*>(at);
+  at += scale_bytes;
+  p.pre_irregular = reinterpret_cast<uint8_t*>(at);
+  std::memset(p.pre_irregular, 0, flags);
   p.pack_units = chunks * p.sum_blocks * p.tiles_per_block;
   p.prepacked = true;
 }
