@@ -239,7 +239,9 @@ def truncated(m: int, *, truncate_result: bool = False) -> Multiplier:
     equals the float32 product of the two truncated operands wherever that is
     a normal number. For ``m <= 11`` (without ``truncate_result``) the table
     is separable, ``lut[i, j] == f[i] * g[j]`` exactly, so the CPU kernel
-    runs it as a GEMM of the transformed operands, without per-tile tables.
+    runs it as a GEMM of the transformed operands, without per-tile tables;
+    at ``m = 12`` it is ``float32(f[i] * g[j])``, and the kernel rounds each
+    product of the transformed operands before adding it.
 
     Args:
       m: mantissa bits, 0 to 12.

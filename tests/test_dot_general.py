@@ -170,6 +170,7 @@ rng = np.random.default_rng(5)
 out = []
 cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
 cases += [((1100, 60, 100), 7)]  # with mitchell: compact tables
+cases += [((60, 80, 70), 12)]  # separable after rounding
 for separable in ("1", "0"):  # truncated(m): the FMA path, then tables
     os.environ["APPROXJAX_CPU_SEPARABLE"] = separable
     for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
