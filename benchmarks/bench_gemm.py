@@ -176,6 +176,7 @@ def main(argv=None) -> int:
         plan += [(SHAPES[0], 7, 1, "drum"), (SHAPES[7], 7, 1, "drum")]
         square = ("square 512", 512, 512, 512)
         plan += [(square, 7, 1, "truncated"), (square, 7, 8, "truncated")]
+        plan += [(SHAPES[0], 7, 8, "truncated")]
     rows = []
     print(f"{'shape':<48} {'m':>3} {'approx ms':>10} {'native ms':>10} {'ratio':>7}", flush=True)
     for (label, mm, k, n), m, stack, kind in plan:
