@@ -82,10 +82,12 @@ def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
     """One table row. A stack row times ``stack`` vmapped multipliers against
     one multiplier (approximate, timed alternately): its ratio is the cost of
     the stack in single-multiplier calls (the target is <= stack). ``kind``
-    names the multiplier. truncated(m) is separable (its LUT is exactly
-    f[i] * g[j]): a GEMM of transformed operands with exact products, no
-    tables. mitchell has at most m + 1 significant bits per entry, so m <= 7
-    gets compact tables; drum gets float tables: the general path."""
+    names the multiplier. truncated(m) and drum(m) are separable (their LUTs
+    are exactly f[i] * g[j]): a GEMM of transformed operands with exact
+    products, no tables. mitchell has at most m + 1 significant bits per
+    entry, so m <= 7 gets compact tables. "drum, tables" forces drum onto
+    float tables (APPROXJAX_CPU_SEPARABLE=0): the general path, for LUTs that
+    neither factor nor fit bfloat16."""
     rng = np.random.default_rng(0)
     dn = DN
     a_shape, b_shape = (m_rows, k), (k, n)
@@ -99,9 +101,18 @@ def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
         lambda a, b: jax.lax.dot_general(a, b, dn, precision=jax.lax.Precision.HIGHEST)
     )
     one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
-    mult = getattr(ax, kind)(m)
+    mult = getattr(ax, kind.split(",")[0])(m)
+    forced = kind.endswith(", tables")  # read by the kernel on every call
+    if forced:
+        os.environ["APPROXJAX_CPU_SEPARABLE"] = "0"
     if stack == 1:
-        t_approx, t_base = time_pair(lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats)
+        try:
+            t_approx, t_base = time_pair(
+                lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats
+            )
+        finally:
+            if forced:
+                del os.environ["APPROXJAX_CPU_SEPARABLE"]
     else:
         mults = ax.stack([mult] * stack)
         many = jax.jit(jax.vmap(one, (None, None, 0)))
@@ -174,6 +185,7 @@ def main(argv=None) -> int:
         plan += [(SHAPES[0], m, 1, "truncated") for m in (3, 5, 10, 12)]
         plan += [(s, 7, 1, "mitchell") for s in SHAPES]
         plan += [(SHAPES[0], 7, 1, "drum"), (SHAPES[7], 7, 1, "drum")]
+        plan += [(SHAPES[0], 7, 1, "drum, tables"), (SHAPES[7], 7, 1, "drum, tables")]
         square = ("square 512", 512, 512, 512)
         plan += [(square, 7, 1, "truncated"), (square, 7, 8, "truncated")]
         plan += [(SHAPES[0], 7, 8, "truncated")]
@@ -190,8 +202,9 @@ def main(argv=None) -> int:
     if args.record:
         record(
             "bench_gemm.py",
-            "Multiplier truncated(m) unless named (separable: an FMA GEMM of transformed "
-            "operands; mitchell: compact tables; drum: float tables). Native: `jnp.dot` "
+            "Multiplier truncated(m) unless named (truncated and drum are separable: an FMA "
+            "GEMM of transformed operands; mitchell: compact tables; drum, tables: float "
+            "tables forced). Native: `jnp.dot` "
             "float32, precision "
             "HIGHEST, timed alternately with the approximate call; in the row of a stack "
             'of multipliers the "native" column is one approximate multiplier instead.',

@@ -392,8 +392,9 @@ def _factored_lut(m):
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", [(300, 70, 90), (90, 70, 300), (40, 5000, 20)])
 def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng, monkeypatch):
-    """A LUT that factors exactly, lut[i, j] == f[i] * g[j] (truncated(m); a
-    user LUT made of two other factors), runs as a GEMM of the transformed
+    """A LUT that factors exactly, lut[i, j] == f[i] * g[j] (truncated(m);
+    DRUM, whose corner lut[0, 0] = f[0]**2 needs the factors scaled by its
+    square root; a user LUT made of two other factors), runs as a GEMM of the transformed
     operands f[i(a)] * scale(a) and g[j(b)] * scale(b) with exact products in
     order of k: the bits of the reference and of per-tile tables
     (APPROXJAX_CPU_SEPARABLE=0), with special operands in both (inf, NaN,
@@ -413,11 +414,12 @@ def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng, monkeyp
         lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
         dn = (((0,), (1,)), ((), ()))
     fn = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
-    for mu in [ax.truncated(m)] + ([_factored_lut(m)] if m <= 10 else []):
+    for mu in [ax.truncated(m), ax.drum(m)] + ([_factored_lut(m)] if m <= 10 else []):
         monkeypatch.delenv("APPROXJAX_CPU_SEPARABLE", raising=False)
         got = np.asarray(fn(lhs, rhs, mu))
         layout = last_cpu_gemm_layout()
-        assert layout.startswith("separable rounded" if m == 12 else "separable nc"), layout
+        rounded = m == 12 and mu.name.startswith("truncated")  # drum(12) is exact
+        assert layout.startswith("separable rounded" if rounded else "separable nc"), layout
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got), bits(want))
         monkeypatch.setenv("APPROXJAX_CPU_SEPARABLE", "0")
@@ -436,7 +438,7 @@ def test_which_luts_take_the_fma_path(rng):
     lhs[4, 7] = np.inf
     dn = (((1,), (0,)), ((), ()))
     stacked = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))
-    mults = [ax.truncated(5), _factored_lut(5), ax.truncated(5)]
+    mults = [ax.truncated(5), _factored_lut(5), ax.drum(5), ax.truncated(5)]
     got = np.asarray(stacked(ax.stack(mults)))
     assert last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
     for i, mu in enumerate(mults):
@@ -486,7 +488,7 @@ def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monke
     mults = {
         "mitchell": [ax.mitchell(7)],
         "truncated": [ax.truncated(7)],
-        "stack": [ax.drum(6), ax.truncated(6)],
+        "stack": [ax.alm_soa(6), ax.truncated(6)],
         "separable stack": [ax.truncated(6), _factored_lut(6), ax.truncated(6)],
     }[kind]
 

@@ -741,37 +741,49 @@ bool TurnedOff(const char* name) {
 }
 
 // Whether one LUT is separable: lut[i, j] == f[i] * g[j] exactly for normal
-// f, g > 0 (f the first column, g the first row over lut[0, 0]), as for
-// truncated(m), whose entries are products of the operands' truncated
-// significands. Then every product the model forms is exactly
-// (f[i] * scale(a)) * (g[j] * scale(b)). Or, where only
+// f, g > 0, as for truncated(m) and DRUM, whose entries are products of the
+// operands' modified significands. Then every product the model forms is
+// exactly (f[i] * scale(a)) * (g[j] * scale(b)). Or, where only
 // lut[i, j] == float32(f[i] * g[j]) (*rounded: truncated(12)), that product
-// rounded. Narrows *range so that those transformed operands stay normal.
+// rounded. The factors are fixed up to a constant c: f = lut[:, 0] / c and
+// g = lut[0, :] * c / lut[0, 0]. Tried: c = 1, c = lut[0, 0] and, where
+// exact, c = sqrt(lut[0, 0]) (symmetric LUTs such as DRUM's, whose
+// lut[0, 0] = f[0]**2 has no exact quotient by f[0] otherwise), the first
+// with every f and g a normal float. Narrows *range so that the transformed
+// operands stay normal.
 bool FindSeparable(const KernelTable& kernels, const float* lut, int m,
                    float* f, float* g, int* range, bool* rounded) {
   const int64_t size = int64_t{1} << m;
   const double corner = lut[0];
   if (!(corner > 0)) return false;
-  int lo = 0, hi = 0;
-  const auto normal = [&](float x, bool first) {
-    const int e = BiasedExponent(FloatBits(x));
-    if (e == 0 || e == 255) return false;
-    lo = first ? e - 127 : std::min(lo, e - 127);
-    hi = first ? e - 127 : std::max(hi, e - 127);
-    return true;
-  };
-  for (int64_t i = 0; i < size; ++i) {
-    f[i] = lut[i * size];
-    const double gj = double(lut[i]) / corner;
-    g[i] = static_cast<float>(gj);
-    if (double(g[i]) != gj || !normal(f[i], i == 0) || !normal(g[i], false)) {
-      return false;
+  const double root = std::sqrt(corner);
+  const double scales[] = {1.0, corner, root * root == corner ? root : 0.0};
+  for (const double c : scales) {
+    if (c == 0.0) continue;
+    int lo = 0, hi = 0;
+    const auto normal = [&](float x, bool first) {
+      const int e = BiasedExponent(FloatBits(x));
+      if (e == 0 || e == 255) return false;
+      lo = first ? e - 127 : std::min(lo, e - 127);
+      hi = first ? e - 127 : std::max(hi, e - 127);
+      return true;
+    };
+    bool exact = true;
+    for (int64_t i = 0; i < size && exact; ++i) {
+      const double fi = double(lut[i * size]) / c;
+      const double gi = double(lut[i]) * c / corner;
+      f[i] = static_cast<float>(fi);
+      g[i] = static_cast<float>(gi);
+      exact = double(f[i]) == fi && double(g[i]) == gi && normal(f[i], i == 0) &&
+              normal(g[i], false);
     }
+    if (!exact) continue;
+    *rounded = !kernels.factors_match(lut, f, g, size, false);
+    if (*rounded && !kernels.factors_match(lut, f, g, size, true)) return false;
+    *range = std::min({*range, 126 + lo, 127 - hi});
+    return true;
   }
-  *rounded = !kernels.factors_match(lut, f, g, size, false);
-  if (*rounded && !kernels.factors_match(lut, f, g, size, true)) return false;
-  *range = std::min({*range, 126 + lo, 127 - hi});
-  return true;
+  return false;
 }
 
 // Whether wide table blocks may be compact (gemm_kernels.h), given whether
