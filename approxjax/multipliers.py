@@ -337,7 +337,9 @@ def drum(m: int, k: int | None = None) -> Multiplier:
     error zero-mean) and multiplies the short operands exactly. On a
     significand ``1.f`` the leading one is fixed, so each operand keeps ``k - 1``
     fraction bits, the last forced to 1 whenever lower bits were dropped
-    (``k <= m``), and the product is exact.
+    (``k <= m``), and the product is exact. The table is therefore separable,
+    ``lut[i, j] == f[i] * f[j]``, and the CPU kernel runs it as a GEMM of the
+    transformed operands, without per-tile tables.
 
     Args:
       m: mantissa bits, 0 to 12.
