@@ -101,7 +101,8 @@ class BlockCache {
       std::lock_guard<std::mutex> lock(mutex_);
       auto best = blocks_.end();
       for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
-        if (it->first >= bytes && (best == blocks_.end() || it->first < best->first)) {
+        if (it->first >= bytes &&
+            (best == blocks_.end() || it->first < best->first)) {
           best = it;
         }
       }
@@ -143,10 +144,17 @@ struct CachedBlock {
   CachedBlock& operator=(const CachedBlock&) = delete;
   void Release() {
     if (data) BlockCache::Give(std::move(data), size);
-    data.reset();
   }
   ~CachedBlock() { Release(); }
 };
+
+// n elements of `store` from a 64-byte boundary (resized to hold them).
+template <typename T>
+T* Aligned64(std::vector<T>& store, int64_t n) {
+  store.resize(n + 64 / sizeof(T));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(store.data());
+  return store.data() + (64 - at % 64) % 64 / sizeof(T);
+}
 
 // Output batch elements that read the same operand matrices (and differ only
 // in their table): computed together so they share packing.
@@ -354,9 +362,10 @@ const float* StreamedMatrix(const Problem& p, int64_t os) {
   return p.swap ? p.rhs + os * p.depth * p.rows : p.lhs + os * p.lhs_matrix;
 }
 
-// f of LUT matrix ol on the streamed side (separable LUTs).
-const float* SeparableStreamed(const Problem& p, int64_t ol) {
-  return (p.swap ? p.sep_g : p.sep_f).data() + (ol << p.m);
+// The factor of LUT matrix ol on the streamed side (f of the lhs, g of the
+// rhs), or on the tabled side (separable LUTs).
+const float* SeparableFactor(const Problem& p, int64_t ol, bool streamed) {
+  return (p.swap == streamed ? p.sep_g : p.sep_f).data() + (ol << p.m);
 }
 
 // One tile of the prepacked streamed operand: group gi, row chunk rc, k from
@@ -375,8 +384,8 @@ void PackUnit(const Problem& p, int64_t unit, Scratch& s) {
   const int64_t r0 = rc * p.row_chunk;
   const int64_t rows = std::min(p.row_chunk, p.rows - r0);
   const Group& group = p.groups[gi];
-  const float* src =
-      StreamedMatrix(p, p.swap ? group.ob : group.oa) + r0 * p.s_rs + kp0 * p.s_ks;
+  const float* src = StreamedMatrix(p, p.swap ? group.ob : group.oa) +
+                     r0 * p.s_rs + kp0 * p.s_ks;
   uint8_t* flags = p.pre_irregular + p.IrregularAt(gi, rc, tile);
   if (!p.prescaled) {
     const int64_t at = p.PackedAt(gi, rc, kp0);
@@ -388,8 +397,9 @@ void PackUnit(const Problem& p, int64_t unit, Scratch& s) {
                        s.idx.get(), s.scale.get(), flags);
   for (size_t q = 0; q < group.members.size(); ++q) {  // shared packing
     const int64_t at = p.PackedAt(gi * p.scaled_members + q, rc, kp0);
-    p.kernels->scale_rows(p.pre_scaled + at, s.scale.get(), s.idx.get(),
-                          rows * kp, SeparableStreamed(p, group.members[q].second));
+    p.kernels->scale_rows(
+        p.pre_scaled + at, s.scale.get(), s.idx.get(), rows * kp,
+        SeparableFactor(p, group.members[q].second, true));
   }
 }
 
@@ -504,14 +514,14 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                                       ? p.lut + ol * lut_size
                                       : p.lut_t.data() + ol * lut_size;
           if (p.separable) {  // kc == kp: this member's whole packed tile
-            const float* g = (p.swap ? p.sep_f : p.sep_g).data() + (ol << p.m);
+            const float* g = SeparableFactor(p, ol, false);
             const float* scaled = s.scaled.get();
             if (p.prescaled) {
               scaled = p.pre_scaled +
                        p.PackedAt(gi * p.scaled_members + m0 + q, rc, kp0);
             } else {
               p.kernels->scale_rows(s.scaled.get(), tile_scale, tile_idx,
-                                    rows * kp, SeparableStreamed(p, ol));
+                                    rows * kp, SeparableFactor(p, ol, true));
             }
             p.block->build_separable(s.tab.get(), g, p.m, b, bk, bc, kc, ncols,
                                      p.range, s.col_irregular.data());
@@ -527,11 +537,10 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
           }
           if (p.compact) {
             uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
-            const int64_t t = ol;  // which table
-            if (p.codes != nullptr && p.code_base[t] >= 0) {
+            if (p.codes != nullptr && p.code_base[ol] >= 0) {
               p.block->build_compact_codes(
-                  tab, p.codes + t * (lut_size >> p.m) * kCodeRow,
-                  p.code_base[t], p.m, b, bk, bc, kc, ncols, p.range,
+                  tab, p.codes + ol * (lut_size >> p.m) * kCodeRow,
+                  p.code_base[ol], p.m, b, bk, bc, kc, ncols, p.range,
                   s.col_irregular.data());
             } else if (p.planes != nullptr) {
               p.block->build_compact_planes(
@@ -970,8 +979,9 @@ void AdviseHugePages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   if (bytes < int64_t{4} << 20 || TurnedOff("APPROXJAX_CPU_HUGEPAGES")) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (at + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (at + bytes) & ~(kHuge - 1);
   if (end > begin) {
     madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
   }
@@ -1096,29 +1106,23 @@ ffi::Future Launch(std::shared_ptr<SharedState> state, ffi::ThreadPool pool,
       }
     }
     p.planes = nullptr;
+    p.codes = nullptr;
     if (p.compact && p.block->build_compact_planes != nullptr &&
         PlanesAllowed()) {
-      p.plane_store.resize(p.l.matrix_count * size * kPlaneRow + 32);
-      const uintptr_t at = reinterpret_cast<uintptr_t>(p.plane_store.data());
-      p.planes = p.plane_store.data() + ((64 - at % 64) % 64) / 2;
-      for (int64_t t = 0; t < p.l.matrix_count; ++t) {
-        const float* rows = p.swap ? p.lut + t * size * size
-                                   : p.lut_t.data() + t * size * size;
-        PackPlanes(rows, p.m, p.planes + t * size * kPlaneRow);
-      }
-    }
-    p.codes = nullptr;
-    if (p.planes != nullptr && p.block->build_compact_codes != nullptr &&
-        CodesAllowed()) {
-      p.code_store.resize(p.l.matrix_count * size * kCodeRow + 64);
-      const uintptr_t at = reinterpret_cast<uintptr_t>(p.code_store.data());
-      uint8_t* codes = p.code_store.data() + (64 - at % 64) % 64;
+      p.planes = Aligned64(p.plane_store, p.l.matrix_count * size * kPlaneRow);
+      const bool codes =
+          p.block->build_compact_codes != nullptr && CodesAllowed();
+      uint8_t* code_rows =
+          codes ? Aligned64(p.code_store, p.l.matrix_count * size * kCodeRow)
+                : nullptr;
       p.code_base.assign(p.l.matrix_count, -1);
       for (int64_t t = 0; t < p.l.matrix_count; ++t) {
         const float* rows = p.swap ? p.lut + t * size * size
                                    : p.lut_t.data() + t * size * size;
-        p.code_base[t] = PackCodes(rows, p.m, codes + t * size * kCodeRow);
-        if (p.code_base[t] >= 0) p.codes = codes;
+        PackPlanes(rows, p.m, p.planes + t * size * kPlaneRow);
+        if (!codes) continue;
+        p.code_base[t] = PackCodes(rows, p.m, code_rows + t * size * kCodeRow);
+        if (p.code_base[t] >= 0) p.codes = code_rows;
       }
     }
   } catch (const std::bad_alloc&) {

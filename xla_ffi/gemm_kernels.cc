@@ -194,7 +194,8 @@ void PackCols(const float* b, int64_t bk, int64_t bc, int64_t kc,
                               static_cast<uintptr_t>((kk + kPrefetchRows) * bk) *
                                   sizeof(float);
       for (int64_t c = 0; c < ncols; c += 64 / sizeof(float)) {
-        __builtin_prefetch(reinterpret_cast<const void*>(ahead + c * 4));
+        __builtin_prefetch(
+            reinterpret_cast<const void*>(ahead + c * sizeof(float)));
       }
       int64_t c = 0;
       for (; c + kLanes <= ncols; c += kLanes) {
@@ -625,27 +626,31 @@ inline Vec Opaque(Vec x) {
 // cblk[r][c] += sum over k < kc of tab[k][c] * scale[r, k], in order of k:
 // a plain GEMM microkernel with exact products (the compiler loads each
 // table row once for all the rows held in registers), or with each product
-// rounded first (rounded).
-template <int NC>
-void SeparableSweep(float* cblk, int64_t rows, const float* scale,
-                    int64_t lr, int64_t lk, int64_t kc, const float* tab,
-                    bool rounded) {
+// rounded first (kRounded).
+template <int NC, bool kRounded>
+void SeparableSweepAs(float* cblk, int64_t rows, const float* scale,
+                      int64_t lr, int64_t lk, int64_t kc, const float* tab) {
   constexpr int kV = NC / kLanes;
-  if (rounded) {
-    AccumulateAllRows<NC, SeparableRows<NC>()>(
-        cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
-          const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
-          const float s = scale[r * lr + kk * lk];
-          for (int v = 0; v < kV; ++v) acc[v] += Opaque(row[v] * s);
-        });
-    return;
-  }
   AccumulateAllRows<NC, SeparableRows<NC>()>(
       cblk, rows, kc, [=](int64_t r, int64_t kk, Vec* acc) {
         const Vec* row = reinterpret_cast<const Vec*>(tab + kk * NC);
         const float s = scale[r * lr + kk * lk];
-        for (int v = 0; v < kV; ++v) acc[v] += row[v] * s;
+        for (int v = 0; v < kV; ++v) {
+          if constexpr (kRounded) {
+            acc[v] += Opaque(row[v] * s);
+          } else {
+            acc[v] += row[v] * s;
+          }
+        }
       });
+}
+
+template <int NC>
+void SeparableSweep(float* cblk, int64_t rows, const float* scale,
+                    int64_t lr, int64_t lk, int64_t kc, const float* tab,
+                    bool rounded) {
+  (rounded ? SeparableSweepAs<NC, true> : SeparableSweepAs<NC, false>)(
+      cblk, rows, scale, lr, lk, kc, tab);
 }
 
 // kLanes table entries rows[j[0..kLanes-1]] (one table row, any column),
