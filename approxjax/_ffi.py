@@ -66,10 +66,12 @@ def cpu_kernel_variant() -> str:
 
 def last_cpu_gemm_layout() -> str:
     """How the latest CPU GEMM ran: "separable" (a GEMM of transformed
-    operands, for LUTs that factor exactly), per-tile tables (float or
-    compact, built from planes or not) or gathers; block width, streamed
-    operand, row chunk, block split and units of work. For tests and
-    profiling; empty before the first CPU GEMM."""
+    operands, for LUTs that factor; "separable rounded" where they factor
+    after rounding), per-tile tables (float or compact, built from planes,
+    from byte codes or neither) or gathers; block width, streamed operand,
+    whether it was packed once ("prepacked", or transformed: "prescaled"),
+    row chunk, block split and units of work. For tests and profiling; empty
+    before the first CPU GEMM."""
     return _approxjax_cpu.last_gemm_layout()
 
 
