@@ -339,6 +339,7 @@ def test_implicit_im2col_matches_sequential_reference(
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         multiplier=mult,
     )
+    jax.block_until_ready(got)  # the layout is recorded when the call runs
     assert "im2col" in ax._ffi.last_cpu_gemm_layout()
     xp = np.pad(x, [(0, 0), *padding, (0, 0)])
     a, (n, oh, ow) = _np_patches(xp, kernel, strides, dilation)
@@ -452,7 +453,7 @@ def test_implicit_im2col_equals_built_patches(problem, seed):
                 return jnp.sum(jnp.sin(y)), y
 
             grad = jax.vmap(jax.grad(loss, argnums=(0, 1), has_aux=True), (None, None, 0))
-            (gx, gw), y = grad(lhs, rhs, mult)
+            (gx, gw), y = jax.block_until_ready(grad(lhs, rhs, mult))
             layout = ax._ffi.last_cpu_gemm_layout()
         finally:
             del os.environ["APPROXJAX_CPU_CONV"]

@@ -444,11 +444,11 @@ def test_which_luts_take_the_fma_path(rng):
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
-    stacked(ax.stack([ax.truncated(5), ax.mitchell(5)]))
+    jax.block_until_ready(stacked(ax.stack([ax.truncated(5), ax.mitchell(5)])))
     assert last_cpu_gemm_layout().startswith("tables"), last_cpu_gemm_layout()
     os.environ["APPROXJAX_CPU_GEMM"] = "gathers"
     try:
-        ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(5))
+        jax.block_until_ready(ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(5)))
         assert last_cpu_gemm_layout().startswith("gathers"), last_cpu_gemm_layout()
     finally:
         del os.environ["APPROXJAX_CPU_GEMM"]
