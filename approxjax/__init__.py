@@ -1,29 +1,25 @@
 """approxjax: train and evaluate JAX/Flax networks under simulated approximate multipliers.
 
-Every product of an approximate ``dot_general`` goes through a multiplier
-described by a lookup table of significand products (see
+Every product of an approximate ``dot_general`` or convolution goes through a
+multiplier described by a lookup table of significand products (see
 :mod:`approxjax.reference` for the exact rule), computed by C++ (CPU) and CUDA
 kernels registered as XLA FFI custom calls.
+
+The public API is what this module exports (``__all__``) and the namespaces
+:mod:`approxjax.nn` (Flax modules), :mod:`approxjax.reference` (the pure-JAX
+model), :mod:`approxjax.training` (training steps), :mod:`approxjax.networks`
+(the model zoo) and :mod:`approxjax.datasets`; everything under
+``approxjax._src`` is private.
 """
 
-from approxjax import multipliers, reference
-from approxjax._ffi import cpu_kernel_variant, cuda_available
-from approxjax.characterize import Characterization, characterize, format_table, plot_errors
-from approxjax.conv import conv_general_dilated
-from approxjax.interpreter import OperationRecord, approximate, conv_transpose, einsum
-from approxjax.lut_files import load_approxtrain, load_lut, save_approxtrain, save_lut
-from approxjax.models import from_c, from_function
-from approxjax.multipliers import (
-    Multiplier,
-    alm_soa,
-    drum,
-    get,
-    mbm,
-    mitchell,
-    stack,
-    truncated,
-)
-from approxjax.nn import (
+from approxjax._src import extension_check as _extension_check
+
+_extension_check.check()
+
+from approxjax import nn, reference  # noqa: E402
+from approxjax._src.arithmetic.catalog import alm_soa, drum, get, mbm, mitchell, truncated  # noqa: E402
+from approxjax._src.arithmetic.multipliers import Multiplier, significands, stack  # noqa: E402
+from approxjax._src.flax.modules import (  # noqa: E402
     Conv,
     ConvTranspose,
     Dense,
@@ -31,14 +27,44 @@ from approxjax.nn import (
     Einsum,
     MultiHeadDotProductAttention,
 )
-from approxjax.ops import dot_general, multiply
-from approxjax.policy import GemmMultipliers, Policy, current_policy, using
-
-__version__ = "0.1.0"
+from approxjax._src.interpret.interpreter import (  # noqa: E402
+    OperationRecord,
+    approximate,
+    conv_transpose,
+    einsum,
+)
+from approxjax._src.interpret.policy import (  # noqa: E402
+    ContextTraceError,
+    GemmMultipliers,
+    Policy,
+    current_policy,
+    using,
+)
+from approxjax._src.kernels.ffi import cpu_kernel_variant, cuda_available  # noqa: E402
+from approxjax._src.ops.conv import conv_general_dilated  # noqa: E402
+from approxjax._src.ops.dot_general import dot_general  # noqa: E402
+from approxjax._src.ops.multiply import multiply  # noqa: E402
+from approxjax._src.tools.c_build import CModelError  # noqa: E402
+from approxjax._src.tools.c_models import from_c, from_function  # noqa: E402
+from approxjax._src.tools.characterize import (  # noqa: E402
+    Characterization,
+    characterize,
+    format_table,
+    plot_errors,
+)
+from approxjax._src.tools.lut_files import (  # noqa: E402
+    load_approxtrain,
+    load_lut,
+    save_approxtrain,
+    save_lut,
+)
+from approxjax._src.version import __version__  # noqa: E402
 
 __all__ = [
+    "CModelError",
     "Characterization",
     "Conv",
+    "ContextTraceError",
     "ConvTranspose",
     "Dense",
     "DenseGeneral",
@@ -48,19 +74,18 @@ __all__ = [
     "Multiplier",
     "OperationRecord",
     "Policy",
-    "approximate",
-    "conv_general_dilated",
-    "conv_transpose",
-    "current_policy",
-    "einsum",
-    "using",
     "__version__",
     "alm_soa",
+    "approximate",
     "characterize",
+    "conv_general_dilated",
+    "conv_transpose",
     "cpu_kernel_variant",
     "cuda_available",
+    "current_policy",
     "dot_general",
     "drum",
+    "einsum",
     "format_table",
     "from_c",
     "from_function",
@@ -69,12 +94,14 @@ __all__ = [
     "load_lut",
     "mbm",
     "mitchell",
-    "multipliers",
     "multiply",
+    "nn",
     "plot_errors",
     "reference",
     "save_approxtrain",
     "save_lut",
+    "significands",
     "stack",
     "truncated",
+    "using",
 ]

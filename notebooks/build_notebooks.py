@@ -19,13 +19,16 @@ HERE = Path(__file__).resolve().parent
 SETUP = """import os
 SMALL = bool(os.environ.get("APPROXJAX_NOTEBOOK_SMALL"))
 import jax, jax.numpy as jnp, numpy as np, optax, flax.linen as nn
-import approxjax as ax"""
+import approxjax as ax
+from approxjax.training import make_eval_step, make_train_step"""
 
 NOTEBOOKS = {
     "01_quickstart": [
         ("md", "# Quickstart: replace `nn.Dense` by `approxjax.Dense`\n\nA small classifier on "
                "the bundled 8x8 digits; its Dense layers multiply through Mitchell's logarithmic "
-               "multiplier (m = 7), forward and backward."),
+               "multiplier (m = 7), forward and backward. The multiplier is an *argument* of the "
+               "jitted steps (made current inside them with `ax.using`), so one compiled step "
+               "serves every multiplier."),
         ("code", SETUP),
         ("code", """from approxjax import datasets
 data = datasets.load("digits")
@@ -40,50 +43,47 @@ class MLP(nn.Module):
 model = MLP()
 params = model.init(jax.random.key(0), data.x_train[:1])
 opt = optax.adam(3e-3)
-opt_state = opt.init(params)"""),
-        ("code", """@jax.jit
-def train_step(params, opt_state, x, y, multiplier):
-    def loss_fn(p):
-        with ax.using(multiplier):
-            logits = model.apply(p, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-mult = ax.mitchell(7)
+opt_state = opt.init(params)
+train_step = jax.jit(make_train_step(model.apply, opt))   # step(params, opt_state, x, y, multiplier)
+evaluate = jax.jit(make_eval_step(model.apply))           # evaluate(params, x, y, multiplier)"""),
+        ("code", """mult = ax.mitchell(7)
 for epoch in range(1 if SMALL else 5):
     for i in range(0, len(data.x_train) - 63, 64):
-        params, opt_state, loss = train_step(params, opt_state, data.x_train[i:i+64],
-                                             data.y_train[i:i+64], mult)
-    with ax.using(mult):
-        acc = jnp.mean(jnp.argmax(model.apply(params, data.x_test), -1) == data.y_test)
-    print(f"epoch {epoch + 1}: loss {float(loss):.3f}, test accuracy {float(acc):.3f}")"""),
+        params, opt_state, loss, _ = train_step(params, opt_state, data.x_train[i:i+64],
+                                                data.y_train[i:i+64], mult)
+    test_loss, metrics = evaluate(params, data.x_test, data.y_test, mult)
+    print(f"epoch {epoch + 1}: train loss {float(loss):.3f}, "
+          f"test accuracy {float(metrics['accuracy']):.3f}")
+_, exact = evaluate(params, data.x_test, data.y_test, None)
+print(f"the same weights with exact products: test accuracy {float(exact['accuracy']):.3f}")"""),
     ],
     "02_multiplier_sweep": [
         ("md", "# A multiplier sweep with `vmap` over lookup tables\n\nOne jitted program trains "
                "one model per multiplier; every GEMM is one kernel call for all of them."),
         ("code", SETUP),
-        ("code", """from approxjax import experiment
-cfg = experiment.SweepConfig(model="cnn", dataset="digits", epochs=1 if SMALL else 4,
-                             multipliers=["truncated4", "mitchell4", "mbm4", "drum4", "alm_soa4"],
-                             out_dir="sweep-results", train_limit=256 if SMALL else None)
-results = experiment.run_sweep(cfg, progress=lambda msg: None)
-print(experiment.format_results(results))"""),
+        ("code", """from approxjax.runner import SweepConfig, format_results, run_sweep
+cfg = SweepConfig(model="cnn", dataset="digits", epochs=1 if SMALL else 4,
+                  multipliers=["truncated4", "mitchell4", "mbm4", "drum4", "alm_soa4"],
+                  out_dir="", train_limit=256 if SMALL else None)
+results = run_sweep(cfg, log=lambda msg: None, show_progress=False)
+print(format_results(results))"""),
         ("code", """import matplotlib.pyplot as plt
 names = list(results["runs"])
 accs = [results["runs"][n]["test_accuracy"] for n in names]
-plt.figure(figsize=(7, 3))
-plt.bar(names, accs, color=["k"] + ["tab:blue"] * (len(names) - 1))
-plt.ylim(min(accs) - 0.05, 1); plt.ylabel("test accuracy"); plt.xticks(rotation=30)
-plt.title("8x8 digits, m = 4"); plt.tight_layout(); plt.show()"""),
+fig, ax0 = plt.subplots(figsize=(7, 3))
+ax0.bar(names, accs, color=["k"] + ["tab:blue"] * (len(names) - 1))
+ax0.set_ylim(min(accs) - 0.05, 1)
+ax0.set_ylabel("test accuracy")
+ax0.tick_params(axis="x", rotation=30)
+ax0.set_title("8x8 digits, m = 4")
+fig.tight_layout()"""),
     ],
     "03_bring_your_own_multiplier": [
         ("md", "# Bring your own multiplier from C\n\nA C functional model becomes a lookup "
-               "table (compiled with the system compiler, checked to depend on the mantissas "
-               "alone), is characterized, then trained with."),
+               "table (compiled with the system compiler and run in a child process, checked to "
+               "depend on the mantissas alone), is characterized, then trained with."),
         ("code", SETUP),
-        ("code", """source = r'''
+        ("code", '''source = r"""
 #include <math.h>
 /* truncate both significands to 4 fraction bits, multiply, then drop the
    product's lowest bits: a made-up narrow multiplier */
@@ -95,20 +95,21 @@ float my_mul(float a, float b) {
   float r = ldexpf(p, ea + eb - 2);
   return (a < 0) != (b < 0) ? -r : r;
 }
-'''
+"""
 mult = ax.from_c(source, "my_mul", 4)
 print(ax.characterize(mult))
-fig = ax.plot_errors(mult)"""),
-        ("code", """from approxjax import experiment
+fig = ax.plot_errors(mult)'''),
+        ("code", """from approxjax.runner import SweepConfig, format_results, run_sweep
 ax.save_lut(mult, "my_mul4.npz")
-cfg = experiment.SweepConfig(model="mlp", multipliers=["my_mul4.npz", "truncated4"],
-                             epochs=1 if SMALL else 3, out_dir="", train_limit=256 if SMALL else None)
-print(experiment.format_results(experiment.run_sweep(cfg, progress=lambda m: None)))"""),
+cfg = SweepConfig(model="mlp", multipliers=["my_mul4.npz", "truncated4"],
+                  epochs=1 if SMALL else 3, out_dir="", train_limit=256 if SMALL else None)
+print(format_results(run_sweep(cfg, log=lambda m: None, show_progress=False)))"""),
     ],
     "04_transformer_attention": [
         ("md", "# A transformer with approximate attention\n\nA character-level language model "
                "on a text that ships with Python; the projections *and* the query-key and "
-               "attention-value products go through the multiplier."),
+               "attention-value products go through the multiplier. Trained under float32 and "
+               "under MBM (m = 7), then evaluated on held-out text."),
         ("code", SETUP),
         ("code", """from approxjax import datasets, networks
 data = datasets.load_text(context=32)
@@ -119,23 +120,19 @@ ax.approximate(model.apply, ax.mbm(7), report=report)(params, data.x_train[:2])
 for r in report:
     print(f"{r.index:2d} {r.kind:22s} {r.path}")"""),
         ("code", """opt = optax.adam(3e-3)
-
-@jax.jit
-def step(params, opt_state, x, y, mult):
-    def loss_fn(p):
-        with ax.using(mult):
-            logits = model.apply(p, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    u, opt_state = opt.update(g, opt_state, params)
-    return optax.apply_updates(params, u), opt_state, loss
+step = jax.jit(make_train_step(model.apply, opt))
+evaluate = jax.jit(make_eval_step(model.apply))
+held_out = slice(0, 256 if SMALL else 2048)
 
 for mult in (None, ax.mbm(7)):
     p, o = params, opt.init(params)
     for i in range(20 if SMALL else 300):
         b = (i * 32) % (len(data.x_train) - 32)
-        p, o, loss = step(p, o, data.x_train[b:b+32], data.y_train[b:b+32], mult)
-    print(f"{'float32' if mult is None else mult.name}: training loss {float(loss):.3f}")"""),
+        p, o, loss, _ = step(p, o, data.x_train[b:b+32], data.y_train[b:b+32], mult)
+    test_loss, metrics = evaluate(p, data.x_test[held_out], data.y_test[held_out], mult)
+    name = "float32" if mult is None else mult.name
+    print(f"{name}: training loss {float(loss):.3f}, held-out loss {float(test_loss):.3f}, "
+          f"next-character accuracy {float(metrics['accuracy']):.3f}")"""),
     ],
 }
 

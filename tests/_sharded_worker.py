@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import approxjax as ax  # noqa: E402
-from approxjax import _ffi, networks  # noqa: E402
+from approxjax import networks
+from approxjax._src.kernels import ffi as _ffi  # noqa: E402
 
 COLLECTIVE = re.compile(
     r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
@@ -130,7 +131,7 @@ def main() -> dict:
     }
 
     # The same with the patches built a few images at a time (lax.map).
-    from approxjax import conv
+    from approxjax._src.ops import conv
 
     saved, conv._CHUNK_ELEMENTS = conv._CHUNK_ELEMENTS, 0
     xb = jax.random.normal(k3, (64, 8, 8, 3)) + 0.1

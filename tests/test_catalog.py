@@ -39,7 +39,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 
 
 def _exact(m):
-    sig = ax.multipliers.significands(m)
+    sig = ax.significands(m)
     return np.outer(sig, sig)
 
 
@@ -65,13 +65,36 @@ def test_mitchell_formula_and_known_error():
     assert lut[96, 96] == 3.0  # x = y = 0.75: 2 (x + y)
 
 
+@pytest.mark.parametrize("m,changed", [(1, 0), (3, 0), (5, 60), (7, 1220)])
+def test_mbm_keeps_the_correction_where_it_carries(m, changed):
+    """ApproxTrain's published MBM_m tables keep the correction c where the
+    fraction sum s has no carry but s + c >= 1 (the product reaches the next
+    binade): derived from that rule, the boundary entries and how many there
+    are (60 at m = 5, 1220 at m = 7, as the published tables differ from the
+    rule that drops it)."""
+    c = 2**-4 + 2**-6
+    lut = np.asarray(ax.mbm(m, force_lowest_bit=True, truncate_result=True).lut, np.float64)
+    x = (np.arange(1 << m) | 1) / 2**m
+    s = x[:, None] + x[None, :]
+    boundary = (s < 1) & (s + c >= 1)
+    assert int(boundary.sum()) == changed
+    expect = np.floor((1 + s + c) / 2 * 2**m) / 2**m * 2  # truncated in the binade [2, 4)
+    np.testing.assert_array_equal(lut[boundary], expect[boundary])
+    assert np.all(lut[boundary] >= 2)
+    if m == 7:  # the two entries quoted from the published MBM_7.bin
+        assert lut[0, 118] == 2.015625 and lut[0, 116] == 2.0
+
+
 def test_mbm_formula_and_small_bias():
     m = 7
     lut = np.asarray(ax.mbm(m).lut, np.float64)
     c = 2**-4 + 2**-6
     assert lut[0, 0] == 1 + c
     assert lut[64, 64] == 2 * (1 + c / 2)  # s = 1 carries: halved term
-    assert lut[127, 0] == 1 + 127 / 128  # adding c would overflow: left out
+    # No carry, but the corrected sum reaches the next binade: kept (ApproxTrain's tables).
+    assert lut[127, 0] == 1 + 127 / 128 + c
+    # Carry, and the halved term would reach 4: left out.
+    assert lut[127, 127] == 2 * (127 / 128 + 127 / 128)
     mitchell = ax.characterize(ax.mitchell(m)).table
     mbm = ax.characterize(ax.mbm(m)).table
     assert abs(mbm.mean_relative_error) < abs(mitchell.mean_relative_error) / 5
@@ -240,27 +263,19 @@ def test_characterize_with_samples(rng):
 
 
 def test_characterize_cli_and_plot(tmp_path):
-    png = tmp_path / "mitchell7.png"
+    png = tmp_path / "errors.png"
+    argv = [sys.executable, "-m", "approxjax", "characterize", "mitchell", "mbm", "truncated"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "approxjax",
-            "characterize",
-            "mitchell",
-            "mbm",
-            "-m",
-            "7",
-            "--plot",
-            str(png),
-        ],
+        [*argv, "-m", "7", "--plot", str(png)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
         check=True,
     )
     assert "mitchell7" in proc.stdout and "mbm7" in proc.stdout
-    assert (tmp_path / "mitchell7_mitchell7.png").stat().st_size > 10_000
+    assert f"plot: {png}" in proc.stdout
+    assert png.stat().st_size > 30_000  # one figure, a row per multiplier
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["errors.png"]
     bad = subprocess.run(
         [sys.executable, "-m", "approxjax", "characterize", "booth7"],
         capture_output=True,

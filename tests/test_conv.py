@@ -13,6 +13,7 @@ from jax import lax
 
 import approxjax as ax
 from approxjax import reference as ref
+from approxjax._src.kernels import ffi as _ffi
 
 LAYOUTS = {
     1: [None, ("NWC", "WIO", "NWC")],
@@ -220,7 +221,7 @@ def test_conv_errors(rng):
 
 
 def test_chunked_patches_equal_whole_batch(rng, monkeypatch):
-    from approxjax import conv
+    from approxjax._src.ops import conv
 
     x = random_nonzero(rng, (6, 7, 7, 5))
     w = random_nonzero(rng, (3, 3, 5, 4))
@@ -340,7 +341,7 @@ def test_implicit_im2col_matches_sequential_reference(
         multiplier=mult,
     )
     jax.block_until_ready(got)  # the layout is recorded when the call runs
-    assert "im2col" in ax._ffi.last_cpu_gemm_layout()
+    assert "im2col" in _ffi.last_cpu_gemm_layout()
     xp = np.pad(x, [(0, 0), *padding, (0, 0)])
     a, (n, oh, ow) = _np_patches(xp, kernel, strides, dilation)
     want = ref.sequential_dot_general(a, w.reshape(-1, 6), (((1,), (0,)), ((), ())), mult.lut)
@@ -357,7 +358,7 @@ def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch
     """Forward and weight gradient, with the patches streamed or tabled (the
     cost model's choice, both reached here) and tables or gathers: bit for
     bit the reference products summed in the kernels' order, specials included."""
-    from approxjax import _ffi
+    from approxjax._src.kernels import ffi as _ffi
 
     monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
     dims = ("NHWC", "HWIO", "NHWC")
@@ -454,7 +455,7 @@ def test_implicit_im2col_equals_built_patches(problem, seed):
 
             grad = jax.vmap(jax.grad(loss, argnums=(0, 1), has_aux=True), (None, None, 0))
             (gx, gw), y = jax.block_until_ready(grad(lhs, rhs, mult))
-            layout = ax._ffi.last_cpu_gemm_layout()
+            layout = _ffi.last_cpu_gemm_layout()
         finally:
             del os.environ["APPROXJAX_CPU_CONV"]
         return [bits(v) for v in (y, gx, gw)], layout
@@ -493,7 +494,7 @@ def test_conv_gemm_rejects_bad_shapes(rng):
     """The internal call checks its arguments in Python, and the C++ handler
     checks them again: a bad call is an error that names the shapes, never a
     crash."""
-    from approxjax import _ffi
+    from approxjax._src.kernels import ffi as _ffi
 
     x = jnp.asarray(random_nonzero(rng, (1, 5, 5, 3)))
     lut = ax.mitchell(4).lut

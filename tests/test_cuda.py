@@ -17,7 +17,7 @@ import pytest
 from _util import bits, random_nonzero
 
 import approxjax as ax
-from approxjax import _ffi
+from approxjax._src.kernels import ffi as _ffi
 
 DN = (((1,), (0,)), ((), ()))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import approxjax as ax
-from approxjax import _ffi
+from approxjax._src.kernels import ffi as _ffi
 
 DN = (((1,), (0,)), ((), ()))
 A = np.ones((3, 4), np.float32)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import approxjax as ax
-from approxjax import datasets, experiment, networks
+from approxjax import datasets, networks
+from approxjax._src.runner import config as experiment_config
+from approxjax._src.runner import specs, sweep
 
 
 def _write_idx(path, array, gz=False):
@@ -102,76 +104,113 @@ def test_models_run_under_a_multiplier(name, shape):
         assert "MultiHeadDotProductAttention" in paths  # attention products approximate
 
 
-def test_sweep_end_to_end(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "approxjax",
-            "sweep",
-            "--model",
-            "mlp",
-            "--epochs",
-            "2",
-            "--multipliers",
-            "mitchell5,mbm5,truncated3",
-            "--train-limit",
-            "256",
-            "--out",
-            str(out),
-        ],
+def _cli(*argv, cwd, check=True):
+    return subprocess.run(
+        [sys.executable, "-m", "approxjax", *argv],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
-        check=True,
+        cwd=cwd,
+        check=check,
     )
+
+
+SWEEP = ("sweep", "--model", "mlp", "--epochs", "2", "--train-limit", "256", "--progress", "off")
+
+
+def test_sweep_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "run"
+    mults = ("--multipliers", "mitchell5,mbm5,truncated3")
+    proc = _cli(*SWEEP, *mults, "--out", str(out), cwd=tmp_path)
     assert "mitchell5" in proc.stdout and "float32" in proc.stdout
+    assert "256 of 1437 train" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {"float32", "mitchell5", "mbm5", "truncated3"}
     assert results["config"]["seed"] == 0 and "jax" in results["versions"]
-    assert len(results["runs"]["mbm5"]["accuracy_curve"]) == 2
+    assert results["runs"]["mbm5"]["epochs"] == [1, 2]
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "results.csv").read_text().count("\n") == 5
-    # Resume: two more epochs continue from the checkpoints.
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "approxjax",
-            "sweep",
-            "--model",
-            "mlp",
-            "--epochs",
-            "3",
-            "--multipliers",
-            "mitchell5,mbm5,truncated3",
-            "--train-limit",
-            "256",
-            "--out",
-            str(out),
-            "--resume",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
-    assert "resumed after epoch 2" in resumed.stdout
-    results = json.loads((out / "results.json").read_text())
-    assert len(results["runs"]["mbm5"]["accuracy_curve"]) == 3
-    report = subprocess.run(
-        [sys.executable, "-m", "approxjax", "report", str(out / "results.json")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
+    # Killed during epoch 2: every group's last finished epoch is 1.
+    for state in (out / "checkpoints").glob("*/state.json"):
+        saved = json.loads(state.read_text())
+        saved["epoch"] = 1
+        saved["history"] = {k: v[:1] for k, v in saved["history"].items()}
+        state.write_text(json.dumps(saved))
+    (out / "results.json").unlink()
+    resumed = _cli(*SWEEP, *mults, "--out", str(out), "--resume", cwd=tmp_path)
+    assert "resumed after epoch 1" in resumed.stdout
+    again = json.loads((out / "results.json").read_text())
+    for name, run in results["runs"].items():  # the same numbers as the uninterrupted run
+        assert again["runs"][name]["accuracy_curve"] == run["accuracy_curve"], name
+    report = _cli("report", str(out / "results.json"), cwd=tmp_path)
     assert "mbm5" in report.stdout
 
 
+def test_resume_refuses_another_runs_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    _cli(*SWEEP, "--multipliers", "truncated5", "--out", str(out), cwd=tmp_path)
+    for flag in (
+        ("--multipliers", "mitchell5"),
+        ("--multipliers", "truncated5", "--learning-rate", "0.01"),
+        ("--multipliers", "truncated5", "--seed", "3"),
+    ):
+        argv = list(SWEEP) + list(flag) + ["--out", str(out), "--resume"]
+        bad = _cli(*argv, cwd=tmp_path, check=False)
+        assert bad.returncode == 1, bad.stdout
+        assert "cannot resume" in bad.stderr and "saved" in bad.stderr, bad.stderr
+        assert "resumed" not in bad.stdout
+    more = _cli(*SWEEP[:4], "3", *SWEEP[5:], "--multipliers", "truncated5", "--out", str(out),
+                "--resume", cwd=tmp_path, check=False)  # fmt: skip
+    assert more.returncode == 1 and "epochs: saved 2, now 3" in more.stderr
+
+
+def test_new_run_refuses_a_folder_with_another_run(tmp_path):
+    out = tmp_path / "run"
+    _cli(*SWEEP, "--multipliers", "truncated5", "--out", str(out), cwd=tmp_path)
+    again = _cli(*SWEEP, "--multipliers", "mitchell5", "--out", str(out), cwd=tmp_path, check=False)
+    assert again.returncode == 1 and "holds another run's results" in again.stderr
+    assert again.stderr.count("approxjax: error:") == 1 and "Traceback" not in again.stderr
+    moved = _cli(*SWEEP, "--multipliers", "mitchell5", "--out", str(out), "--on-existing", "move",
+                 cwd=tmp_path)  # fmt: skip
+    assert "mitchell5" in moved.stdout
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "results.json").exists()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert set(runs) == {"float32", "mitchell5"}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["float32", "m5"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (("--epochs", "0"), "--epochs must be an integer >= 1; got 0"),
+        (("--batch-size", "0"), "--batch-size must be an integer >= 1; got 0"),
+        (("--batch-size", "-5"), "--batch-size must be an integer >= 1; got -5"),
+        (("--train-limit", "0"), "--train-limit must be an integer >= 1; got 0"),
+        (("--mode", "finetune", "--finetune-epochs", "-1"), "--finetune-epochs must be"),
+        (("--approximate", "input_grad"), "--approximate takes forward (required)"),
+        (("--exact-layer", "Dense_("), "--exact-layer 'Dense_(' is not a regular expression"),
+        (("--exact-layer", "NoSuchLayer"), "policy pattern(s) ['NoSuchLayer'] matched no"),
+        (("--mesh", "bogus"), "--mesh 'bogus': each part must be"),
+        (("--mesh", "sweep=2,data=2"), "--mesh 'sweep=2,data=2' needs 4 devices; 1 are visible"),
+        (("--multipliers", ","), "--multipliers needs one or more"),
+        (("--multipliers", "mitchell5,mitchell5"), "--multipliers names 'mitchell5' twice"),
+        (("--multipliers", "drum5,drum5:k=4"), "are the same multiplier (drum5:k=4)"),
+        (("--out", "/proc/approxjax-cannot-write"), "is not writable"),
+    ],
+)
+def test_bad_settings_fail_before_training(tmp_path, argv, message):
+    base = ["sweep", "--model", "mlp", "--multipliers", "mitchell5", "--epochs", "1",
+            "--progress", "off", "--out", str(tmp_path / "out")]  # fmt: skip
+    proc = _cli(*base, *argv, cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("approxjax: error:"), proc.stderr
+    assert message in lines[0], lines[0]
+    assert "epoch" not in proc.stdout  # nothing trained
+
+
 def test_sweep_modes_match_separate_runs(tmp_path):
-    cfg = experiment.SweepConfig(
+    cfg = experiment_config.SweepConfig(
         model="mlp",
         multipliers=["mitchell4", "mbm4"],
         epochs=1,
@@ -179,26 +218,31 @@ def test_sweep_modes_match_separate_runs(tmp_path):
         out_dir="",
         mode="inference",
     )
-    res = experiment.run_sweep(cfg, progress=lambda m: None)
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
     assert set(res["runs"]) == {"float32", "mitchell4", "mbm4"}
-    tuned = experiment.run_sweep(
-        experiment.SweepConfig(**{**cfg.__dict__, "mode": "finetune"}), progress=lambda m: None
+    tuned = sweep.run_sweep(
+        experiment_config.SweepConfig(**{**cfg.__dict__, "mode": "finetune"}),
+        log=lambda m: None,
+        show_progress=False,
     )
-    assert len(tuned["runs"]["mbm4"]["accuracy_curve"]) == 2  # before and after fine-tuning
-    with pytest.raises(ValueError, match="must include 'forward'"):
-        experiment.run_sweep(
-            experiment.SweepConfig(
+    assert tuned["runs"]["mbm4"]["epochs"] == [1, 2]  # before and after fine-tuning
+    assert tuned["runs"]["mbm4"]["before_accuracy"] == res["runs"]["mbm4"]["test_accuracy"]
+    assert tuned["runs"]["float32"]["epochs"] == [1, 2]  # float32 fine-tuned as long
+    with pytest.raises(ValueError, match="--approximate takes forward"):
+        sweep.run_sweep(
+            experiment_config.SweepConfig(
                 **{**cfg.__dict__, "mode": "train", "approximate": ["input_grad"]}
             ),
-            progress=lambda m: None,
+            log=lambda m: None,
+            show_progress=False,
         )
 
 
 def test_sweep_multiplier_specs(tmp_path):
     luts = __import__("pathlib").Path(__file__).resolve().parents[1] / "luts"
-    mult = experiment.load_multiplier(f"{luts / 'mitchell.c'}@mitchell_mul:3")
+    mult = specs.load_multiplier(f"{luts / 'mitchell.c'}@mitchell_mul:3")
     np.testing.assert_array_equal(mult.lut, ax.mitchell(3).lut)
     path = ax.save_lut(ax.mbm(4), tmp_path / "mbm4.npz")
-    assert experiment.load_multiplier(str(path)).name == "mbm4"
+    assert specs.load_multiplier(str(path)).name == "mbm4"
     with pytest.raises(ValueError, match="unknown multiplier 'booth7'"):
-        experiment.load_multiplier("booth7")
+        specs.load_multiplier("booth7")

@@ -188,7 +188,7 @@ def test_runner_mesh(tmp_path):
 
 
 def test_mesh_spec_errors():
-    from approxjax.experiment import parse_mesh
+    from approxjax._src.runner.mesh import parse_mesh
 
     assert parse_mesh("auto", 8, 64) == {"sweep": 1, "data": 8}
     assert parse_mesh("auto", 8, 12) == {"sweep": 1, "data": 1}
@@ -197,5 +197,5 @@ def test_mesh_spec_errors():
         parse_mesh("sweep=4,data=4", 8, 64)
     with pytest.raises(ValueError, match="sweep=N or data=N"):
         parse_mesh("model=2", 8, 64)
-    with pytest.raises(ValueError, match="batch size 10 does not split over data=4"):
+    with pytest.raises(ValueError, match="--batch-size 10 does not split over data=4"):
         parse_mesh("data=4", 8, 10)

@@ -40,7 +40,7 @@ def _ref_bmm_factory(fwd_lut, ig_lut, wg_lut):
 
 def _ref_dot_general(lhs, rhs, dn, fwd_lut, ig_lut, wg_lut):
     """Reference dot_general: canonicalise (linear, exact), reference bmm, reshape."""
-    a, b, shape = ref._canonical(lhs, rhs, dn)
+    a, b, shape = ref.canonical(lhs, rhs, dn)
     return _ref_bmm_factory(fwd_lut, ig_lut, wg_lut)(a, b).reshape(shape)
 
 
@@ -216,9 +216,12 @@ def test_jit_equals_eager(rng):
 def test_multiplier_is_a_pytree_passed_as_data(rng):
     a = random_nonzero(rng, (4, 4))
     f = jax.jit(lambda mu: ax.dot_general(a, a, DN, multiplier=mu))
-    f(ax.truncated(4))
-    f(ax.Multiplier(np.ones((16, 16), np.float32)))
-    assert f._cache_size() == 1  # same m: one compiled program, the table is data
+    one = f(ax.truncated(4))
+    other = f(ax.Multiplier(np.ones((16, 16), np.float32), name="truncated4"))
+    assert f._cache_size() == 1  # same m and name: one compiled program, the table is data
+    assert not np.array_equal(np.asarray(one), np.asarray(other))
+    f(ax.mitchell(4))  # another name: its own program, so reports name it right
+    assert f._cache_size() == 2
     leaves, treedef = jax.tree_util.tree_flatten(ax.truncated(4))
     assert len(leaves) == 1 and leaves[0].shape == (16, 16)
     assert jax.tree_util.tree_unflatten(treedef, leaves).name == "truncated4"

@@ -7,29 +7,17 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from approxjax.multipliers import Multiplier, check_mantissa_bits
+from approxjax._src.arithmetic.multipliers import Multiplier, check_mantissa_bits
+from approxjax._src.atomic import write_atomically
+from approxjax._src.version import __version__
 
 FORMAT = "approxjax-lut/1"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Writes through a temporary file in the same folder, then renames: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_lut(multiplier: Multiplier, path: str | os.PathLike, **metadata: Any) -> Path:
@@ -42,8 +30,6 @@ def save_lut(multiplier: Multiplier, path: str | os.PathLike, **metadata: Any) -
     Returns:
       The path written (``.npz`` appended if missing).
     """
-    from approxjax import __version__
-
     if not isinstance(multiplier, Multiplier):
         raise TypeError(f"save_lut takes a Multiplier; got {type(multiplier).__name__}")
     if multiplier.batch_shape:
@@ -62,7 +48,7 @@ def save_lut(multiplier: Multiplier, path: str | os.PathLike, **metadata: Any) -
         **multiplier.metadata,
         **metadata,
     }
-    _atomic_write(
+    write_atomically(
         path, lambda f: np.savez(f, lut=table, metadata=np.array(json.dumps(meta, default=str)))
     )
     return path
@@ -181,5 +167,5 @@ def save_approxtrain(multiplier: Multiplier, path: str | os.PathLike) -> Path:
         )
     data = ((carry << 7) | frac.astype(np.int64)).astype(np.uint8).reshape(-1)
     path = Path(path)
-    _atomic_write(path, lambda f: f.write(data.tobytes()))
+    write_atomically(path, lambda f: f.write(data.tobytes()))
     return path

@@ -42,16 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from approxjax import _ffi
-from approxjax.multipliers import Multiplier
-from approxjax.ops import (
-    GradMultiplier,
-    _approx_bmm,
-    _check_multiplier,
-    _check_operand,
-    _GemmConfig,
-    _grad_lut,
-    _mode_and_lut,
+from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.kernels import ffi
+from approxjax._src.ops.checks import check_multiplier, check_operand
+from approxjax._src.ops.dot_general import GradMultiplier
+from approxjax._src.ops.gemm import (
+    GemmConfig,
+    approx_bmm,
+    grad_lut,
+    grad_mode_and_lut,
+    zero_cotangents,
 )
 
 
@@ -107,11 +107,11 @@ def conv_general_dilated(
       TypeError: operands are not float32/bfloat16/float16.
       ValueError: inconsistent shapes, groups, strides, dilations or padding.
     """
-    lhs = _check_operand("lhs", lhs)
-    rhs = _check_operand("rhs", rhs)
-    _check_multiplier("multiplier", multiplier, allow_forward=False)
-    _check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
-    _check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
+    lhs = check_operand("lhs", lhs)
+    rhs = check_operand("rhs", rhs)
+    check_multiplier("multiplier", multiplier, allow_forward=False)
+    check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
+    check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
     if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(
             f"lhs and rhs need one rank >= 2; got shapes {tuple(lhs.shape)} and {tuple(rhs.shape)}"
@@ -227,15 +227,15 @@ def conv_general_dilated(
 
         patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
-    ig_mode, ig_lut = _mode_and_lut(input_grad_multiplier)
-    wg_mode, wg_lut = _mode_and_lut(weight_grad_multiplier)
-    config = _GemmConfig(input_grad=ig_mode, weight_grad=wg_mode)
+    ig_mode, ig_lut = grad_mode_and_lut(input_grad_multiplier)
+    wg_mode, wg_lut = grad_mode_and_lut(weight_grad_multiplier)
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode)
     luts = (multiplier.lut, ig_lut, wg_lut)
     x = x.astype(jnp.float32)
     w = w.astype(jnp.float32)
 
     def bmm(a, b, luts):  # (G, M, K) @ (G, K, N) through the multipliers
-        return _approx_bmm(config, *_ffi.same_varying_axes(a, b), luts)
+        return approx_bmm(config, *ffi.same_varying_axes(a, b), luts)
 
     if bg == 1:
         og = out_feat // fg
@@ -253,7 +253,7 @@ def conv_general_dilated(
 
         if fg == 1 and _implicit_im2col():
             geometry = (tuple(kernel), strides, rhs_dil, wg_mode)
-            y = _implicit_conv(materialized, geometry, *_ffi.same_varying_axes(x, b), luts)
+            y = _implicit_conv(materialized, geometry, *ffi.same_varying_axes(x, b), luts)
         else:
             y = materialized(x, b, luts)
     else:
@@ -285,7 +285,7 @@ def _implicit_conv(materialized, geometry, x, b, luts):
     one sum (unless it is exact: then as ``materialized`` computes it).
     """
     kernel, strides, dilation, _ = geometry
-    return _ffi.conv_gemm(x, b[0], luts[0], kernel=kernel, strides=strides, dilation=dilation)
+    return ffi.conv_gemm(x, b[0], luts[0], kernel=kernel, strides=strides, dilation=dilation)
 
 
 def _implicit_conv_fwd(materialized, geometry, x, b, luts):
@@ -295,7 +295,7 @@ def _implicit_conv_fwd(materialized, geometry, x, b, luts):
 def _implicit_conv_bwd(materialized, geometry, residuals, g):
     x, b, luts = residuals
     kernel, strides, dilation, weight_grad = geometry
-    lut_cts = tuple(None if t is None else jnp.zeros_like(t) for t in luts)
+    lut_cts = zero_cotangents(luts)
     # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them
     # (and so the built patches, where only the input gradient is asked for).
     if weight_grad == "exact":
@@ -303,8 +303,8 @@ def _implicit_conv_bwd(materialized, geometry, residuals, g):
         return (*vjp(g), lut_cts)
     _, vjp = jax.vjp(lambda x: materialized(x, b, luts), x)
     (dx,) = vjp(g)
-    lut = _grad_lut(weight_grad, luts, 2)
-    db = _ffi.conv_gemm(
+    lut = grad_lut(weight_grad, luts, 2)
+    db = ffi.conv_gemm(
         x, g, lut, kernel=kernel, strides=strides, dilation=dilation, transpose_lhs=True
     )
     return dx, db[None], lut_cts

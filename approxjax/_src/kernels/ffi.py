@@ -12,7 +12,7 @@ JAX's FFI leaves open live in one place:
 * each call is a JAX primitive of its own (``approxjax_gemm``,
   ``approxjax_conv_gemm``, ``approxjax_multiply``) whose batching rule is the
   ``expand_dims`` above and whose lowering wraps the FFI call in the
-  partitioning rules of :mod:`approxjax._partition`, so ``jit`` over sharded
+  partitioning rules of :mod:`approxjax._src.kernels.partition`, so ``jit`` over sharded
   operands runs it on local shards, and whose type carries the varying manual
   axes of its operands so it works inside ``shard_map``;
 * the CPU module always registers; the CUDA module registers when it was
@@ -33,7 +33,8 @@ from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from approxjax import _approxjax_cpu, _partition
+from approxjax import _approxjax_cpu
+from approxjax._src.kernels import partition as _partition
 
 try:  # The CUDA extension is optional (CMake option APPROXJAX_CUDA).
     from approxjax import _approxjax_cuda  # type: ignore[attr-defined]

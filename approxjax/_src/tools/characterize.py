@@ -20,12 +20,14 @@ and the error probability (the share of products that are not exact).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from approxjax.multipliers import Multiplier
+from approxjax._src.arithmetic import reference
+from approxjax._src.arithmetic.multipliers import Multiplier
 
 EXHAUSTIVE_MAX_BITS = 10
 RANDOM_PAIRS = 1 << 20
@@ -126,8 +128,6 @@ def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) 
         values are left out.
       seed: seed for the random pairs.
     """
-    from approxjax import reference
-
     if not isinstance(multiplier, Multiplier) or multiplier.batch_shape:
         raise TypeError("characterize takes one Multiplier (not a stack)")
     approx, exact, x, y = table_errors(multiplier, seed)
@@ -169,9 +169,14 @@ def format_table(results: Sequence[Characterization]) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot (a headless backend where there is no display)."""
     try:
-        import matplotlib.pyplot as plt  # picks a headless backend when there is no display
+        import matplotlib
+
+        if not os.environ.get("DISPLAY") and not os.environ.get("MPLBACKEND"):
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError(
             "plots need matplotlib: pip install 'approxjax[plot]' (or matplotlib)"
@@ -179,39 +184,71 @@ def _pyplot():
     return plt
 
 
-def plot_errors(multiplier: Multiplier, path: str | None = None):
-    """A heatmap of the relative error over (i, j) and a histogram of relative errors.
-
-    Returns the matplotlib figure (saved to ``path`` as PNG when given).
-    """
-    plt = _pyplot()
+def _relative_errors(multiplier: Multiplier, seed: int = 0):
+    """Relative errors on the table's significand grid, or, where the table is
+    exact (every entry the product of its truncated significands), on random
+    full-precision significands: then the error is the operands' truncation."""
     m = multiplier.mantissa_bits
     side = 1 << m
     lut = np.asarray(multiplier.lut, np.float64)
     sig = 1 + np.arange(side) / side
     rel = (lut - np.outer(sig, sig)) / np.outer(sig, sig)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5))
-    lim = max(float(np.abs(rel).max()), 1e-12)
-    im = ax0.imshow(
-        rel,
-        origin="lower",
-        cmap="RdBu_r",
-        vmin=-lim,
-        vmax=lim,
-        extent=(1, 2, 1, 2),
-        interpolation="nearest",
-    )
-    ax0.set_xlabel("significand of b (1 + j/2^m)")
-    ax0.set_ylabel("significand of a (1 + i/2^m)")
-    ax0.set_title(f"{multiplier.name}: relative error")
-    fig.colorbar(im, ax=ax0, fraction=0.046)
-    ax1.hist(rel.reshape(-1), bins=min(100, max(10, side)), color="tab:blue")
-    ax1.axvline(float(rel.mean()), color="k", ls="--", lw=1, label=f"mean {rel.mean():.2e}")
-    ax1.set_xlabel("relative error")
-    ax1.set_ylabel("significand pairs")
-    ax1.set_title("histogram")
-    ax1.legend()
+    if np.any(rel != 0):
+        return rel, "table"
+    rng = np.random.default_rng(seed)
+    n = 256
+    x = np.sort(rng.uniform(1, 2, n)).astype(np.float32)
+    got = np.asarray(reference.multiply(x[:, None], x[None, :], multiplier.lut), np.float64)
+    exact = np.outer(x.astype(np.float64), x.astype(np.float64))
+    return (got - exact) / exact, "sampled"
+
+
+def plot_errors(multipliers: Multiplier | Sequence[Multiplier], path: str | None = None):
+    """Relative-error heat map and histogram, one row per multiplier.
+
+    A multiplier whose table is exact on its own grid (``truncated(m)``: every
+    entry is the exact product of the truncated significands) has no error
+    there; its row shows the error on random full-precision significands
+    instead (the truncation of the operands), and its title says so.
+
+    Returns the matplotlib figure (saved to ``path`` as one PNG when given).
+    """
+    mults = [multipliers] if isinstance(multipliers, Multiplier) else list(multipliers)
+    plt = pyplot()
+    fig, axes = plt.subplots(len(mults), 2, figsize=(11, 4.2 * len(mults)), squeeze=False)
+    for (ax0, ax1), mult in zip(axes, mults, strict=True):
+        rel, view = _relative_errors(mult)
+        lo, hi = float(rel.min()), float(rel.max())
+        if lo < 0 < hi:  # both signs: diverging, white at zero
+            lim = max(-lo, hi)
+            cmap, vmin, vmax = "RdBu_r", -lim, lim
+        elif hi <= 0:  # never overestimates: the whole scale on the negative side
+            cmap, vmin, vmax = "Blues_r", min(lo, -1e-12), 0.0
+        else:
+            cmap, vmin, vmax = "Reds", 0.0, max(hi, 1e-12)
+        im = ax0.imshow(
+            rel, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, extent=(1, 2, 1, 2),
+            interpolation="nearest", aspect="auto",
+        )  # fmt: skip
+        ax0.set_xlabel("significand of b")
+        ax0.set_ylabel("significand of a")
+        title = f"{mult.name}: relative error"
+        if view == "sampled":
+            title += "\n(table exact: random full-precision operands, truncation error)"
+        ax0.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax0, fraction=0.046)
+        values = rel.reshape(-1)
+        ax1.hist(values, bins=min(100, max(10, rel.shape[0])), color="tab:blue")
+        ax1.axvline(
+            float(values.mean()), color="k", ls="--", lw=1, label=f"mean {values.mean():.2e}"
+        )
+        ax1.set_xlabel("relative error")
+        ax1.set_ylabel("significand pairs")
+        ax1.xaxis.set_major_locator(plt.MaxNLocator(5))
+        ax1.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
+        ax1.set_title(f"histogram ({view})", fontsize=10)
+        ax1.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
     return fig

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from approxjax import multipliers
-from approxjax.ops import dot_general
+from approxjax._src.arithmetic import catalog
+from approxjax._src.ops.dot_general import dot_general
 
 _DN = (((1,), (0,)), ((), ()))
 
@@ -45,7 +45,7 @@ def run(mantissa_bits: Sequence[int] = (3, 5, 7), seed: int = 0) -> dict[str, fl
     print(f"{'multiplier':<14} {'rel. error':>10} {'max |diff|':>11} {'argmax agrees':>14}")
     errors = {}
     for m in mantissa_bits:
-        mult = multipliers.truncated(m)
+        mult = catalog.truncated(m)
         out = forward(params, x, mult)
         rel = float(jnp.linalg.norm(out - exact) / jnp.linalg.norm(exact))
         agree = float(jnp.mean(jnp.argmax(out, -1) == jnp.argmax(exact, -1)))

@@ -4,21 +4,27 @@ A :class:`Policy` chooses, for every approximable operation (a dot_general or a
 convolution, forward pass and both gradients), a forward multiplier and the
 two gradient multipliers:
 
-* by **path**: regular expressions searched in the operation's path (the Flax
-  module path such as ``"LeNet/Conv_0"``, from JAX's name stack); the first rule
-  that matches wins;
+* ``first_exact`` / ``last_exact``: the operations of the first / last
+  *layer* are exact (the usual choice for the input and classifier layers).
+  A layer is a module: every operation whose path is that of the first (last)
+  operation, and, for the first layer, every operation that reads the same
+  input as the first one (a transformer's query, key and value projections of
+  its input embeddings);
 * by **order of appearance**: ``by_index={0: None}`` (0-based, in program order);
-* ``first_exact`` / ``last_exact``: the first / last operation exact, the usual
-  choice for the input and classifier layers;
+* by **path**: regular expressions searched in the operation's path (the
+  module that owns it: ``"conv1"``, ``"blocks/0/attn/query"``,
+  ``"params/Dense_0"``) and in its JAX name scope (``"LeNet/Conv_0"``); the
+  first rule that matches wins;
 * otherwise the ``default``.
 
-A multiplier given as ``None`` means exact float32. Policies are pytrees (the
-multipliers' tables are leaves), so a training step can take one as an
-argument, and ``jax.vmap`` over a policy built from a stack of multipliers
-sweeps them.
+A multiplier given as ``None`` means exact float32. Every rule must match at
+least one operation: a pattern that matches nothing raises (a typo, usually).
+Policies are pytrees (the multipliers' tables are leaves), so a training step
+can take one as an argument, and ``jax.vmap`` over a policy built from a stack
+of multipliers sweeps them.
 
-``with approxjax.using(multiplier_or_policy): ...`` makes a policy current while
-a function is traced; approxjax's Flax modules (with their default
+``with approxjax.using(multiplier_or_policy): ...`` makes a policy current
+while a function is traced; approxjax's Flax modules (with their default
 ``multiplier="context"``) read it, so an unmodified training loop gets its
 multiplier as data::
 
@@ -27,6 +33,14 @@ multiplier as data::
             ...  # loss, grads through state.apply_fn
 
     jax.jit(jax.vmap(train_step, in_axes=(0, None, 0)))(states, batch, stack)
+
+A concrete multiplier set with ``using`` *outside* a ``jax.jit`` (or a
+``scan``, ``while_loop``, ``cond``, ``checkpoint``) that is traced inside the
+block would be baked into the compiled program as a constant, and calling that
+program again under another multiplier would silently compute the first one:
+approxjax raises :class:`ContextTraceError` instead, with the fix (pass the
+multiplier as an argument of the jitted function and enter ``using`` inside
+it).
 """
 
 from __future__ import annotations
@@ -39,10 +53,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
-from approxjax.multipliers import Multiplier
-
-FORWARD = "forward"
+from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.ops.checks import FORWARD, check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +77,22 @@ class GemmMultipliers:
         return self.forward is None
 
 
-def _check_choice(name: str, value: Any, allow_forward: bool) -> None:
-    if value is None or isinstance(value, Multiplier):
-        return
-    if allow_forward and isinstance(value, str) and value == FORWARD:
-        return
-    raise TypeError(
-        f"{name} must be a Multiplier, None (exact)"
-        + (" or 'forward'" if allow_forward else "")
-        + f"; got {value!r}"
-    )
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    """What a policy knows of one operation when it chooses its multipliers.
+
+    Attributes:
+      path: the module (layer) that owns the operation.
+      scope: JAX's name scope where it was traced (Flax linen module paths).
+      index: its 0-based position in program order, where known.
+      in_first_layer, in_last_layer: whether it belongs to the first / last layer.
+    """
+
+    path: str
+    scope: str = ""
+    index: int | None = None
+    in_first_layer: bool = False
+    in_last_layer: bool = False
 
 
 @jax.tree_util.register_pytree_node_class
@@ -82,15 +102,21 @@ class Policy:
     Args:
       default: multiplier of operations no rule chooses (None: exact).
       rules: ``(pattern, multiplier)`` pairs, or a mapping; ``re.search`` on the
-        operation's path, first match wins.
+        operation's path and on its name scope, first match wins.
       by_index: ``{index: multiplier}`` by order of appearance (0-based).
-      first_exact, last_exact: make the first / last operation exact.
+      first_exact, last_exact: make the first / last layer exact.
       input_grad, weight_grad: gradient multipliers of every approximate
         operation: ``"forward"``, a Multiplier, or None (exact).
 
     Raises:
-      ValueError: a pattern is not a valid regular expression.
+      ValueError: a pattern is not a valid regular expression, or an index is
+        negative.
       TypeError: a multiplier is not a Multiplier, None or "forward".
+
+    Example::
+
+      >>> import approxjax as ax
+      >>> policy = ax.Policy(ax.mitchell(7), rules=[("Dense_2", None)], first_exact=True)
     """
 
     def __init__(
@@ -114,15 +140,15 @@ class Policy:
                 raise ValueError(
                     f"rule pattern {rule[0]!r} is not a regular expression: {e}"
                 ) from e
-            _check_choice(f"multiplier of rule {rule[0]!r}", rule[1], False)
+            check_choice(f"multiplier of rule {rule[0]!r}", rule[1], False)
         by_index = dict(by_index or {})
         for k, v in by_index.items():
             if isinstance(k, bool) or not isinstance(k, int) or k < 0:
                 raise ValueError(f"by_index keys are operation indices >= 0; got {k!r}")
-            _check_choice(f"by_index[{k}]", v, False)
-        _check_choice("default", default, False)
-        _check_choice("input_grad", input_grad, True)
-        _check_choice("weight_grad", weight_grad, True)
+            check_choice(f"by_index[{k}]", v, False)
+        check_choice("default", default, False)
+        check_choice("input_grad", input_grad, True)
+        check_choice("weight_grad", weight_grad, True)
         self.default = default
         self.rules = rules
         self.by_index = by_index
@@ -131,19 +157,22 @@ class Policy:
         self.input_grad = input_grad
         self.weight_grad = weight_grad
 
-    def choose(self, path: str, index: int | None = None, total: int | None = None):
-        """The GemmMultipliers of an operation, and the rule (pattern) that chose it."""
+    def choose(self, op: Operation | str) -> tuple[GemmMultipliers, str | None]:
+        """The GemmMultipliers of an operation, and the rule that chose it
+        (a pattern, ``"first_exact"``, ``"last_exact"``, ``"by_index"`` or None)."""
+        if isinstance(op, str):
+            op = Operation(op, op)
         rule = None
-        if index is not None and self.first_exact and index == 0:
-            forward = None
-        elif index is not None and total is not None and self.last_exact and index == total - 1:
-            forward = None
-        elif index is not None and index in self.by_index:
-            forward = self.by_index[index]
+        if self.first_exact and op.in_first_layer:
+            forward, rule = None, "first_exact"
+        elif self.last_exact and op.in_last_layer:
+            forward, rule = None, "last_exact"
+        elif op.index is not None and op.index in self.by_index:
+            forward, rule = self.by_index[op.index], "by_index"
         else:
             forward = self.default
             for pattern, mult in self.rules:
-                if re.search(pattern, path):
+                if re.search(pattern, op.path) or (op.scope and re.search(pattern, op.scope)):
                     forward, rule = mult, pattern
                     break
         return GemmMultipliers(forward, self.input_grad, self.weight_grad), rule
@@ -160,6 +189,7 @@ class Policy:
             )
 
     def check_indices(self, total: int) -> None:
+        """Raises if by_index names an operation beyond the ``total`` seen."""
         bad = [k for k in self.by_index if k >= total]
         if bad:
             raise ValueError(
@@ -226,7 +256,67 @@ def as_policy(value: Multiplier | Policy | None) -> Policy:
     raise TypeError(f"expected a Multiplier, a Policy or None; got {value!r}")
 
 
-_CURRENT: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
+class ContextTraceError(RuntimeError):
+    """A multiplier set by ``using`` outside a staged trace was read inside it."""
+
+
+def _staging() -> bool:
+    """Whether operations run now are staged into a program (jit, scan, ...)
+    rather than executed: a constant made now is then a tracer."""
+    return isinstance(jnp.zeros((), jnp.int8), jax.core.Tracer)
+
+
+def _has_concrete_tables(policy: Policy) -> bool:
+    return any(not isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(policy))
+
+
+class _Context:
+    """One ``using`` block: its policy, whether it was entered while staging,
+    and what the modules traced inside it chose (for the checks at exit)."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.staged_at_entry = _staging()
+        self.count = 0
+        self.first_path: str | None = None
+        self.used_rules: set[str] = set()
+        self.paths: list[str] = []
+
+    def choose(self, path: str) -> GemmMultipliers:
+        if not self.staged_at_entry and _has_concrete_tables(self.policy) and _staging():
+            raise ContextTraceError(
+                f"approxjax.using({self.policy!r}) was entered outside the jax.jit (or scan, "
+                "while_loop, cond, checkpoint) now being traced: its table would be compiled "
+                "into that program as a constant, and calling the program again under another "
+                "multiplier would silently reuse this one. Pass the multiplier as an argument "
+                "of the jitted function and enter approxjax.using inside it, e.g.\n"
+                "    @jax.jit\n"
+                "    def forward(params, x, multiplier):\n"
+                "        with approxjax.using(multiplier):\n"
+                "            return model.apply(params, x)"
+            )
+        if self.policy.last_exact:
+            raise ValueError(
+                "last_exact needs the whole function to know its last layer; modules traced "
+                "one by one under using() cannot: wrap the function with "
+                "approxjax.approximate(fn, policy), or give the last layer multiplier=None"
+            )
+        if self.first_path is None:
+            self.first_path = path
+        op = Operation(path, path, index=self.count, in_first_layer=path == self.first_path)
+        self.count += 1
+        choice, rule = self.policy.choose(op)
+        if rule is not None:
+            self.used_rules.add(rule)
+        self.paths.append(path)
+        return choice
+
+    def check(self) -> None:
+        self.policy.check_rules_used(self.used_rules, self.paths)
+        self.policy.check_indices(self.count)
+
+
+_CURRENT: contextvars.ContextVar[_Context | None] = contextvars.ContextVar(
     "approxjax_policy", default=None
 )
 
@@ -235,18 +325,36 @@ _CURRENT: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
 def using(multiplier_or_policy: Multiplier | Policy | None) -> Iterator[Policy]:
     """Makes a multiplier (or policy) current for approxjax modules traced inside.
 
-    ``None`` makes them exact. Nested contexts replace the outer one.
+    ``None`` makes them exact. Nested contexts replace the outer one. When the
+    block ends without an error, every rule of the policy must have matched an
+    operation and every ``by_index`` entry must exist (ValueError otherwise).
+
+    Raises:
+      ContextTraceError: (inside the block) a module traced in a ``jax.jit``
+        started inside the block reads a concrete multiplier set outside it.
     """
-    token = _CURRENT.set(as_policy(multiplier_or_policy))
+    ctx = _Context(as_policy(multiplier_or_policy))
+    token = _CURRENT.set(ctx)
     try:
-        yield _CURRENT.get()
+        yield ctx.policy
     finally:
         _CURRENT.reset(token)
+    ctx.check()
 
 
 def current_policy() -> Policy | None:
     """The policy set by the innermost ``using`` context, or None."""
-    return _CURRENT.get()
+    ctx = _CURRENT.get()
+    return None if ctx is None else ctx.policy
+
+
+def choose_in_context(path: str) -> GemmMultipliers:
+    """The multipliers of a module's operation traced now at ``path``, from the
+    innermost ``using`` context (exact where there is none)."""
+    ctx = _CURRENT.get()
+    if ctx is None:
+        return GemmMultipliers(None)
+    return ctx.choose(path)
 
 
 def current_path() -> str:

@@ -1,206 +1,17 @@
-"""The Multiplier type and the catalog of built-in approximate multipliers.
+"""The catalog of built-in float multipliers (significand tables), by name.
 
-A multiplier with ``m`` mantissa bits (``0 <= m <= 12``) is a float32 lookup
-table of shape ``(2**m, 2**m)``: entry ``[i, j]`` is the approximate product of
-the two significands ``1.i`` and ``1.j`` whose top ``m`` fraction bits are ``i``
-and ``j``. Sign and exponent are handled exactly; see :mod:`approxjax.reference`
-for the complete rule (zeros, subnormals, inf, NaN, overflow, underflow).
+Each constructor returns a :class:`~approxjax.Multiplier` whose table it
+computes in float64 and rounds once to float32; each cites its paper and has
+a C twin in ``luts/`` that the tests check bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-MAX_MANTISSA_BITS = 12
-
-
-def _mantissa_bits_of_shape(shape: tuple[int, ...]) -> int:
-    """The m of a table shape ``(..., 2**m, 2**m)``; raises ValueError otherwise."""
-    if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] < 1:
-        raise ValueError(
-            f"lut must have shape (2**m, 2**m) with 0 <= m <= {MAX_MANTISSA_BITS}; got {shape}"
-        )
-    side = shape[-1]
-    m = side.bit_length() - 1
-    if (1 << m) != side or m > MAX_MANTISSA_BITS:
-        raise ValueError(
-            f"lut must have shape (2**m, 2**m) with 0 <= m <= {MAX_MANTISSA_BITS}; got {shape} "
-            f"(side {side} is {'not a power of two' if (1 << m) != side else 'too large'})"
-        )
-    return m
-
-
-def check_mantissa_bits(m: Any) -> int:
-    """Validates a mantissa-bit count and returns it as an int."""
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
-        raise TypeError(f"mantissa bits m must be an int; got {m!r} of type {type(m).__name__}")
-    if not 0 <= int(m) <= MAX_MANTISSA_BITS:
-        raise ValueError(f"mantissa bits m must be in [0, {MAX_MANTISSA_BITS}]; got {m}")
-    return int(m)
-
-
-def _validated_table(lut: Any) -> np.ndarray:
-    """A concrete table as a float32 numpy array, checked entry by entry."""
-    try:
-        raw = np.asarray(lut)
-    except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
-        raise TypeError(f"lut must be a real array convertible to float32; got {lut!r}") from e
-    if raw.dtype.kind not in "fiu":
-        raise TypeError(f"lut must be a real array convertible to float32; got dtype {raw.dtype}")
-    _mantissa_bits_of_shape(raw.shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        table = raw.astype(np.float32)
-    bad = ~np.isfinite(table) | (table < 0)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"lut entries must be finite and >= 0 (as float32); lut{list(where)} = "
-            f"{raw[where].item()!r}"
-            + (f" (float32: {table[where].item()!r})" if raw.dtype != np.float32 else "")
-        )
-    return np.where(table == 0, np.float32(0), table)  # -0.0 -> +0.0
-
-
-@jax.tree_util.register_pytree_node_class
-class Multiplier:
-    """A simulated multiplier: a lookup table of significand products.
-
-    The table is a pytree leaf, so a ``Multiplier`` passes through ``jit`` as
-    data and ``vmap`` maps over a stack of them; its mantissa-bit count and
-    names are static.
-
-    Args:
-      lut: table of shape ``(2**m, 2**m)`` (or ``(S, 2**m, 2**m)`` for a stack of
-        S multipliers), any real array convertible to float32, entries finite
-        and >= 0.
-      name: a name for reports (a sequence of S names for a stack).
-      metadata: provenance kept with the table and written by
-        :func:`approxjax.save_lut` (source hash, parameters, ...); not part of
-        the pytree.
-
-    Raises:
-      TypeError: the table is not a real numeric array.
-      ValueError: the shape is not ``(..., 2**m, 2**m)`` with ``0 <= m <= 12``, or an
-        entry is NaN, infinite or negative.
-
-    Example::
-
-      >>> import numpy as np, approxjax
-      >>> m = 2
-      >>> sig = 1 + np.arange(2**m) / 2**m
-      >>> mult = approxjax.Multiplier(np.outer(sig, sig), name="exact2")
-      >>> mult.mantissa_bits
-      2
-    """
-
-    __slots__ = ("lut", "mantissa_bits", "names", "metadata")
-
-    def __init__(
-        self,
-        lut: Any,
-        name: str | Sequence[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ):
-        if isinstance(lut, jax.core.Tracer):
-            m = _mantissa_bits_of_shape(tuple(lut.shape))
-            if not jnp.issubdtype(lut.dtype, jnp.floating):
-                raise TypeError(f"lut must be a floating array; got dtype {lut.dtype}")
-            table = lut.astype(jnp.float32)
-        else:
-            host = _validated_table(lut)
-            m = _mantissa_bits_of_shape(host.shape)
-            table = jnp.asarray(host)
-        self.lut = table
-        self.mantissa_bits = m
-        self.names = _names(name, table.shape[:-2], m)
-        self.metadata = dict(metadata or {})
-
-    @property
-    def name(self) -> str:
-        """The multiplier's name (the names joined by '+' for a stack)."""
-        return "+".join(self.names)
-
-    @property
-    def batch_shape(self) -> tuple[int, ...]:
-        """Leading shape of a stack of multipliers; ``()`` for one."""
-        return tuple(self.lut.shape[:-2])
-
-    def __len__(self) -> int:
-        if not self.batch_shape:
-            raise TypeError(f"{self.name} is a single multiplier, not a stack")
-        return self.batch_shape[0]
-
-    def __getitem__(self, i: int) -> Multiplier:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"multiplier index {i} out of range for a stack of {n}")
-        names = self.names if len(self.names) != n else (self.names[i],)
-        return Multiplier._unchecked(self.lut[i], self.mantissa_bits, names)
-
-    def __repr__(self) -> str:
-        shape = "x".join(map(str, self.batch_shape))
-        stack = f", stack={shape}" if shape else ""
-        return f"Multiplier({self.name!r}, m={self.mantissa_bits}{stack})"
-
-    @classmethod
-    def _unchecked(cls, lut: Any, m: int, names: tuple[str, ...]) -> Multiplier:
-        obj = object.__new__(cls)
-        obj.lut = lut
-        obj.mantissa_bits = m
-        obj.names = names
-        obj.metadata = {}
-        return obj
-
-    def tree_flatten(self):
-        return (self.lut,), (self.mantissa_bits, _Names(self.names))
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls._unchecked(children[0], aux[0], tuple(aux[1]))
-
-
-class _Names(tuple):
-    """Names in a pytree's static data that compare equal to any other names.
-
-    Names are labels for reports: two multipliers with the same m but other
-    names must share one compiled program, so names never enter the
-    comparison that JAX's caches make between tree structures.
-    """
-
-    __slots__ = ()
-
-    def __eq__(self, other):
-        return isinstance(other, _Names)
-
-    def __ne__(self, other):
-        return not self.__eq__(other)
-
-    def __hash__(self):
-        return hash(_Names)
-
-
-def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:
-    if name is None:
-        count = int(np.prod(batch)) if batch else 1
-        base = f"lut{m}"
-        return (base,) if count == 1 else tuple(f"{base}[{i}]" for i in range(count))
-    if isinstance(name, str):
-        return (name,)
-    names = tuple(str(n) for n in name)
-    if batch and len(names) != batch[0]:
-        raise ValueError(f"a stack of {batch[0]} multipliers needs {batch[0]} names; got {names}")
-    return names
-
-
-def significands(m: int) -> np.ndarray:
-    """The 2**m significands ``1 + i / 2**m`` (exact in float64)."""
-    m = check_mantissa_bits(m)
-    return 1.0 + np.arange(1 << m, dtype=np.float64) / (1 << m)
+from approxjax._src.arithmetic.multipliers import Multiplier, check_mantissa_bits
 
 
 def _fractions(m: int, force_lowest_bit: bool = False) -> np.ndarray:
@@ -295,11 +106,16 @@ def mbm(m: int, *, force_lowest_bit: bool = False, truncate_result: bool = False
     37(11), 2018.
 
     Mitchell's multiplier plus a constant error-correction term
-    ``c = 2**-4 + 2**-6`` that cancels most of its bias. With ``s = x + y``: if
-    ``s < 1`` the product is ``1 + s + c``; if the significand sum carries
-    (``s >= 1``) the term is halved: ``2 (s + c/2)``. Where adding the term
-    would overflow the significand (reach the next power of two) it is left
-    out.
+    ``c = 2**-4 + 2**-6`` that cancels most of its bias. With ``s = x + y``:
+
+    * ``s < 1`` (no carry out of the significand sum): the product is
+      ``1 + s + c``. Where ``s + c >= 1`` the corrected sum carries into the
+      next binade (``[0, 118]`` at ``m = 7`` with ``force_lowest_bit`` is
+      ``1 + 120/128 + c = 2.015625``), as ApproxTrain's published ``MBM_m``
+      tables have it;
+    * ``s >= 1`` (the sum carries): the term is halved, ``2 (s + c/2)``,
+      unless that reaches 4 (``s - 1 + c/2 >= 1``): then it is left out,
+      ``2 s``.
 
     Args:
       m: mantissa bits, 0 to 12.
@@ -312,10 +128,9 @@ def mbm(m: int, *, force_lowest_bit: bool = False, truncate_result: bool = False
     m = check_mantissa_bits(m)
     x = _fractions(m, force_lowest_bit)
     s = x[:, None] + x[None, :]
-    low = np.where(s + MBM_CORRECTION < 1, s + MBM_CORRECTION, s)
     high_f = s - 1 + MBM_CORRECTION / 2
     high = np.where(high_f < 1, high_f, s - 1)
-    p = np.where(s < 1, 1 + low, 2 * (1 + high))
+    p = np.where(s < 1, 1 + s + MBM_CORRECTION, 2 * (1 + high))
     name = _param_name("mbm", m, lsb=force_lowest_bit, trunc=truncate_result)
     return Multiplier(_table(p, m, truncate_result), name=name)
 
@@ -436,27 +251,3 @@ def get(spec: str, m: int | None = None) -> Multiplier:
         return CATALOG[base](int(digits) if digits else m, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad options for {base}: {e}") from e
-
-
-def stack(multipliers: Sequence[Multiplier]) -> Multiplier:
-    """A stack of multipliers with the same m, for ``jax.vmap`` sweeps.
-
-    Raises:
-      ValueError: the list is empty or the mantissa-bit counts differ.
-    """
-    multipliers = list(multipliers)
-    if not multipliers:
-        raise ValueError("stack needs at least one multiplier")
-    for x in multipliers:
-        if not isinstance(x, Multiplier):
-            raise TypeError(f"stack takes Multipliers; got {type(x).__name__}")
-    bits = {x.mantissa_bits for x in multipliers}
-    if len(bits) != 1:
-        detail = ", ".join(f"{x.name}: m={x.mantissa_bits}" for x in multipliers)
-        raise ValueError(f"stacked multipliers must share one m; got {detail}")
-    for x in multipliers:
-        if x.batch_shape:
-            raise ValueError(f"stack takes single multipliers; {x.name} is already a stack")
-    lut = jnp.stack([x.lut for x in multipliers])
-    names = tuple(x.name for x in multipliers)
-    return Multiplier._unchecked(lut, bits.pop(), names)

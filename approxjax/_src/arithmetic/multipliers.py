@@ -1,0 +1,214 @@
+"""The Multiplier type: a table of significand products, and stacks of them.
+
+A multiplier with ``m`` mantissa bits (``0 <= m <= 12``) is a float32 lookup
+table of shape ``(2**m, 2**m)``: entry ``[i, j]`` is the approximate product of
+the two significands ``1.i`` and ``1.j`` whose top ``m`` fraction bits are ``i``
+and ``j``. Sign and exponent are handled exactly; see :mod:`approxjax.reference`
+for the complete rule (zeros, subnormals, inf, NaN, overflow, underflow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MAX_MANTISSA_BITS = 12
+
+
+def _mantissa_bits_of_shape(shape: tuple[int, ...]) -> int:
+    """The m of a table shape ``(..., 2**m, 2**m)``; raises ValueError otherwise."""
+    if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] < 1:
+        raise ValueError(
+            f"lut must have shape (2**m, 2**m) with 0 <= m <= {MAX_MANTISSA_BITS}; got {shape}"
+        )
+    side = shape[-1]
+    m = side.bit_length() - 1
+    if (1 << m) != side or m > MAX_MANTISSA_BITS:
+        raise ValueError(
+            f"lut must have shape (2**m, 2**m) with 0 <= m <= {MAX_MANTISSA_BITS}; got {shape} "
+            f"(side {side} is {'not a power of two' if (1 << m) != side else 'too large'})"
+        )
+    return m
+
+
+def check_mantissa_bits(m: Any) -> int:
+    """Validates a mantissa-bit count and returns it as an int."""
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)):
+        raise TypeError(f"mantissa bits m must be an int; got {m!r} of type {type(m).__name__}")
+    if not 0 <= int(m) <= MAX_MANTISSA_BITS:
+        raise ValueError(f"mantissa bits m must be in [0, {MAX_MANTISSA_BITS}]; got {m}")
+    return int(m)
+
+
+def _validated_table(lut: Any) -> np.ndarray:
+    """A concrete table as a float32 numpy array, checked entry by entry."""
+    try:
+        raw = np.asarray(lut)
+    except Exception as e:  # noqa: BLE001 - report any conversion failure the same way
+        raise TypeError(f"lut must be a real array convertible to float32; got {lut!r}") from e
+    if raw.dtype.kind not in "fiu":
+        raise TypeError(f"lut must be a real array convertible to float32; got dtype {raw.dtype}")
+    _mantissa_bits_of_shape(raw.shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        table = raw.astype(np.float32)
+    bad = ~np.isfinite(table) | (table < 0)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"lut entries must be finite and >= 0 (as float32); lut{list(where)} = "
+            f"{raw[where].item()!r}"
+            + (f" (float32: {table[where].item()!r})" if raw.dtype != np.float32 else "")
+        )
+    return np.where(table == 0, np.float32(0), table)  # -0.0 -> +0.0
+
+
+@jax.tree_util.register_pytree_node_class
+class Multiplier:
+    """A simulated multiplier: a lookup table of significand products.
+
+    The table is a pytree leaf, so a ``Multiplier`` passes through ``jit`` as
+    data and ``vmap`` maps over a stack of them; its mantissa-bit count and
+    names are static and part of the tree structure, so a jitted function
+    keys its compiled programs on the names: a multiplier with another name
+    retraces (and records its own name in reports), one with the same name
+    and another table reuses the program. Sweeps that should compile once
+    go through ``jax.vmap`` over :func:`stack`.
+
+    Args:
+      lut: table of shape ``(2**m, 2**m)`` (or ``(S, 2**m, 2**m)`` for a stack of
+        S multipliers), any real array convertible to float32, entries finite
+        and >= 0.
+      name: a name for reports (a sequence of S names for a stack).
+      metadata: provenance kept with the table and written by
+        :func:`approxjax.save_lut` (source hash, parameters, ...); not part of
+        the pytree.
+
+    Raises:
+      TypeError: the table is not a real numeric array.
+      ValueError: the shape is not ``(..., 2**m, 2**m)`` with ``0 <= m <= 12``, or an
+        entry is NaN, infinite or negative.
+
+    Example::
+
+      >>> import numpy as np, approxjax
+      >>> m = 2
+      >>> sig = 1 + np.arange(2**m) / 2**m
+      >>> mult = approxjax.Multiplier(np.outer(sig, sig), name="exact2")
+      >>> mult.mantissa_bits
+      2
+    """
+
+    __slots__ = ("lut", "mantissa_bits", "names", "metadata")
+
+    def __init__(
+        self,
+        lut: Any,
+        name: str | Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        if isinstance(lut, jax.core.Tracer):
+            m = _mantissa_bits_of_shape(tuple(lut.shape))
+            if not jnp.issubdtype(lut.dtype, jnp.floating):
+                raise TypeError(f"lut must be a floating array; got dtype {lut.dtype}")
+            table = lut.astype(jnp.float32)
+        else:
+            host = _validated_table(lut)
+            m = _mantissa_bits_of_shape(host.shape)
+            table = jnp.asarray(host)
+        self.lut = table
+        self.mantissa_bits = m
+        self.names = _names(name, table.shape[:-2], m)
+        self.metadata = dict(metadata or {})
+
+    @property
+    def name(self) -> str:
+        """The multiplier's name (the names joined by '+' for a stack)."""
+        return "+".join(self.names)
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading shape of a stack of multipliers; ``()`` for one."""
+        return tuple(self.lut.shape[:-2])
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        if not self.batch_shape:
+            raise TypeError(f"{self.name} is a single multiplier, not a stack")
+        return self.batch_shape[0]
+
+    def __getitem__(self, i: int) -> Multiplier:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"multiplier index {i} out of range for a stack of {n}")
+        names = self.names if len(self.names) != n else (self.names[i],)
+        return Multiplier._unchecked(self.lut[i], self.mantissa_bits, names)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.batch_shape))
+        stack = f", stack={shape}" if shape else ""
+        return f"Multiplier({self.name!r}, m={self.mantissa_bits}{stack})"
+
+    @classmethod
+    def _unchecked(cls, lut: Any, m: int, names: tuple[str, ...]) -> Multiplier:
+        obj = object.__new__(cls)
+        obj.lut = lut
+        obj.mantissa_bits = m
+        obj.names = names
+        obj.metadata = {}
+        return obj
+
+    def tree_flatten(self):
+        return (self.lut,), (self.mantissa_bits, self.names)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls._unchecked(children[0], aux[0], tuple(aux[1]))
+
+
+def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:
+    if name is None:
+        count = int(np.prod(batch)) if batch else 1
+        base = f"lut{m}"
+        return (base,) if count == 1 else tuple(f"{base}[{i}]" for i in range(count))
+    if isinstance(name, str):
+        return (name,)
+    names = tuple(str(n) for n in name)
+    if batch and len(names) != batch[0]:
+        raise ValueError(f"a stack of {batch[0]} multipliers needs {batch[0]} names; got {names}")
+    return names
+
+
+def significands(m: int) -> np.ndarray:
+    """The 2**m significands ``1 + i / 2**m`` (exact in float64)."""
+    m = check_mantissa_bits(m)
+    return 1.0 + np.arange(1 << m, dtype=np.float64) / (1 << m)
+
+
+def stack(multipliers: Sequence[Multiplier]) -> Multiplier:
+    """A stack of multipliers with the same m, for ``jax.vmap`` sweeps.
+
+    Raises:
+      ValueError: the list is empty or the mantissa-bit counts differ.
+    """
+    multipliers = list(multipliers)
+    if not multipliers:
+        raise ValueError("stack needs at least one multiplier")
+    for x in multipliers:
+        if not isinstance(x, Multiplier):
+            raise TypeError(f"stack takes Multipliers; got {type(x).__name__}")
+    bits = {x.mantissa_bits for x in multipliers}
+    if len(bits) != 1:
+        detail = ", ".join(f"{x.name}: m={x.mantissa_bits}" for x in multipliers)
+        raise ValueError(f"stacked multipliers must share one m; got {detail}")
+    for x in multipliers:
+        if x.batch_shape:
+            raise ValueError(f"stack takes single multipliers; {x.name} is already a stack")
+    lut = jnp.stack([x.lut for x in multipliers])
+    names = tuple(x.name for x in multipliers)
+    return Multiplier._unchecked(lut, bits.pop(), names)

@@ -1,0 +1,110 @@
+"""Approximate ``dot_general``: ``lax.dot_general`` with every product simulated.
+
+The operands are laid out as a batched GEMM (``(G, M, K)`` and ``(G, K, N)``,
+or read transposed where they already are) and multiplied by the custom_vjp
+core of :mod:`approxjax._src.ops.gemm`, whose backward pass is made of
+approximate GEMMs too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.kernels import ffi
+from approxjax._src.ops.checks import check_dimension_numbers, check_multiplier, check_operand
+from approxjax._src.ops.gemm import GemmConfig, approx_bmm, grad_mode_and_lut
+
+GradMultiplier = Multiplier | None | Literal["forward"]
+
+
+def dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: tuple[
+        tuple[Sequence[int], Sequence[int]], tuple[Sequence[int], Sequence[int]]
+    ],
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    *,
+    multiplier: Multiplier | None = None,
+    input_grad_multiplier: GradMultiplier = "forward",
+    weight_grad_multiplier: GradMultiplier = "forward",
+) -> jax.Array:
+    """``jax.lax.dot_general`` with every product through a simulated multiplier.
+
+    Same signature and semantics as :func:`jax.lax.dot_general`, plus the
+    multipliers. Operands are float32, bfloat16 or float16 (converted exactly
+    to float32); products are summed in float32; the result has
+    ``preferred_element_type`` if given, else the operands' (promoted) type.
+
+    Args:
+      lhs, rhs: operands.
+      dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``.
+      precision: accepted for compatibility; it has no effect on approximate
+        products (with ``multiplier=None`` it is passed to XLA).
+      preferred_element_type: output dtype.
+      multiplier: the forward multiplier; ``None`` means exact float32 and uses
+        XLA's own dot (and then the gradient multipliers must be left alone).
+      input_grad_multiplier: multiplier of ``d lhs = g @ rhs^T``: ``"forward"``,
+        a :class:`Multiplier`, or ``None`` for exact.
+      weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
+
+    Returns:
+      The product, shaped like ``lax.dot_general``'s (batch, lhs free, rhs free).
+
+    Raises:
+      TypeError: an operand is not float32/bfloat16/float16, or a multiplier is
+        not a Multiplier.
+      ValueError: malformed dimension numbers or mismatched sizes.
+    """
+    lhs = check_operand("lhs", lhs)
+    rhs = check_operand("rhs", rhs)
+    dimension_numbers = check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    check_multiplier("multiplier", multiplier, allow_forward=False)
+    check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
+    check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
+    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    if multiplier is None:
+        if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
+            raise ValueError(
+                "gradient multipliers need an approximate forward multiplier; with "
+                "multiplier=None the whole dot_general is exact"
+            )
+        return lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=out_dtype
+        )
+    ig_mode, ig_lut = grad_mode_and_lut(input_grad_multiplier)
+    wg_mode, wg_lut = grad_mode_and_lut(weight_grad_multiplier)
+
+    (lc, rc), (lb, rb) = dimension_numbers
+    lf = tuple(d for d in range(lhs.ndim) if d not in lc and d not in lb)
+    rf = tuple(d for d in range(rhs.ndim) if d not in rc and d not in rb)
+    batch = tuple(lhs.shape[d] for d in lb)
+    lfree = tuple(lhs.shape[d] for d in lf)
+    rfree = tuple(rhs.shape[d] for d in rf)
+    g = int(np.prod(batch, dtype=np.int64))
+    m = int(np.prod(lfree, dtype=np.int64))
+    n = int(np.prod(rfree, dtype=np.int64))
+    k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
+    # Operands already laid out as (batch, contraction, free) [lhs] or
+    # (batch, free, contraction) [rhs] reach the kernel as they are, flagged
+    # transposed; any other layout is transposed to (G, M, K) / (G, K, N).
+    ta = lb + lf + lc != tuple(range(lhs.ndim)) and lb + lc + lf == tuple(range(lhs.ndim))
+    tb = rb + rc + rf != tuple(range(rhs.ndim)) and rb + rf + rc == tuple(range(rhs.ndim))
+    a = lhs.astype(jnp.float32)
+    b = rhs.astype(jnp.float32)
+    a = a.reshape(g, k, m) if ta else jnp.transpose(a, lb + lf + lc).reshape(g, m, k)
+    b = b.reshape(g, n, k) if tb else jnp.transpose(b, rb + rc + rf).reshape(g, k, n)
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, transpose_a=ta, transpose_b=tb)
+    # Inside shard_map, a replicated operand joins the others' varying axes here,
+    # outside the custom_vjp, so JAX's AD sums its cotangent over those axes.
+    a, b = ffi.same_varying_axes(a, b)
+    out = approx_bmm(config, a, b, (multiplier.lut, ig_lut, wg_lut))
+    return out.reshape(batch + lfree + rfree).astype(out_dtype)

@@ -1,0 +1,264 @@
+"""The approxjax command line (also ``python -m approxjax``).
+
+Commands: ``sweep`` (the main job), ``report``, ``demo``, ``lut build``, ``lut info``,
+``characterize``. Every error is one ``approxjax: error: ...`` line on stderr
+and exit status 1 (2 for usage errors, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every default."""
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from approxjax._src.runner import demo
+
+    demo.run(mantissa_bits=args.mantissa_bits, seed=args.seed)
+    return 0
+
+
+def _lut_build(args: argparse.Namespace) -> int:
+    from approxjax._src.tools import c_models, characterize, lut_files
+
+    mult = c_models.from_c(
+        args.source,
+        args.function,
+        args.mantissa_bits,
+        name=args.name,
+        flags=args.flag or (),
+        validate="warn" if args.allow_mismatch else True,
+        timeout=args.timeout,
+        hint="--allow-mismatch",
+    )
+    path = lut_files.save_lut(mult, args.output)
+    print(f"wrote {path}: {mult.name}, m={mult.mantissa_bits}")
+    print(characterize.characterize(mult))
+    return 0
+
+
+def _lut_info(args: argparse.Namespace) -> int:
+    from approxjax._src.runner.specs import load_multiplier
+    from approxjax._src.tools import characterize
+
+    mult = load_multiplier(args.file)
+    for key, value in sorted(mult.metadata.items()):
+        print(f"{key:>18}: {value}")
+    print(characterize.characterize(mult))
+    return 0
+
+
+def _characterize(args: argparse.Namespace) -> int:
+    from approxjax._src.runner.specs import load_multiplier
+    from approxjax._src.tools import characterize
+
+    mults = [load_multiplier(spec, args.mantissa_bits) for spec in args.multipliers]
+    results = [characterize.characterize(m) for m in mults]
+    print(characterize.format_table(results))
+    if args.plot:
+        characterize.plot_errors(mults, args.plot)
+        print(f"plot: {args.plot} (one row per multiplier)")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from approxjax._src.runner.config import SweepConfig
+    from approxjax._src.runner.outputs import format_results
+    from approxjax._src.runner.sweep import run_sweep
+
+    cfg = SweepConfig(
+        model=args.model,
+        dataset=args.dataset,
+        multipliers=args.multipliers.split(","),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        mode=args.mode,
+        finetune_epochs=args.finetune_epochs,
+        approximate=args.approximate.split(","),
+        exact_layers=args.exact_layer or (),
+        first_exact=args.first_exact,
+        last_exact=args.last_exact,
+        data_dir=args.data_dir,
+        train_limit=args.train_limit,
+        out_dir=args.out,
+        resume=args.resume,
+        on_existing=args.on_existing,
+        mesh=args.mesh,
+    )
+    show = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
+    results = run_sweep(cfg, log=lambda msg: print(msg, flush=True), show_progress=show)
+    print(format_results(results))
+    print(f"wrote {args.out}/results.json, results.csv, curves.png")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from approxjax._src.runner import outputs
+
+    path = Path(args.results)
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read results file {path}: {e}") from e
+    outputs.check_results(results, str(path))
+    print(outputs.format_results(results))
+    written = outputs.write_outputs(results, Path(args.out) if args.out else path.parent)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="approxjax",
+        description="Simulate approximate multipliers in JAX/Flax networks.",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help_text):
+        return sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_Formatter
+        )
+
+    demo = command("demo", "a small network's outputs and error under a few multipliers vs float32")
+    demo.add_argument(
+        "--mantissa-bits", "-m", type=int, nargs="+", default=[3, 5, 7],
+        help="mantissa bits of the truncated multipliers to compare",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.set_defaults(func=_demo)
+
+    lut = command("lut", "build and inspect lookup-table files")
+    lut_sub = lut.add_subparsers(dest="lut_command", metavar="LUT_COMMAND", required=True)
+    build = lut_sub.add_parser(
+        "build", help="tabulate a C/C++ model into an .npz LUT", formatter_class=_Formatter
+    )
+    build.add_argument("source", help="C or C++ file with float f(float, float)")
+    build.add_argument("--function", required=True, help="the model's function name")
+    build.add_argument("-m", "--mantissa-bits", type=int, required=True, help="0 to 12")
+    build.add_argument("-o", "--output", required=True, help="output .npz file")
+    build.add_argument("--name", help="the multiplier's name (default: function + m)")
+    build.add_argument("--flag", action="append", help="extra compiler flag (repeatable)")
+    build.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="warn instead of failing when the model depends on more than the mantissas",
+    )
+    build.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds the model may run in all"
+    )
+    build.set_defaults(func=_lut_build)
+    info = lut_sub.add_parser(
+        "info", help="metadata and error metrics of a LUT file", formatter_class=_Formatter
+    )
+    info.add_argument("file", help=".npz (approxjax) or .bin (ApproxTrain) table")
+    info.set_defaults(func=_lut_info)
+
+    sweep = command("sweep", "train/evaluate a model under float32 and multipliers")
+    sweep.add_argument(
+        "--model", default="cnn", help="mlp, cnn, lenet5, resnet8, resnet20, transformer"
+    )
+    sweep.add_argument(
+        "--dataset", default="digits", help="digits, mnist, fashion_mnist, cifar10, text"
+    )
+    sweep.add_argument("--data-dir", help="dataset folder (for text: the text file)")
+    sweep.add_argument(
+        "--multipliers",
+        default="truncated7,mitchell7,mbm7,drum7",
+        help="comma-separated catalog names with m, .npz/.bin LUT files, or file.c@function:m",
+    )
+    sweep.add_argument("--epochs", type=int, default=3, help="training epochs (>= 1)")
+    sweep.add_argument("--batch-size", type=int, default=64, help="examples per step (>= 1)")
+    sweep.add_argument("--learning-rate", type=float, default=3e-3, help="Adam's step size")
+    sweep.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    sweep.add_argument(
+        "--mode", choices=["train", "inference", "finetune"], default="train",
+        help="train each multiplier from scratch; evaluate the float32 model under each; "
+        "or fine-tune the float32 model under each",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--finetune-epochs", type=int, default=1, help="epochs of fine-tuning (--mode finetune)"
+    )
+    sweep.add_argument(
+        "--approximate",
+        default="forward,input_grad,weight_grad",
+        help="which GEMMs are approximate (forward is required)",
+    )
+    sweep.add_argument(
+        "--exact-layer",
+        action="append",
+        help="regex of layers kept exact (repeatable), e.g. Dense_2; must match a layer",
+    )
+    sweep.add_argument("--first-exact", action="store_true", help="keep the first layer exact")
+    sweep.add_argument("--last-exact", action="store_true", help="keep the last layer exact")
+    sweep.add_argument("--train-limit", type=int, help="use only this many training examples")
+    sweep.add_argument("--out", default="approxjax-results", help="output folder")
+    sweep.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its checkpoints (same settings only)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--on-existing", choices=["refuse", "move"], default="refuse",
+        help="what a new run does when --out holds another run: refuse, or move it aside "
+        "to OUT.old-<time>",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--mesh",
+        default="auto",
+        help="devices to use: 'auto' (every visible device on the data axis when the batch "
+        "splits evenly), 'none' (one device), or axis sizes like 'sweep=4,data=2' "
+        "(multiplier stacks split over sweep, batches over data)",
+    )
+    sweep.add_argument(
+        "--progress", choices=["auto", "on", "off"], default="auto",
+        help="progress bars on stderr (auto: when it is a terminal)",
+    )  # fmt: skip
+    sweep.set_defaults(func=_sweep)
+
+    report = command("report", "re-render the table and plots of a results.json")
+    report.add_argument("results", help="a results.json written by approxjax sweep")
+    report.add_argument("--out", help="folder for the CSV and PNG (default: beside the JSON)")
+    report.set_defaults(func=_report)
+
+    char = command("characterize", "error metrics of multipliers, side by side")
+    char.add_argument(
+        "multipliers",
+        nargs="+",
+        help="catalog names (mitchell, mitchell7, drum7:k=4), .npz or ApproxTrain .bin files",
+    )
+    char.add_argument("-m", "--mantissa-bits", type=int, help="m for names without one")
+    char.add_argument(
+        "--plot", help="PNG file: error heatmap and histogram, one row per multiplier"
+    )
+    char.set_defaults(func=_characterize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, OSError) as e:
+        print(f"approxjax: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("approxjax: interrupted (checkpoints of finished epochs are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

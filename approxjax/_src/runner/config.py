@@ -1,0 +1,135 @@
+"""The sweep's configuration, and its checks: every value is checked before
+anything is trained, and a bad one gives one message that names it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MODES = ("train", "inference", "finetune")
+GEMMS = ("forward", "input_grad", "weight_grad")
+ON_EXISTING = ("refuse", "move")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it."""
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """What a sweep runs (the command line's flags, one field each)."""
+
+    model: str = "cnn"
+    dataset: str = "digits"
+    multipliers: Sequence[str] = ("truncated7", "mitchell7", "mbm7", "drum7")
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+    mode: str = "train"  # train | inference | finetune
+    finetune_epochs: int = 1
+    approximate: Sequence[str] = GEMMS
+    exact_layers: Sequence[str] = ()
+    first_exact: bool = False
+    last_exact: bool = False
+    data_dir: str | None = None
+    train_limit: int | None = None
+    out_dir: str = "approxjax-results"
+    resume: bool = False
+    on_existing: str = "refuse"  # refuse | move (an output folder holding another run)
+    mesh: str = "auto"  # "auto", "none", or e.g. "sweep=4,data=2"
+
+
+# Fields that do not change what a run computes: a resumed run may differ in them.
+PLACEMENT_FIELDS = ("out_dir", "resume", "on_existing")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+def check_writable(out_dir: str) -> None:
+    """Raises ConfigError unless ``out_dir`` can be created and written."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out_dir!r} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".approxjax-write-test"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {out_dir!r} is not writable: {e.strerror or e}") from e
+
+
+def validate(cfg: SweepConfig) -> None:
+    """Checks every field that can be checked without loading anything.
+
+    Raises:
+      ConfigError: naming the first bad value and what was expected.
+    """
+    _positive_int("--epochs", cfg.epochs)
+    _positive_int("--batch-size", cfg.batch_size)
+    _positive_int("--train-limit", cfg.train_limit, allow_none=True)
+    if cfg.mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
+    if cfg.mode == "finetune":
+        _positive_int("--finetune-epochs", cfg.finetune_epochs)
+    elif (
+        isinstance(cfg.finetune_epochs, bool)
+        or not isinstance(cfg.finetune_epochs, int)
+        or (cfg.finetune_epochs < 0)
+    ):
+        raise ConfigError(f"--finetune-epochs must be an integer >= 0; got {cfg.finetune_epochs!r}")
+    if not isinstance(cfg.learning_rate, (int, float)) or not cfg.learning_rate > 0:
+        raise ConfigError(f"--learning-rate must be > 0; got {cfg.learning_rate!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0; got {cfg.seed!r}")
+    specs = [s.strip() for s in cfg.multipliers]
+    if not specs or any(not s for s in specs):
+        raise ConfigError(
+            f"--multipliers needs one or more comma-separated multipliers; got {','.join(specs)!r}"
+        )
+    seen = set()
+    for s in specs:
+        if s in seen:
+            raise ConfigError(f"--multipliers names {s!r} twice")
+        seen.add(s)
+    approx = list(cfg.approximate)
+    bad = [g for g in approx if g not in GEMMS]
+    if bad or "forward" not in approx or len(set(approx)) != len(approx):
+        raise ConfigError(
+            f"--approximate takes forward (required), input_grad and weight_grad, each once; "
+            f"got {','.join(approx)!r}"
+        )
+    for pattern in cfg.exact_layers:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"--exact-layer {pattern!r} is not a regular expression: {e}") from e
+    if cfg.on_existing not in ON_EXISTING:
+        raise ConfigError(
+            f"--on-existing must be one of {', '.join(ON_EXISTING)}; got {cfg.on_existing!r}"
+        )
+    if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
+        raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist")
+    if cfg.out_dir:
+        check_writable(cfg.out_dir)
+
+
+def fingerprint_fields(cfg: SweepConfig) -> dict[str, Any]:
+    """The fields that define what a run computes (all but the placement ones)."""
+    out = dataclasses.asdict(cfg)
+    for name in PLACEMENT_FIELDS:
+        out.pop(name, None)
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    return out

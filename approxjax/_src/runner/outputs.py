@@ -1,0 +1,178 @@
+"""What a sweep leaves behind: results.json, results.csv, curves.png, and the table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from approxjax._src.atomic import write_text_atomically
+
+SCHEMA = "approxjax-results/2"
+
+
+def versions() -> dict[str, str]:
+    import flax
+    import jax
+    import optax
+
+    from approxjax._src.version import __version__
+
+    return {
+        "approxjax": __version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }
+
+
+def run_summary(history: dict[str, list], member: int, group: str, **extra) -> dict[str, Any]:
+    """One run's entry of results.json from its group's history."""
+    acc = [a[member] for a in history["accuracy"]]
+    loss = [v[member] for v in history["loss"]]
+    secs = [s for s in history.get("step_seconds", []) if s is not None and s == s]
+    return {
+        "group": group,
+        "test_accuracy": acc[-1],
+        "test_loss": loss[-1],
+        "epochs": list(history["epoch"]),
+        "accuracy_curve": acc,
+        "loss_curve": loss,
+        "step_seconds": float(np.median(secs)) if secs else None,
+        **extra,
+    }
+
+
+def check_results(results: Any, source: str) -> dict[str, Any]:
+    """Raises ValueError unless ``results`` is an approxjax results dict."""
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+        found = results.get("schema") if isinstance(results, dict) else type(results).__name__
+        raise ValueError(
+            f"{source} is not an approxjax results file (schema {SCHEMA!r}; found {found!r})"
+        )
+    for name, run in results.get("runs", {}).items():
+        missing = [
+            k for k in ("test_accuracy", "test_loss", "accuracy_curve", "epochs") if k not in run
+        ]
+        if missing:
+            raise ValueError(f"{source}: run {name!r} lacks {', '.join(missing)}")
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The results table (see the footnotes it prints)."""
+    mode = results["config"]["mode"]
+    base = results["runs"].get("float32", {}).get("test_accuracy")
+    finetune = mode == "finetune"
+    head = f"{'multiplier':<24} "
+    head += f"{'before':>8} {'after':>8}" if finetune else f"{'test acc':>9}"
+    head += f" {'vs f32':>8} {'test loss':>10} {'ms/step*':>9}"
+    lines = [head, "-" * len(head)]
+    for name, r in results["runs"].items():
+        ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
+        change = "-" if name == "float32" or base is None else f"{r['test_accuracy'] - base:+.4f}"
+        row = f"{name:<24} "
+        if finetune:
+            before = r.get("before_accuracy")
+            row += f"{before:>8.4f} " if before is not None else f"{'-':>8} "
+            row += f"{r['test_accuracy']:>8.4f}"
+        else:
+            row += f"{r['test_accuracy']:>9.4f}"
+        row += f" {change:>8} {r['test_loss']:>10.4f} {ms:>9}"
+        lines.append(row)
+    epochs = results["config"]["epochs"]
+    notes = []
+    if finetune:
+        extra = results["config"]["finetune_epochs"]
+        notes.append(
+            f"before: the float32 model after {epochs} epoch(s), evaluated under the multiplier; "
+            f"after: fine-tuned under it for {extra} more; float32 is fine-tuned as long, so "
+            "'vs f32' compares models trained equally long"
+        )
+    elif mode == "inference":
+        notes.append(f"every model is the float32 one after {epochs} epoch(s), evaluated as named")
+    notes.append(
+        "* ms per training step of the whole group: the float32 model alone, or all "
+        "multipliers of one vmapped stack together (each member shows its group's time)"
+    )
+    return "\n".join(lines + notes)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
+    """results.json, results.csv and curves.png in ``out`` (each written atomically)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_text_atomically(out / "results.json", json.dumps(results, indent=2))]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    c = results["config"]
+    w.writerow(
+        ["multiplier", "group", "test_accuracy", "before_accuracy", "accuracy_change",
+         "test_loss", "step_seconds", "model", "dataset", "mode", "epochs", "seed"]
+    )  # fmt: skip
+    base = results["runs"].get("float32", {}).get("test_accuracy")
+    for name, r in results["runs"].items():
+        w.writerow(
+            [name, r.get("group"), r["test_accuracy"], r.get("before_accuracy"),
+             None if base is None else r["test_accuracy"] - base, r["test_loss"],
+             r.get("step_seconds"), c["model"], c["dataset"], c["mode"], c["epochs"], c["seed"]]
+        )  # fmt: skip
+    written.append(write_text_atomically(out / "results.csv", buf.getvalue()))
+    written.append(plot_curves(results, out / "curves.png"))
+    return written
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path:
+    """Test accuracy and loss per epoch, one line per run (float32 in black);
+    bars where every run has a single evaluation."""
+    from matplotlib.ticker import MaxNLocator
+
+    from approxjax._src.tools.characterize import pyplot
+
+    plt = pyplot()
+    runs = results["runs"]
+    c = results["config"]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
+    single = all(len(r["accuracy_curve"]) == 1 for r in runs.values())
+    if single:
+        names = list(runs)
+        colors = ["k" if n == "float32" else f"C{i % 10}" for i, n in enumerate(names)]
+        for ax, key in ((a0, "accuracy_curve"), (a1, "loss_curve")):
+            values = [runs[n][key][0] for n in names]
+            ax.bar(range(len(names)), values, color=colors)
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            lo, hi = min(values), max(values)
+            pad = max(0.1 * (hi - lo), 1e-3)
+            ax.set_ylim(max(0.0, lo - pad) if key == "accuracy_curve" else 0.0, hi + pad)
+        epoch = runs[names[0]]["epochs"][0]
+        a0.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): test accuracy, epoch {epoch}")
+        a1.set_title("test loss (one evaluation per model)")
+    else:
+        for name, r in runs.items():
+            style = {"color": "k", "lw": 2} if name == "float32" else {}
+            a0.plot(r["epochs"], r["accuracy_curve"], marker="o", label=name, **style)
+            a1.plot(r["epochs"], r["loss_curve"], marker="o", label=name, **style)
+        a0.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): test accuracy")
+        a1.set_title("test loss")
+        for ax in (a0, a1):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a0.legend(fontsize=8)
+    a0.set_ylabel("test accuracy")
+    a1.set_ylabel("test loss (cross-entropy)")
+    for ax in (a0, a1):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    from approxjax._src.atomic import write_atomically
+
+    return write_atomically(path, lambda f: f.write(buf.getvalue()))

@@ -1,0 +1,294 @@
+"""The experiment runner behind ``approxjax sweep``: float32 against many multipliers.
+
+It trains (or evaluates, or fine-tunes) a float32 baseline and every multiplier
+on one dataset; multipliers with the same m train together as one vmapped
+program. Every setting is checked before anything is trained. Each run writes
+``run.json`` (what it computes), ``results.json`` (configuration, versions,
+data identity, curves, final metrics), ``results.csv`` and ``curves.png``,
+with orbax checkpoints after every epoch so that a run resumes (only into
+the same run: see :mod:`approxjax._src.runner.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from approxjax._src.arithmetic.multipliers import Multiplier, stack
+from approxjax._src.interpret.policy import Policy
+from approxjax._src.runner import checkpoints, datasets, networks, outputs
+from approxjax._src.runner.config import ConfigError, SweepConfig, fingerprint_fields, validate
+from approxjax._src.runner.mesh import Placement, parse_mesh
+from approxjax._src.runner.specs import load_multiplier
+from approxjax._src.runner.steps import make_eval_step, make_train_step
+
+
+def make_policy(cfg: SweepConfig, mult: Multiplier | None) -> Policy | None:
+    """The policy a sweep trains a multiplier (or a stack) under."""
+    if mult is None:
+        return None
+    return Policy(
+        mult,
+        rules=[(p, None) for p in cfg.exact_layers],
+        first_exact=cfg.first_exact,
+        last_exact=cfg.last_exact,
+        input_grad="forward" if "input_grad" in cfg.approximate else None,
+        weight_grad="forward" if "weight_grad" in cfg.approximate else None,
+    )
+
+
+class Trainer:
+    """The model, data, optimizer and compiled steps of one sweep."""
+
+    def __init__(self, cfg: SweepConfig, model, data, placement: Placement, show: bool):
+        self.cfg, self.model, self.data, self.placement = cfg, model, data, placement
+        self.show = show
+        self.optimizer = optax.adam(cfg.learning_rate)
+        # First/last-layer rules need the whole model: through approximate().
+        route = "approximate" if cfg.first_exact or cfg.last_exact else "using"
+        policy = lambda mult: make_policy(cfg, mult)  # noqa: E731
+        self._step = make_train_step(model.apply, self.optimizer, policy=policy, route=route)
+        self._eval = make_eval_step(model.apply, policy=policy, route=route)
+        self.n_train = (
+            len(data.x_train)
+            if cfg.train_limit is None
+            else min(cfg.train_limit, len(data.x_train))
+        )
+
+    def compiled(self, stacked: bool):
+        step, ev = self._step, self._eval
+        if stacked:
+            step = jax.vmap(step, in_axes=(0, 0, None, None, 0))
+            ev = jax.vmap(ev, in_axes=(0, None, None, 0))
+        return jax.jit(step), jax.jit(ev)
+
+    def check_policy(self, mult: Multiplier) -> None:
+        """Traces the loss once under ``mult`` (no computation): a rule that
+        matches no layer raises here, before anything is trained."""
+        x = self.data.x_train[:2]
+        y = self.data.y_train[:2]
+        params = jax.eval_shape(self.model.init, jax.random.key(0), x)
+        jax.eval_shape(self._eval, params, x, y, mult)
+
+    def evaluate(self, ev, params, mult, label: str) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.data.x_test, self.data.y_test
+        bs = max(self.cfg.batch_size, 256)
+        losses, accs, weights = [], [], []
+        starts = range(0, len(x), bs)
+        for i in tqdm(starts, desc=f"{label}: test", leave=False, disable=not self.show,
+                      file=sys.stderr, unit="batch"):  # fmt: skip
+            xb, yb = self.placement.batch(x[i : i + bs]), self.placement.batch(y[i : i + bs])
+            loss, metrics = ev(params, xb, yb, mult)
+            losses.append(np.asarray(loss))
+            accs.append(np.asarray(metrics["accuracy"]))
+            weights.append(len(x[i : i + bs]))
+        w = np.asarray(weights, np.float64) / sum(weights)
+        return np.tensordot(w, np.stack(losses), 1), np.tensordot(w, np.stack(accs), 1)
+
+
+def train_group(
+    trainer: Trainer,
+    label: str,
+    mult: Multiplier | None,
+    params0,
+    epochs: int,
+    ckpt: checkpoints.GroupCheckpoint | None,
+    log: Callable[[str], None],
+    first_epoch: int = 0,
+) -> tuple[Any, dict]:
+    """Trains one group (float32, or a stack of same-m multipliers) for ``epochs``
+    epochs numbered from ``first_epoch + 1``; resumes from ``ckpt`` when asked."""
+    cfg, data, place = trainer.cfg, trainer.data, trainer.placement
+    stacked = mult is not None
+    s = len(mult) if stacked else 1
+    step, ev = trainer.compiled(stacked)
+    params = jax.tree_util.tree_map(lambda a: jnp.stack([a] * s), params0) if stacked else params0
+    opt = trainer.optimizer
+    opt_state = jax.vmap(opt.init)(params) if stacked else opt.init(params)
+    axis = place.sweep_axis(s if stacked else None)
+    if stacked and place.sizes["sweep"] > 1 and axis is None:
+        log(f"{label}: {s} multipliers do not split over sweep={place.sizes['sweep']}; "
+            "replicating the stack")  # fmt: skip
+    params, opt_state = place.state(params, axis), place.state(opt_state, axis)
+    mult = place.state(mult, axis) if stacked else None
+    history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "step_seconds": []}
+    start = 0
+    if cfg.resume and ckpt is not None:
+        restored = ckpt.restore({"params": params, "opt_state": opt_state})
+        if restored is not None:
+            start, state, history = restored
+            params, opt_state = state["params"], state["opt_state"]
+            log(f"{label}: resumed after epoch {first_epoch + start} (checkpoint {ckpt.folder})")
+    n = trainer.n_train
+    bs = cfg.batch_size
+    steps = max(n // bs, 1)
+    for epoch in range(start, epochs):
+        number = first_epoch + epoch + 1
+        order = np.random.default_rng(cfg.seed + number - 1).permutation(n)
+        times = []
+        bar = tqdm(range(steps), desc=f"{label}: epoch {number}", leave=False, unit="step",
+                   disable=not trainer.show, file=sys.stderr)  # fmt: skip
+        for i in bar:
+            idx = order[i * bs : (i + 1) * bs]
+            t = time.perf_counter()
+            params, opt_state, loss, _ = step(
+                params, opt_state, place.batch(data.x_train[idx]), place.batch(data.y_train[idx]),
+                mult,
+            )  # fmt: skip
+            jax.block_until_ready(loss)
+            if epoch > start or i > 0:  # the first step of a process compiles
+                times.append(time.perf_counter() - t)
+            if i % 8 == 0 or i == steps - 1:
+                bar.set_postfix(loss=f"{float(np.asarray(loss).mean()):.4f}")
+        test_loss, test_acc = trainer.evaluate(ev, params, mult, label)
+        history["epoch"].append(number)
+        history["loss"].append(np.atleast_1d(test_loss).tolist())
+        history["accuracy"].append(np.atleast_1d(test_acc).tolist())
+        history["step_seconds"].append(float(np.median(times)) if times else None)
+        log(f"{label}: epoch {number} test accuracy "
+            + ", ".join(f"{a:.4f}" for a in np.atleast_1d(test_acc))
+            + (f" ({1e3 * np.median(times):.1f} ms/step)" if times else ""))  # fmt: skip
+        if ckpt is not None:
+            ckpt.save(epoch + 1, {"params": params, "opt_state": opt_state}, history)
+    return params, history
+
+
+def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Multiplier]]:
+    loaded, names = [], {}
+    for spec in (s.strip() for s in cfg.multipliers):
+        try:
+            mult = load_multiplier(spec)
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+            raise ConfigError(f"--multipliers {spec!r}: {e}") from e
+        if mult.name in names:
+            raise ConfigError(
+                f"--multipliers {names[mult.name]!r} and {spec!r} are the same multiplier "
+                f"({mult.name})"
+            )
+        names[mult.name] = spec
+        loaded.append((spec, mult))
+    return loaded
+
+
+def run_sweep(
+    cfg: SweepConfig, log: Callable[[str], None] = print, show_progress: bool = True
+) -> dict[str, Any]:
+    """Runs a sweep (see the module docstring) and returns the results dict.
+
+    Raises:
+      ConfigError: a bad setting (before anything is trained), an output folder
+        that holds another run, or a resume into a run with other settings.
+    """
+    validate(cfg)
+    sizes = parse_mesh(cfg.mesh, jax.device_count(), cfg.batch_size)
+    data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed)
+    model = networks.build(cfg.model, data.num_classes)
+    loaded = _load_multipliers(cfg)
+    groups: dict[int, list[Multiplier]] = {}
+    for _, mult in loaded:
+        groups.setdefault(mult.mantissa_bits, []).append(mult)
+    placement = Placement(sizes)
+    show = show_progress and sys.stderr.isatty() if show_progress == "auto" else show_progress
+    trainer = Trainer(cfg, model, data, placement, bool(show))
+    for members in groups.values():
+        trainer.check_policy(members[0])
+    identity = {
+        "config": fingerprint_fields(cfg),
+        "data": checkpoints.data_fingerprint(data),
+        "multipliers": {m.name: checkpoints.table_fingerprint(m) for _, m in loaded},
+    }
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    if out is not None:
+        checkpoints.prepare_output(out, identity, cfg.resume, cfg.on_existing)
+
+    def group_ckpt(label, members):
+        if out is None:
+            return None
+        ident = {"run": identity, "group": label, "members": [m.name for m in members]}
+        return checkpoints.GroupCheckpoint((out / "checkpoints" / label).resolve(), ident)
+
+    synthetic = bool(getattr(data, "synthetic", False))
+    log(
+        f"sweep: {cfg.model} on {data.name}{' (synthetic)' if synthetic else ''} "
+        f"({trainer.n_train} of {len(data.x_train)} train, {len(data.x_test)} test), mode "
+        f"{cfg.mode}, {len(loaded)} multiplier(s) in {len(groups)} vmapped group(s); "
+        f"{placement.describe()}"
+    )
+    params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
+    results: dict[str, Any] = {
+        "schema": outputs.SCHEMA,
+        "config": dataclasses.asdict(cfg),
+        "multipliers": [
+            {"spec": spec, "name": m.name, "group": f"m{m.mantissa_bits}"} for spec, m in loaded
+        ],
+        "data": {**identity["data"], "synthetic": synthetic},
+        "mesh": placement.sizes,
+        "versions": outputs.versions(),
+        "runs": {},
+    }
+    base_params, base_hist = train_group(
+        trainer, "float32", None, params0, cfg.epochs, group_ckpt("float32", []), log
+    )
+    if cfg.mode == "finetune":
+        _, tuned = train_group(
+            trainer, "float32-finetune", None, base_params, cfg.finetune_epochs,
+            group_ckpt("float32-finetune", []), log, first_epoch=cfg.epochs,
+        )  # fmt: skip
+        results["runs"]["float32"] = outputs.run_summary(
+            _joined(base_hist, tuned), 0, "float32", before_accuracy=base_hist["accuracy"][-1][0]
+        )
+    else:
+        results["runs"]["float32"] = outputs.run_summary(base_hist, 0, "float32")
+    for m, members in sorted(groups.items()):
+        mults = stack(members)
+        label = f"m{m}"
+        if cfg.mode == "train":
+            _, hist = train_group(
+                trainer, label, mults, params0, cfg.epochs, group_ckpt(label, members), log
+            )
+            for i, mult in enumerate(members):
+                results["runs"][mult.name] = outputs.run_summary(hist, i, label)
+            continue
+        _, ev = trainer.compiled(True)
+        count = len(members)
+        ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
+        axis = placement.sweep_axis(count)
+        ps, placed = placement.state(ps, axis), placement.state(mults, axis)
+        loss, acc = trainer.evaluate(ev, ps, placed, label)
+        before = {
+            "epoch": [cfg.epochs],
+            "loss": [np.atleast_1d(loss).tolist()],
+            "accuracy": [np.atleast_1d(acc).tolist()],
+            "step_seconds": [None],
+        }
+        scores = zip(members, np.atleast_1d(acc), strict=True)
+        log(f"{label}: float32 model under " + ", ".join(f"{x.name} {a:.4f}" for x, a in scores))
+        if cfg.mode == "inference":
+            for i, mult in enumerate(members):
+                results["runs"][mult.name] = outputs.run_summary(before, i, label)
+            continue
+        _, tuned = train_group(
+            trainer, label + "-finetune", mults, base_params, cfg.finetune_epochs,
+            group_ckpt(label + "-finetune", members), log, first_epoch=cfg.epochs,
+        )  # fmt: skip
+        for i, mult in enumerate(members):
+            results["runs"][mult.name] = outputs.run_summary(
+                _joined(before, tuned), i, label, before_accuracy=before["accuracy"][0][i]
+            )
+    if out is not None:
+        outputs.write_outputs(results, out)
+    return results
+
+
+def _joined(first: dict, then: dict) -> dict:
+    return {key: list(first[key]) + list(then[key]) for key in first}
