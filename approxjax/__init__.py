@@ -41,6 +41,7 @@ from approxjax._src.interpret.policy import (  # noqa: E402
     using,
 )
 from approxjax._src.kernels.ffi import cpu_kernel_variant, cuda_available  # noqa: E402
+from approxjax._src.kernels.options import KernelOptions  # noqa: E402
 from approxjax._src.ops.conv import conv_general_dilated  # noqa: E402
 from approxjax._src.ops.dot_general import dot_general  # noqa: E402
 from approxjax._src.ops.multiply import multiply  # noqa: E402
@@ -70,6 +71,7 @@ __all__ = [
     "DenseGeneral",
     "Einsum",
     "GemmMultipliers",
+    "KernelOptions",
     "MultiHeadDotProductAttention",
     "Multiplier",
     "OperationRecord",

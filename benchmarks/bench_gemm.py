@@ -86,7 +86,7 @@ def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
     are exactly f[i] * g[j]): a GEMM of transformed operands with exact
     products, no tables. mitchell has at most m + 1 significant bits per
     entry, so m <= 7 gets compact tables. "drum, tables" forces drum onto
-    float tables (APPROXJAX_CPU_SEPARABLE=0): the general path, for LUTs that
+    float tables (KernelOptions(separable=False)): the general path, for LUTs that
     neither factor nor fit bfloat16."""
     rng = np.random.default_rng(0)
     dn = DN
@@ -100,19 +100,11 @@ def _row(label, m_rows, k, n, m, repeats, stack=1, kind="truncated"):
     native = jax.jit(
         lambda a, b: jax.lax.dot_general(a, b, dn, precision=jax.lax.Precision.HIGHEST)
     )
-    one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
+    opts = ax.KernelOptions(separable=not kind.endswith(", tables"))
+    one = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu, options=opts))
     mult = getattr(ax, kind.split(",")[0])(m)
-    forced = kind.endswith(", tables")  # read by the kernel on every call
-    if forced:
-        os.environ["APPROXJAX_CPU_SEPARABLE"] = "0"
     if stack == 1:
-        try:
-            t_approx, t_base = time_pair(
-                lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats
-            )
-        finally:
-            if forced:
-                del os.environ["APPROXJAX_CPU_SEPARABLE"]
+        t_approx, t_base = time_pair(lambda: one(a, b, mult), lambda: native(a, b), repeats=repeats)
     else:
         mults = ax.stack([mult] * stack)
         many = jax.jit(jax.vmap(one, (None, None, 0)))

@@ -20,30 +20,22 @@ import optax
 
 import approxjax as ax
 from approxjax import networks
+from approxjax.training import make_train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_gemm import record, time_pair  # noqa: E402
 
 
 def _stepper(model, x, y, multiplier):
-    """A zero-argument call running one training step on its own state."""
+    """A zero-argument call running one training step (approxjax.training's
+    shared step) on its own state."""
     params = model.init(jax.random.key(0), x[:2])
     opt = optax.adam(1e-3)
     state = [params, opt.init(params)]
-
-    @jax.jit
-    def step(params, opt_state):
-        def loss_fn(p):
-            with ax.using(multiplier):
-                logits = model.apply(p, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, g = jax.value_and_grad(loss_fn)(params)
-        u, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, u), opt_state, loss
+    step = jax.jit(make_train_step(model.apply, opt))
 
     def run():
-        state[0], state[1], loss = step(*state)
+        state[0], state[1], loss, _ = step(*state, x, y, multiplier)
         return loss
 
     return run

@@ -1,7 +1,12 @@
 // CUDA host handlers of the FFI targets "approxjax_gemm" and
 // "approxjax_multiply" (and the benchmark-only "approxjax_prior_art_gemm").
-// Shapes are checked by xla_ffi/shapes.h, exactly as on the CPU; kernels run
-// on the stream XLA hands over, with no synchronisation; every launch is
+// Shapes are checked by xla_ffi/shapes.h, exactly as on the CPU; the
+// operands are the CPU targets' (the tables' facts, which the CUDA kernels do
+// not read: they scan each table on the device) and so are the attributes
+// (GemmOptions: the CPU's kernel choices, ignored here, and `check`). Kernels
+// run on the stream XLA hands over, with no synchronisation, unless the
+// options ask to check: then each launch is followed by a synchronisation
+// and a check of the stream (for first runs on a new GPU). Every launch is
 // checked and a failure comes back as an ffi::Error.
 #include "gemm_cuda.h"
 
@@ -10,8 +15,20 @@
 #include <cstdint>
 #include <string>
 
+#include "gemm_plan.h"
 #include "kernels.h"
 #include "shapes.h"
+
+XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
+    approxjax::GemmOptions, ::xla::ffi::StructMember<int64_t>("gemm"),
+    ::xla::ffi::StructMember<bool>("separable"),
+    ::xla::ffi::StructMember<bool>("compact"),
+    ::xla::ffi::StructMember<bool>("planes"),
+    ::xla::ffi::StructMember<bool>("codes"),
+    ::xla::ffi::StructMember<bool>("prepack"),
+    ::xla::ffi::StructMember<bool>("huge_pages"),
+    ::xla::ffi::StructMember<int64_t>("variant"),
+    ::xla::ffi::StructMember<bool>("check"));
 
 namespace approxjax {
 namespace {
@@ -60,11 +77,25 @@ ffi::Error Prepare(const char* target, const BatchShape& s,
 
 using Launcher = cudaError_t (*)(const GemmArgs&, cudaStream_t);
 
+// A launch's error, or with `check` the stream's after a synchronisation.
+ffi::Error Launched(const char* target, cudaError_t launched,
+                    cudaStream_t stream, bool check) {
+  if (launched != cudaSuccess) return CudaError(target, "kernel launch", launched);
+  if (!check) return ffi::Error::Success();
+  if (cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) {
+    return CudaError(target, "kernel run (checked)", e);
+  }
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) {
+    return CudaError(target, "kernel run (checked)", e);
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error GemmWith(const char* target, Launcher launch, cudaStream_t stream,
-                    ffi::ScratchAllocator& scratch, ffi::Buffer<ffi::F32> lhs,
-                    ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
-                    ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                    bool transpose_rhs) {
+                    int32_t device, ffi::ScratchAllocator& scratch,
+                    ffi::Buffer<ffi::F32> lhs, ffi::Buffer<ffi::F32> rhs,
+                    ffi::Buffer<ffi::F32> lut, ffi::ResultBuffer<ffi::F32> out,
+                    bool transpose_lhs, bool transpose_rhs, bool check) {
   BatchShape s;
   if (auto e = CheckGemm(lhs.dimensions(), rhs.dimensions(), lut.dimensions(),
                          out->dimensions(), transpose_lhs, transpose_rhs, &s);
@@ -89,35 +120,38 @@ ffi::Error GemmWith(const char* target, Launcher launch, cudaStream_t stream,
   args.out = out->typed_data();
   args.transpose_lhs = transpose_lhs;
   args.transpose_rhs = transpose_rhs;
-  if (cudaError_t e = launch(args, stream); e != cudaSuccess) {
-    return CudaError(target, "kernel launch", e);
-  }
-  return ffi::Error::Success();
+  args.device = device;
+  return Launched(target, launch(args, stream), stream, check);
 }
 
-ffi::Error ApproxGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+ffi::Error ApproxGemmImpl(cudaStream_t stream, int32_t device,
+                          ffi::ScratchAllocator scratch,
                           ffi::Buffer<ffi::F32> lhs, ffi::Buffer<ffi::F32> rhs,
-                          ffi::Buffer<ffi::F32> lut,
+                          ffi::Buffer<ffi::F32> lut, ffi::Buffer<ffi::U32>,
                           ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                          bool transpose_rhs) {
-  return GemmWith("approxjax_gemm", cuda::LaunchApproxGemm, stream, scratch,
-                  lhs, rhs, lut, out, transpose_lhs, transpose_rhs);
+                          bool transpose_rhs, GemmOptions options) {
+  return GemmWith("approxjax_gemm", cuda::LaunchApproxGemm, stream, device,
+                  scratch, lhs, rhs, lut, out, transpose_lhs, transpose_rhs,
+                  options.check);
 }
 
-ffi::Error PriorArtGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+ffi::Error PriorArtGemmImpl(cudaStream_t stream, int32_t device,
+                            ffi::ScratchAllocator scratch,
                             ffi::Buffer<ffi::F32> lhs,
                             ffi::Buffer<ffi::F32> rhs,
-                            ffi::Buffer<ffi::F32> lut,
+                            ffi::Buffer<ffi::F32> lut, ffi::Buffer<ffi::U32>,
                             ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                            bool transpose_rhs) {
+                            bool transpose_rhs, GemmOptions options) {
   return GemmWith("approxjax_prior_art_gemm", cuda::LaunchPriorArtGemm, stream,
-                  scratch, lhs, rhs, lut, out, transpose_lhs, transpose_rhs);
+                  device, scratch, lhs, rhs, lut, out, transpose_lhs,
+                  transpose_rhs, options.check);
 }
 
-ffi::Error ApproxMultiplyImpl(cudaStream_t stream,
+ffi::Error ApproxMultiplyImpl(cudaStream_t stream, int32_t device,
                               ffi::ScratchAllocator scratch,
                               ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
                               ffi::Buffer<ffi::F32> lut,
+                              ffi::Buffer<ffi::U32>,
                               ffi::ResultBuffer<ffi::F32> out) {
   const char* target = "approxjax_multiply";
   BatchShape s;
@@ -133,25 +167,26 @@ ffi::Error ApproxMultiplyImpl(cudaStream_t stream,
   args.rhs = b.typed_data();
   args.lut = lut.typed_data();
   args.out = out->typed_data();
-  if (cudaError_t e = cuda::LaunchApproxMultiply(args, stream);
-      e != cudaSuccess) {
-    return CudaError(target, "kernel launch", e);
-  }
-  return ffi::Error::Success();
+  args.device = device;
+  return Launched(target, cuda::LaunchApproxMultiply(args, stream), stream,
+                  false);
 }
 
 }  // namespace
 
-#define APPROXJAX_GEMM_BINDING                                  \
-  ffi::Ffi::Bind()                                              \
-      .Ctx<ffi::PlatformStream<cudaStream_t>>()                 \
-      .Ctx<ffi::ScratchAllocator>()                             \
-      .Arg<ffi::Buffer<ffi::F32>>() /* lhs [..., M, K] */       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* rhs [..., K, N] */       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* lut [..., 2**m, 2**m] */ \
-      .Ret<ffi::Buffer<ffi::F32>>() /* out [..., M, N] */       \
+#define APPROXJAX_GEMM_BINDING                                   \
+  ffi::Ffi::Bind()                                               \
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()                  \
+      .Ctx<ffi::DeviceOrdinal>()                                 \
+      .Ctx<ffi::ScratchAllocator>()                              \
+      .Arg<ffi::Buffer<ffi::F32>>() /* lhs [..., M, K] */        \
+      .Arg<ffi::Buffer<ffi::F32>>() /* rhs [..., K, N] */        \
+      .Arg<ffi::Buffer<ffi::F32>>() /* lut [..., 2**m, 2**m] */  \
+      .Arg<ffi::Buffer<ffi::U32>>() /* facts (CPU only) */       \
+      .Ret<ffi::Buffer<ffi::F32>>() /* out [..., M, N] */        \
       .Attr<bool>("transpose_lhs")  /* lhs stored [..., K, M] */ \
-      .Attr<bool>("transpose_rhs")  /* rhs stored [..., N, K] */
+      .Attr<bool>("transpose_rhs")  /* rhs stored [..., N, K] */ \
+      .Attr<GemmOptions>("options") /* kernel choices, check */
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxGemmCuda, ApproxGemmImpl,
                               APPROXJAX_GEMM_BINDING);
@@ -162,10 +197,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ApproxMultiplyCuda, ApproxMultiplyImpl,
     ffi::Ffi::Bind()
         .Ctx<ffi::PlatformStream<cudaStream_t>>()
+        .Ctx<ffi::DeviceOrdinal>()
         .Ctx<ffi::ScratchAllocator>()
         .Arg<ffi::Buffer<ffi::F32>>()   // a [..., n]
         .Arg<ffi::Buffer<ffi::F32>>()   // b [..., n]
         .Arg<ffi::Buffer<ffi::F32>>()   // lut [..., 2**m, 2**m]
+        .Arg<ffi::Buffer<ffi::U32>>()   // facts (CPU only)
         .Ret<ffi::Buffer<ffi::F32>>());  // out [..., n]
 
 }  // namespace approxjax

@@ -20,6 +20,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
 
 #include "approx_multiply.h"
 #include "kernels.h"
@@ -101,13 +102,19 @@ __device__ __forceinline__ bool Decode(float x, int m, int shift, int range,
   return false;
 }
 
+// The staged operand slices. Rows are padded by one word: where a slice is
+// staged with k varying fastest across threads (a row-major lhs, a
+// transposed rhs), consecutive threads write one row apart, which without
+// the pad is 64 words, the same bank for all 16 k of a row (a 16-way
+// conflict on every store); with it, 65 words apart, all different banks.
+constexpr int kPad = 1;
 struct Tiles {
-  int a_off[kTileK][kTileM];
-  float a_scale[kTileK][kTileM];
-  float a_raw[kTileK][kTileM];
-  int b_off[kTileK][kTileN];
-  float b_scale[kTileK][kTileN];
-  float b_raw[kTileK][kTileN];
+  int a_off[kTileK][kTileM + kPad];
+  float a_scale[kTileK][kTileM + kPad];
+  float a_raw[kTileK][kTileM + kPad];
+  int b_off[kTileK][kTileN + kPad];
+  float b_scale[kTileK][kTileN + kPad];
+  float b_raw[kTileK][kTileN + kPad];
 };
 
 template <bool kSharedLut>
@@ -278,15 +285,44 @@ cudaError_t ScanTables(const GemmArgs& p, cudaStream_t stream) {
 
 }  // namespace
 
+// Per device, set once: the most shared memory a block may opt into, and the
+// GEMM kernels' dynamic shared memory limit raised to what they use (rather
+// than cudaGetDevice and cudaFuncSetAttribute on every launch).
+struct DeviceSetup {
+  std::once_flag once;
+  cudaError_t status = cudaSuccess;
+  int optin = 0;
+};
+
+cudaError_t SetUpDevice(int device, int* optin) {
+  static DeviceSetup setups[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  DeviceSetup& d = setups[device];
+  std::call_once(d.once, [&] {
+    d.status = cudaDeviceGetAttribute(&d.optin,
+                                      cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                      device);
+    if (d.status != cudaSuccess) return;
+    const size_t lut_bytes = sizeof(float) << 14;  // m = 7
+    const int shared = int(sizeof(Tiles) + lut_bytes) <= d.optin
+                           ? int(sizeof(Tiles) + lut_bytes)
+                           : int(sizeof(Tiles));
+    d.status = cudaFuncSetAttribute(GemmKernel<true>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    shared);
+    if (d.status != cudaSuccess) return;
+    d.status = cudaFuncSetAttribute(GemmKernel<false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(sizeof(Tiles)));
+  });
+  *optin = d.optin;
+  return d.status;
+}
+
 cudaError_t LaunchApproxGemm(const GemmArgs& p, cudaStream_t stream) {
   if (cudaError_t e = ScanTables(p, stream); e != cudaSuccess) return e;
-  int device = 0, optin = 0;
-  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  if (cudaError_t e = cudaDeviceGetAttribute(
-          &optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-      e != cudaSuccess) {
-    return e;
-  }
+  int optin = 0;
+  if (cudaError_t e = SetUpDevice(p.device, &optin); e != cudaSuccess) return e;
   const size_t lut_bytes = sizeof(float) << (2 * p.m);
   const bool shared_lut = p.m <= 7 && sizeof(Tiles) + lut_bytes <= size_t(optin);
   const size_t smem = sizeof(Tiles) + (shared_lut ? lut_bytes : 0);
@@ -297,11 +333,6 @@ cudaError_t LaunchApproxGemm(const GemmArgs& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(n_tiles),
                   static_cast<unsigned>(rest < 65535 ? rest : 65535));
   auto kernel = shared_lut ? GemmKernel<true> : GemmKernel<false>;
-  if (cudaError_t e = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-      e != cudaSuccess) {
-    return e;
-  }
   kernel<<<grid, kThreads, smem, stream>>>(p, m_tiles);
   return cudaGetLastError();
 }

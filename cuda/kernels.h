@@ -12,6 +12,7 @@ namespace approxjax {
 namespace cuda {
 
 constexpr int kMaxLead = 8;  // leading (batch) dimensions a launch supports
+constexpr int kMaxDevices = 64;  // device ordinals the launch setup caches
 
 // Numpy-broadcast leading dimensions of one call, strides in matrices.
 struct BatchLayout {
@@ -40,6 +41,7 @@ struct GemmArgs {
   int64_t table_count;  // number of tables in lut
   BatchLayout layout;
   TableInfo* tables;  // device scratch, table_count entries
+  int device;         // the FFI's device ordinal
 };
 
 // Checks every table (one block per table) into args.tables, then runs the

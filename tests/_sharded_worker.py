@@ -85,7 +85,13 @@ def main() -> dict:
     # The negative control: the bare FFI call, without partitioning rules.
     bare = jax.jit(
         lambda w, x: _ffi._raw_gemm(
-            x[None], w[None], mult.lut[None], transpose_lhs=False, transpose_rhs=False
+            x[None],
+            w[None],
+            mult.lut[None],
+            mult.facts[None],
+            transpose_lhs=False,
+            transpose_rhs=False,
+            options=ax.KernelOptions(),
         )
     )
     res["bare_ffi_collectives"] = collectives(bare.lower(ws, xs).compile())

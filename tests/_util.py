@@ -34,3 +34,24 @@ def train_step(model, opt):
         return optax.apply_updates(params, updates), opt_state, loss, logits
 
     return step
+
+
+def plan(
+    lhs_shape, rhs_shape, mult, *, transpose=(False, False), options=None, threads=2, conv=False
+):
+    """The CPU planner's description of a GEMM of (G, M, K) x (G, K, N)
+    (transposed storage with ``transpose``) under ``mult`` (a stack: S
+    members per operand pair)."""
+    import approxjax as ax
+    from approxjax._src.kernels import ffi
+
+    return ffi.cpu_plan(
+        lhs_shape,
+        rhs_shape,
+        np.asarray(mult.facts),
+        transpose_lhs=transpose[0],
+        transpose_rhs=transpose[1],
+        options=options or ax.KernelOptions(),
+        threads=threads,
+        conv=conv,
+    )

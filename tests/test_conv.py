@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import bits, random_nonzero
+from _util import bits, plan, random_nonzero
 from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
@@ -324,24 +324,24 @@ def _with_specials(rng, x):
 )
 @pytest.mark.parametrize("mult", [ax.mitchell(7), ax.truncated(5), ax.truncated(10)], ids=str)
 def test_implicit_im2col_matches_sequential_reference(
-    shape, kernel, strides, dilation, padding, mult, rng, monkeypatch
+    shape, kernel, strides, dilation, padding, mult, rng
 ):
     """Bit for bit the reference products summed in the kernels' order, over
     NumPy-built patches, with inf, NaN, huge, subnormal and zero operands."""
-    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
     x = _with_specials(rng, random_nonzero(rng, shape))
     w = _with_specials(rng, random_nonzero(rng, (*kernel, shape[-1], 6)))
-    got = ax.conv_general_dilated(
-        x,
-        w,
-        strides,
-        padding,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        multiplier=mult,
+    conv = jax.jit(
+        partial(
+            ax.conv_general_dilated,
+            window_strides=strides,
+            padding=padding,
+            rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            multiplier=mult,
+        )
     )
-    jax.block_until_ready(got)  # the layout is recorded when the call runs
-    assert "im2col" in _ffi.last_cpu_gemm_layout()
+    assert "approxjax_conv_gemm" in conv.lower(x, w).as_text()  # patches read in place
+    got = conv(x, w)
     xp = np.pad(x, [(0, 0), *padding, (0, 0)])
     a, (n, oh, ow) = _np_patches(xp, kernel, strides, dilation)
     want = ref.sequential_dot_general(a, w.reshape(-1, 6), (((1,), (0,)), ((), ())), mult.lut)
@@ -354,13 +354,10 @@ def test_implicit_im2col_matches_sequential_reference(
 
 @cpu_only
 @pytest.mark.parametrize("mult", [ax.mitchell(7), ax.truncated(10)], ids=str)
-def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch):
+def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng):
     """Forward and weight gradient, with the patches streamed or tabled (the
     cost model's choice, both reached here) and tables or gathers: bit for
     bit the reference products summed in the kernels' order, specials included."""
-    from approxjax._src.kernels import ffi as _ffi
-
-    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
     dims = ("NHWC", "HWIO", "NHWC")
     seen = set()
     for shape, kernel, strides, dilation, out in [
@@ -371,7 +368,7 @@ def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch
         ((2, 6, 6, 20), (3, 3), (1, 1), (1, 1), 3),
     ]:
         for kind in ("auto", "tables", "gathers"):
-            monkeypatch.setenv("APPROXJAX_CPU_GEMM", kind)
+            opts = ax.KernelOptions(gemm=kind)
             x = _with_specials(rng, random_nonzero(rng, shape))
             w = random_nonzero(rng, (*kernel, shape[-1], out))
             conv = partial(
@@ -381,19 +378,19 @@ def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch
                 rhs_dilation=dilation,
                 dimension_numbers=dims,
                 multiplier=mult,
+                options=opts,
             )
-            # The gradient for w alone: with dx too, the backward program runs
-            # two GEMMs that XLA may run in either order, and "the latest
-            # layout" would be either one. Layouts are read after the results.
             y, vjp = jax.vjp(lambda w, x=x, conv=conv: conv(x, w), w)
-            jax.block_until_ready(y)
-            seen.add(("forward", _ffi.last_cpu_gemm_layout().split(" stream=")[1][:3]))
             g = random_nonzero(rng, y.shape)
-            (dw,) = jax.block_until_ready(vjp(g))
-            layout = _ffi.last_cpu_gemm_layout()
-            assert "im2col" in layout
-            seen.add(("weights", layout.split(" stream=")[1][:3]))
+            (dw,) = vjp(g)
             a, _ = _np_patches(x, kernel, strides, dilation)
+            rows, depth = a.shape
+            forward = plan((1, rows, depth), (1, depth, out), mult, options=opts, conv=True)
+            weights = plan((1, rows, depth), (1, rows, out), mult, transpose=(True, False),
+                           options=opts, conv=True)  # fmt: skip
+            for which, layout in (("forward", forward), ("weights", weights)):
+                assert "im2col" in layout, layout
+                seen.add((which, layout.split(" stream=")[1][:3]))
             g2 = np.asarray(g).reshape(-1, out)
             for got, want in [
                 (
@@ -411,8 +408,7 @@ def test_implicit_im2col_both_streams_and_weight_gradient(mult, rng, monkeypatch
 
 
 @cpu_only
-def test_implicit_weight_gradient_uses_its_own_multiplier(rng, monkeypatch):
-    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
+def test_implicit_weight_gradient_uses_its_own_multiplier(rng):
     x = random_nonzero(rng, (3, 6, 7, 4))
     w = random_nonzero(rng, (3, 3, 4, 5))
     own = ax.truncated(6)
@@ -435,9 +431,7 @@ def test_implicit_weight_gradient_uses_its_own_multiplier(rng, monkeypatch):
 @given(problem=conv_problems(), seed=st.integers(0, 2**31))
 def test_implicit_im2col_equals_built_patches(problem, seed):
     """Forward and both gradients: the same bits whether the patches are read
-    in place or built (APPROXJAX_CPU_CONV=patches), every geometry."""
-    import os
-
+    in place or built (KernelOptions(conv="patches")), every geometry."""
     if problem["feature_group_count"] > 1 or problem["batch_group_count"] > 1:
         return  # groups always build their patches
     rng = np.random.default_rng(seed)
@@ -446,32 +440,28 @@ def test_implicit_im2col_equals_built_patches(problem, seed):
     mult = ax.stack([ax.mitchell(7), ax.truncated(7)])
 
     def run(mode):
-        os.environ["APPROXJAX_CPU_CONV"] = mode
-        try:
+        opts = ax.KernelOptions(conv=mode)
 
-            def loss(lhs, rhs, mu):  # a fresh function: traced under this mode
-                y = ax.conv_general_dilated(*_args(problem, lhs, rhs), multiplier=mu)
-                return jnp.sum(jnp.sin(y)), y
+        def loss(lhs, rhs, mu):
+            y = ax.conv_general_dilated(*_args(problem, lhs, rhs), multiplier=mu, options=opts)
+            return jnp.sum(jnp.sin(y)), y
 
-            grad = jax.vmap(jax.grad(loss, argnums=(0, 1), has_aux=True), (None, None, 0))
-            (gx, gw), y = jax.block_until_ready(grad(lhs, rhs, mult))
-            layout = _ffi.last_cpu_gemm_layout()
-        finally:
-            del os.environ["APPROXJAX_CPU_CONV"]
-        return [bits(v) for v in (y, gx, gw)], layout
+        grad = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1), has_aux=True), (None, None, 0)))
+        (gx, gw), y = grad(lhs, rhs, mult)
+        return [bits(v) for v in (y, gx, gw)], grad.lower(lhs, rhs, mult).as_text()
 
-    implicit, _ = run("implicit")
-    built, layout = run("patches")
-    assert "im2col" not in layout
+    implicit, text = run("implicit")
+    assert "approxjax_conv_gemm" in text or jax.default_backend() != "cpu"
+    built, text = run("patches")
+    assert "approxjax_conv_gemm" not in text
     for a, b in zip(implicit, built, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 @cpu_only
-def test_implicit_im2col_stack_is_one_call(rng, monkeypatch):
+def test_implicit_im2col_stack_is_one_call(rng):
     """A vmapped stack of multipliers: one conv GEMM in the program, each
     member's output as if it ran alone."""
-    monkeypatch.delenv("APPROXJAX_CPU_CONV", raising=False)
     x = random_nonzero(rng, (2, 8, 8, 12))
     w = random_nonzero(rng, (3, 3, 12, 20))
     members = [ax.mitchell(7), ax.mbm(7), ax.truncated(7), ax.drum(6, 4)]
@@ -494,19 +484,18 @@ def test_conv_gemm_rejects_bad_shapes(rng):
     """The internal call checks its arguments in Python, and the C++ handler
     checks them again: a bad call is an error that names the shapes, never a
     crash."""
-    from approxjax._src.kernels import ffi as _ffi
-
     x = jnp.asarray(random_nonzero(rng, (1, 5, 5, 3)))
-    lut = ax.mitchell(4).lut
+    mult = ax.mitchell(4)
+    lut, facts = mult.lut, mult.facts
     w = jnp.asarray(random_nonzero(rng, (27, 4)))
     call = partial(_ffi.conv_gemm, kernel=(3, 3), dilation=(1, 1))
     with pytest.raises(ValueError, match=r"positive ints .* \(0, 1\)"):
-        call(x, w, lut, strides=(0, 1))
+        call(x, w, lut, facts, strides=(0, 1))
     with pytest.raises(ValueError, match=r"got x \(1, 5, 5, 3\) and w \(26, 4\)"):
-        call(x, w[:26], lut, strides=(1, 1))
+        call(x, w[:26], lut, facts, strides=(1, 1))
     g = jnp.asarray(random_nonzero(rng, (1, 8, 4)))  # the weight gradient's g: 9 pixels
     with pytest.raises(ValueError, match=r"g \(N, P, O\) = \(1, 9, O\); got .* g \(1, 8, 4\)"):
-        call(x, g, lut, strides=(1, 1), transpose_lhs=True)
+        call(x, g, lut, facts, strides=(1, 1), transpose_lhs=True)
     # Past the Python checks, straight to the handler.
     for rhs, out, strides, transpose, want in [
         (w, (1, 8, 4), (1, 1), False, "inconsistent shapes: out must be"),
@@ -523,6 +512,8 @@ def test_conv_gemm_rejects_bad_shapes(rng):
                     x,
                     rhs,
                     lut,
+                    facts,
+                    options=ax.KernelOptions().attribute(),
                     kernel=i64((3, 3)),
                     strides=i64(strides),
                     dilation=i64((1, 1)),

@@ -57,7 +57,9 @@ def test_cuda_extension_is_built_where_nvcc_is():
     assert ax.cuda_available()
     targets = set(_ffi._approxjax_cuda.registrations())
     assert targets == {"approxjax_gemm", "approxjax_multiply", "approxjax_prior_art_gemm"}
-    assert _ffi._approxjax_cuda.device_count() >= 0  # imports and answers without a GPU
+    # It imports and answers without a GPU: as many devices as JAX sees.
+    gpus = len(jax.devices("gpu")) if "gpu" in _backends() else 0
+    assert _ffi._approxjax_cuda.device_count() == gpus
 
 
 def _on(device, fn, *args):
@@ -145,7 +147,45 @@ def test_prior_art_kernel_equals_ours():
     mult = ax.mitchell(7)
     out = jax.ShapeDtypeStruct((1, 100, 90), jnp.float32)
     prior = jax.ffi.ffi_call("approxjax_prior_art_gemm", out)(
-        a[None], b[None], mult.lut[None], transpose_lhs=False, transpose_rhs=False
+        a[None],
+        b[None],
+        mult.lut[None],
+        mult.facts[None],
+        transpose_lhs=False,
+        transpose_rhs=False,
+        options=ax.KernelOptions().attribute(),
     )[0]
     ours = ax.dot_general(a, b, DN, multiplier=mult)
     np.testing.assert_array_equal(bits(prior), bits(ours))
+
+
+@needs_gpu_and_cpu
+@pytest.mark.parametrize(
+    "shape,m",
+    [((64, 9000, 48), 7), ((8, 12300, 8), 5), ((600, 520, 700), 12), ((256, 4100, 300), 12)],
+)
+def test_long_sums_and_large_tables_gpu_equals_cpu(shape, m):
+    """Sum blocks (K > 4096: fixed blocks of 4096 added in order) and m = 12
+    (a 64 MiB table read from global memory) on large shapes."""
+    rng = np.random.default_rng(sum(shape) + m)
+    mm, k, n = shape
+    a, b = random_nonzero(rng, (mm, k)), random_nonzero(rng, (k, n))
+    mult = ax.truncated(m) if m == 12 else ax.mitchell(m)
+
+    def f(a, b):
+        return ax.dot_general(a, b, DN, multiplier=mult)
+
+    cpu = _on(jax.devices("cpu")[0], f, a, b)
+    gpu = _on(jax.devices("gpu")[0], f, a, b)
+    np.testing.assert_array_equal(bits(gpu), bits(cpu))
+
+
+@needs_gpu
+def test_checked_launches_give_the_same_bits():
+    """KernelOptions(check=True) synchronises and checks after each launch."""
+    rng = np.random.default_rng(6)
+    a, b = random_nonzero(rng, (130, 70)), random_nonzero(rng, (70, 90))
+    mult = ax.mitchell(7)
+    plain = ax.dot_general(a, b, DN, multiplier=mult)
+    checked = ax.dot_general(a, b, DN, multiplier=mult, options=ax.KernelOptions(check=True))
+    np.testing.assert_array_equal(bits(checked), bits(plain))

@@ -1,21 +1,18 @@
 """approxjax.dot_general against the reference on random shapes and dimension numbers."""
 
-import os
-import subprocess
-import sys
+import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import bits, random_nonzero
+from _util import bits, plan, random_nonzero
 from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
 
 import approxjax as ax
 from approxjax import reference as ref
-from approxjax._src.kernels.ffi import last_cpu_gemm_layout
 
 
 @st.composite
@@ -164,42 +161,43 @@ def test_precision_is_accepted(rng):
     np.testing.assert_array_equal(bits(a), bits(b))
 
 
-_VARIANT_SCRIPT = """
-import hashlib, os, numpy as np, approxjax as ax
-rng = np.random.default_rng(5)
-out = []
-cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
-cases += [((1100, 60, 100), 7)]  # with mitchell: compact tables
-cases += [((60, 80, 70), 12)]  # separable after rounding
-for separable in ("1", "0"):  # truncated(m): the FMA path, then tables
-    os.environ["APPROXJAX_CPU_SEPARABLE"] = separable
-    for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
-        a = rng.standard_normal((mm, k)).astype(np.float32)
-        b = rng.standard_normal((k, n)).astype(np.float32)
-        a[3, 3] = np.inf
-        mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
-        out.append(np.asarray(ax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                                             multiplier=mult)).tobytes())
-print(ax.cpu_kernel_variant(), hashlib.sha256(b"".join(out)).hexdigest())
-"""
+def _variant_digest(variant):
+    """A hash of the bits of GEMMs that take every kernel path, under ``variant``."""
+    rng = np.random.default_rng(5)
+    out = []
+    cases = [((130, 70, 90), 7), ((40, 300, 200), 3), ((70, 50, 66), 10), ((25, 3000, 6), 7)]
+    cases += [((1100, 60, 100), 7)]  # with mitchell: compact tables
+    cases += [((60, 80, 70), 12)]  # separable after rounding
+    for separable in (True, False):  # truncated(m): the FMA path, then tables
+        opts = ax.KernelOptions(variant=variant, separable=separable)
+        for i, ((mm, k, n), m) in enumerate(cases):  # the 4th gathers its products
+            a = rng.standard_normal((mm, k)).astype(np.float32)
+            b = rng.standard_normal((k, n)).astype(np.float32)
+            a[3, 3] = np.inf
+            mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
+            y = ax.dot_general(a, b, (((1,), (0,)), ((), ())), multiplier=mult, options=opts)
+            out.append(np.asarray(y).tobytes())
+    return hashlib.sha256(b"".join(out)).hexdigest()
 
 
-def test_every_cpu_kernel_variant_gives_the_same_bits(tmp_path):
-    results = {}
-    for variant in ("baseline", "avx2", "avx512"):
-        env = dict(os.environ, APPROXJAX_CPU_KERNEL=variant, JAX_PLATFORMS="cpu")
-        proc = subprocess.run(
-            [sys.executable, "-c", _VARIANT_SCRIPT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=tmp_path,
-        )
-        name, digest = proc.stdout.split()
-        results[name] = digest
-    assert "Baseline" in results
-    assert len(set(results.values())) == 1, results
+@pytest.mark.parametrize("variant", ["avx2", "avx512"])
+def test_every_cpu_kernel_variant_gives_the_same_bits(variant):
+    """Each instruction-set variant this CPU runs gives the baseline's bits
+    (a variant it lacks is skipped, not compared with the baseline)."""
+    flags = {"avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f", "avx512bw")}
+    if not all(_cpu_flag(f) for f in flags[variant]):
+        pytest.skip(f"this CPU has no {variant}")
+    assert _variant_digest(variant) == _variant_digest("baseline")
+
+
+def test_a_variant_the_cpu_lacks_is_an_error_not_a_crash():
+    if _cpu_flag("avx512f"):
+        pytest.skip("this CPU has AVX-512")
+    a = np.ones((4, 4), np.float32)
+    opts = ax.KernelOptions(variant="avx512")
+    with pytest.raises(Exception, match="kernel variant 3 .* is not available on this CPU"):
+        dn = (((1,), (0,)), ((), ()))
+        jax.block_until_ready(ax.dot_general(a, a, dn, multiplier=ax.mitchell(7), options=opts))
 
 
 @pytest.mark.parametrize(
@@ -217,9 +215,10 @@ def test_long_contractions_sum_in_blocks(batch, shape, rng):
     dn = (((2,), (1,)), ((0,), (0,)))
     mult = ax.mitchell(7)
     got = np.asarray(jax.jit(lambda a, b: ax.dot_general(a, b, dn, multiplier=mult))(lhs, rhs))
-    if (batch, shape) == (1, (150, 8200, 16)) and (os.cpu_count() or 1) > 1:
-        # one output tile for two threads: its three blocks ran as separate units
-        assert "split=3" in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    if (batch, shape) == (1, (150, 8200, 16)):
+        # one output tile for two threads: its three blocks run as separate units
+        assert "split=3" in plan((1, mm, k), (1, k, n), mult, threads=2)
+        assert "split=1" in plan((1, mm, k), (1, k, n), mult, threads=1)
     want = ref.sequential_dot_general(lhs, rhs, dn, mult.lut)
     np.testing.assert_array_equal(bits(got), bits(want))
 
@@ -289,11 +288,11 @@ def test_packing_lanes_and_slices_match_the_reference(streamed, transpose, speci
         ((7, 50, 19), 10),
     ],
 )
-def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng, monkeypatch):
+def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng):
     """The CPU kernel either builds per-tile tables or gathers each product
     from the LUT (small outputs); both give the reference bits, for either
     operand streamed, with special operands, in vmapped stacks."""
-    monkeypatch.setenv("APPROXJAX_CPU_GEMM", path)
+    opts = ax.KernelOptions(gemm=path)
     mm, k, n = shape
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
@@ -306,8 +305,15 @@ def test_table_and_gather_kernels_match_the_reference(path, shape, m, rng, monke
         ((((1,), (0,)), ((), ())), lhs, rhs),
         ((((0,), (1,)), ((), ())), np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)),
     ]:
-        stacked = jax.vmap(lambda mu, a=a, b=b, dn=dn: ax.dot_general(a, b, dn, multiplier=mu))
+        stacked = jax.vmap(
+            lambda mu, a=a, b=b, dn=dn: ax.dot_general(a, b, dn, multiplier=mu, options=opts)
+        )
         got = np.asarray(stacked(ax.stack(mults)))
+        t = a is not lhs
+        described = plan(
+            (1, *a.shape), (1, *b.shape), ax.stack(mults), transpose=(t, t), options=opts
+        )
+        assert described.startswith("gathers") == (path == "gathers"), described
         for i, mu in enumerate(mults):
             want = ref.sequential_dot_general(a, b, dn, mu.lut)
             np.testing.assert_array_equal(bits(got[i]), bits(want))
@@ -325,17 +331,17 @@ def _cpu_flag(name: str) -> bool:
 @pytest.mark.parametrize("m", [2, 3, 5, 7])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", [(1100, 60, 100), (100, 60, 1100)])
-def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatch):
-    """Where every LUT entry is bfloat16-exact (Mitchell, MBM, ALM-SOA at
-    m <= 7), wide per-tile tables hold two entries to a word. The bits match
-    the reference and the float tables: either operand streamed, contiguous
-    and transposed storage, special operands in both, a stack of multipliers
-    sharing the packing, and a partial column block. With AVX-512 the
-    tables are built by word permutes from the LUT's planes, or with VBMI by
-    byte permutes from its codes (every LUT but the one with zeros here);
-    the planes (APPROXJAX_CPU_CODES=0) and the transposing build
-    (APPROXJAX_CPU_PLANES=0) give the same bits. A LUT with zero and tiny
-    entries checks their signed zeros."""
+def test_compact_tables_match_the_reference(m, transpose, shape, rng):
+    """Where every LUT entry is bfloat16-exact (Mitchell, ApproxTrain's MBM,
+    ALM-SOA at m <= 7), wide per-tile tables hold two entries to a word. The
+    bits match the reference and the float tables: either operand streamed,
+    contiguous and transposed storage, special operands in both, a stack of
+    multipliers sharing the packing, and a partial column block. With
+    AVX-512 the tables are built by word permutes from the LUT's planes, or
+    with VBMI by byte permutes from its codes (every LUT but the one with
+    zeros here); the planes (codes=False) and the transposing build
+    (planes=False) give the same bits. A LUT with zero and tiny entries
+    checks their signed zeros."""
     mm, k, n = shape
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
@@ -353,9 +359,16 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     if transpose:
         lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
         dn = (((0,), (1,)), ((), ()))
-    stacked = jax.jit(jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu)))
-    got = np.asarray(stacked(ax.stack(mults)))
-    layout = last_cpu_gemm_layout()
+    stack = ax.stack(mults)
+
+    def run(**kw):
+        opts = ax.KernelOptions(**kw)
+        f = jax.jit(jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu, options=opts)))
+        layout = plan((1, *lhs.shape), (1, *rhs.shape), stack, transpose=(transpose,) * 2,
+                      options=opts)  # fmt: skip
+        return np.asarray(f(stack)), layout
+
+    got, layout = run()
     assert layout.startswith("compact tables nc=64"), layout
     avx512 = ax.cpu_kernel_variant() == "Avx512"
     assert ("codes" in layout) == (avx512 and _cpu_flag("avx512vbmi")), layout
@@ -363,17 +376,14 @@ def test_compact_tables_match_the_reference(m, transpose, shape, rng, monkeypatc
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
-    monkeypatch.setenv("APPROXJAX_CPU_CODES", "0")
-    planes = np.asarray(stacked(ax.stack(mults)))
-    assert ("planes" in last_cpu_gemm_layout()) == avx512, last_cpu_gemm_layout()
+    planes, layout = run(codes=False)
+    assert ("planes" in layout) == avx512 and "codes" not in layout, layout
     np.testing.assert_array_equal(bits(planes), bits(got))
-    monkeypatch.setenv("APPROXJAX_CPU_PLANES", "0")
-    transposed = np.asarray(stacked(ax.stack(mults)))
-    assert "planes" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    transposed, layout = run(codes=False, planes=False)
+    assert "planes" not in layout, layout
     np.testing.assert_array_equal(bits(transposed), bits(got))
-    monkeypatch.setenv("APPROXJAX_CPU_COMPACT", "0")
-    floats = np.asarray(stacked(ax.stack(mults)))
-    assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()
+    floats, layout = run(compact=False)
+    assert layout.startswith("tables nc=64"), layout
     np.testing.assert_array_equal(bits(floats), bits(got))
 
 
@@ -392,17 +402,17 @@ def _factored_lut(m):
 @pytest.mark.parametrize("m", [2, 5, 7, 10, 11, 12])
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("shape", [(300, 70, 90), (90, 70, 300), (40, 5000, 20)])
-def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng, monkeypatch):
+def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng):
     """A LUT that factors exactly, lut[i, j] == f[i] * g[j] (truncated(m);
     DRUM, whose corner lut[0, 0] = f[0]**2 needs the factors scaled by its
-    square root; a user LUT made of two other factors), runs as a GEMM of the transformed
-    operands f[i(a)] * scale(a) and g[j(b)] * scale(b) with exact products in
-    order of k: the bits of the reference and of per-tile tables
-    (APPROXJAX_CPU_SEPARABLE=0), with special operands in both (inf, NaN,
-    zeros, subnormals, and exponents beyond the regular range, which take
-    the scalar rule). truncated(12) factors only after rounding (its
-    products have 26 bits): each product is rounded before it is added
-    ("separable rounded"), with the same bits."""
+    square root; a user LUT made of two other factors), runs as a GEMM of the
+    transformed operands f[i(a)] * scale(a) and g[j(b)] * scale(b) with exact
+    products in order of k: the bits of the reference and of per-tile tables
+    (separable=False), with special operands in both (inf, NaN, zeros,
+    subnormals, and exponents beyond the regular range, which take the
+    scalar rule). truncated(12) factors only after rounding (its products
+    have 26 bits): each product is rounded before it is added ("separable
+    rounded"), with the same bits."""
     mm, k, n = shape
     lhs = random_nonzero(rng, (mm, k))
     rhs = random_nonzero(rng, (k, n))
@@ -414,18 +424,19 @@ def test_separable_luts_run_as_exact_fma_gemms(m, transpose, shape, rng, monkeyp
     if transpose:
         lhs, rhs = np.ascontiguousarray(lhs.T), np.ascontiguousarray(rhs.T)
         dn = (((0,), (1,)), ((), ()))
-    fn = jax.jit(lambda a, b, mu: ax.dot_general(a, b, dn, multiplier=mu))
+    fn = jax.jit(lambda a, b, mu, opts: ax.dot_general(a, b, dn, multiplier=mu, options=opts),
+                 static_argnums=3)  # fmt: skip
     for mu in [ax.truncated(m), ax.drum(m)] + ([_factored_lut(m)] if m <= 10 else []):
-        monkeypatch.delenv("APPROXJAX_CPU_SEPARABLE", raising=False)
-        got = np.asarray(fn(lhs, rhs, mu))
-        layout = last_cpu_gemm_layout()
+        got = np.asarray(fn(lhs, rhs, mu, ax.KernelOptions()))
+        layout = plan((1, *lhs.shape), (1, *rhs.shape), mu, transpose=(transpose,) * 2)
         rounded = m == 12 and mu.name.startswith("truncated")  # drum(12) is exact
         assert layout.startswith("separable rounded" if rounded else "separable nc"), layout
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got), bits(want))
-        monkeypatch.setenv("APPROXJAX_CPU_SEPARABLE", "0")
-        tables = np.asarray(fn(lhs, rhs, mu))
-        assert not last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
+        off = ax.KernelOptions(separable=False)
+        tables = np.asarray(fn(lhs, rhs, mu, off))
+        layout = plan((1, *lhs.shape), (1, *rhs.shape), mu, transpose=(transpose,) * 2, options=off)
+        assert not layout.startswith("separable"), layout
         np.testing.assert_array_equal(bits(tables), bits(got))
 
 
@@ -433,26 +444,25 @@ def test_which_luts_take_the_fma_path(rng):
     """A stack of separable LUTs shares the packing and takes the FMA path
     member by member (same bits as the reference); one non-separable LUT in
     a stack (Mitchell) keeps the whole call on tables; a forced kind
-    (APPROXJAX_CPU_GEMM) is honoured for truncated(m)."""
+    (KernelOptions(gemm=...)) is honoured for truncated(m)."""
     lhs = random_nonzero(rng, (200, 60))
     rhs = random_nonzero(rng, (60, 100))
     lhs[4, 7] = np.inf
     dn = (((1,), (0,)), ((), ()))
     stacked = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))
-    mults = [ax.truncated(5), _factored_lut(5), ax.drum(5), ax.truncated(5)]
-    got = np.asarray(stacked(ax.stack(mults)))
-    assert last_cpu_gemm_layout().startswith("separable"), last_cpu_gemm_layout()
-    for i, mu in enumerate(mults):
-        want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
+    mults = ax.stack([ax.truncated(5), _factored_lut(5), ax.drum(5), ax.truncated(5)])
+    got = np.asarray(stacked(mults))
+    assert plan((1, 200, 60), (1, 60, 100), mults).startswith("separable")
+    for i in range(len(mults)):
+        want = ref.sequential_dot_general(lhs, rhs, dn, mults[i].lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
-    jax.block_until_ready(stacked(ax.stack([ax.truncated(5), ax.mitchell(5)])))
-    assert last_cpu_gemm_layout().startswith("tables"), last_cpu_gemm_layout()
-    os.environ["APPROXJAX_CPU_GEMM"] = "gathers"
-    try:
-        jax.block_until_ready(ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(5)))
-        assert last_cpu_gemm_layout().startswith("gathers"), last_cpu_gemm_layout()
-    finally:
-        del os.environ["APPROXJAX_CPU_GEMM"]
+    mixed = ax.stack([ax.truncated(5), ax.mitchell(5)])
+    assert plan((1, 200, 60), (1, 60, 100), mixed).startswith("tables")
+    gathers = ax.KernelOptions(gemm="gathers")
+    assert plan((1, 200, 60), (1, 60, 100), ax.truncated(5), options=gathers).startswith("gathers")
+    forced = ax.dot_general(lhs, rhs, dn, multiplier=ax.truncated(5), options=gathers)
+    want = ref.sequential_dot_general(lhs, rhs, dn, ax.truncated(5).lut)
+    np.testing.assert_array_equal(bits(forced), bits(want))
 
 
 @pytest.mark.parametrize("transpose", [False, True])
@@ -467,12 +477,12 @@ def test_which_luts_take_the_fma_path(rng):
         ("separable stack", (300, 150, 100), "separable"),
     ],
 )
-def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monkeypatch):
+def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng):
     """Where the output has several column blocks, the streamed operand is
     packed once before the units ("prepacked"; for one separable LUT per
     operand pair, already transformed: "prescaled") instead of once per
     column block (for a stack of separable LUTs, once per member from one
-    packing): the same bits as packing per unit (APPROXJAX_CPU_PREPACK=0)
+    packing): the same bits as packing per unit (prepack=False)
     and as the reference, with two batch groups, irregular rows (in either
     sum block of a long contraction), and both storage orders of the lhs.
     The packed operand's buffer is kept for later calls: the run after the
@@ -493,22 +503,23 @@ def test_streamed_operand_packed_once(kind, shape, expect, transpose, rng, monke
         "separable stack": [ax.truncated(6), _factored_lut(6), ax.truncated(6)],
     }[kind]
 
-    def run():
-        f = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))
-        return np.asarray(jax.jit(f)(ax.stack(mults)))
+    stack = ax.stack(mults)
 
-    got = run()
-    layout = last_cpu_gemm_layout()
+    def run(**kw):
+        opts = ax.KernelOptions(**kw)
+        f = jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu, options=opts))
+        layout = plan(lhs.shape, rhs.shape, stack, transpose=(transpose, False), options=opts)
+        return np.asarray(jax.jit(f)(stack)), layout
+
+    got, layout = run()
     assert layout.startswith(expect), layout
-    np.testing.assert_array_equal(bits(run()), bits(got))  # a reused buffer
+    np.testing.assert_array_equal(bits(run()[0]), bits(got))  # a reused buffer
     assert (" prescaled" if expect == "separable" else " prepacked") in layout, layout
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))
-    monkeypatch.setenv("APPROXJAX_CPU_PREPACK", "0")
-    per_unit = run()
-    assert "prepacked" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
-    assert "prescaled" not in last_cpu_gemm_layout(), last_cpu_gemm_layout()
+    per_unit, layout = run(prepack=False)
+    assert "prepacked" not in layout and "prescaled" not in layout, layout
     np.testing.assert_array_equal(bits(per_unit), bits(got))
 
 
@@ -522,7 +533,8 @@ def test_compact_tables_only_for_bfloat16_exact_luts(rng):
     got = np.asarray(
         jax.vmap(lambda mu: ax.dot_general(lhs, rhs, dn, multiplier=mu))(ax.stack(mults))
     )
-    assert last_cpu_gemm_layout().startswith("tables nc=64"), last_cpu_gemm_layout()
+    layout = plan((1, 1100, 60), (1, 60, 100), ax.stack(mults))
+    assert layout.startswith("tables nc=64"), layout
     for i, mu in enumerate(mults):
         want = ref.sequential_dot_general(lhs, rhs, dn, mu.lut)
         np.testing.assert_array_equal(bits(got[i]), bits(want))

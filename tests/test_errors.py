@@ -137,3 +137,37 @@ def test_gpu_without_cuda_extension_says_how_to_build(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(RuntimeError, match="APPROXJAX_CUDA=ON pip install"):
         ax.dot_general(A, B, DN, multiplier=ax.truncated(2))
+
+
+def test_traced_and_concrete_negative_zero_entries_agree():
+    """-0.0 in a table is +0.0 whether the table is concrete or traced (it
+    used to be canonicalised in one case and rejected in the other)."""
+    table = np.asarray(ax.mitchell(2).lut).copy()
+    table[1, 2] = -0.0
+    concrete = ax.dot_general(A, B, DN, multiplier=ax.Multiplier(table))
+    traced = jax.jit(lambda t: ax.dot_general(A, B, DN, multiplier=ax.Multiplier(t)))(table)
+    np.testing.assert_array_equal(np.asarray(concrete), np.asarray(traced))
+
+
+def test_facts_of_another_table_are_refused():
+    """A GEMM checks that the facts it is handed belong to its table."""
+    a, b = ax.mitchell(4), ax.truncated(4)
+    forged = ax.Multiplier._unchecked(a.lut, b.facts, 4, ("forged",))
+    with pytest.raises(Exception, match="facts of table 0 do not belong to it"):
+        jax.block_until_ready(ax.dot_general(A, B, DN, multiplier=forged))
+
+
+def test_dimension_numbers_must_be_integers():
+    with pytest.raises(ValueError, match="integer sequences"):
+        ax.dot_general(A, B, (((1.5,), (0,)), ((), ())), multiplier=ax.mitchell(4))
+    with pytest.raises(ValueError, match="integer sequences"):
+        ax.dot_general(A, B, (((True,), (0,)), ((), ())), multiplier=ax.mitchell(4))
+
+
+def test_bad_kernel_options():
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        ax.KernelOptions(gemm="fast")
+    with pytest.raises(TypeError, match="prepack must be a bool"):
+        ax.KernelOptions(prepack=1)
+    with pytest.raises(TypeError, match="options must be approxjax.KernelOptions"):
+        ax.dot_general(A, B, DN, multiplier=ax.mitchell(4), options={"gemm": "tables"})

@@ -223,7 +223,8 @@ def test_multiplier_is_a_pytree_passed_as_data(rng):
     f(ax.mitchell(4))  # another name: its own program, so reports name it right
     assert f._cache_size() == 2
     leaves, treedef = jax.tree_util.tree_flatten(ax.truncated(4))
-    assert len(leaves) == 1 and leaves[0].shape == (16, 16)
+    assert [x.shape for x in leaves] == [(16, 16), (ax.truncated(4).facts.shape[0],)]
+    assert leaves[1].dtype == np.uint32  # the table's facts travel with it
     assert jax.tree_util.tree_unflatten(treedef, leaves).name == "truncated4"
 
 

@@ -1,35 +1,40 @@
-// The CPU approximate batched GEMM behind the FFI target "approxjax_gemm".
+// The CPU FFI targets of approxjax and what the Python module asks of them.
+//
+//   approxjax_gemm       out[..., M, N] = sum_k approx(lhs[..., M, K],
+//                        rhs[..., K, N]) under lut[..., 2**m, 2**m] and its
+//                        facts (table_facts.h), numpy-style broadcasting over
+//                        the leading dimensions; lhs stored (K, M) when
+//                        transpose_lhs, rhs (N, K) when transpose_rhs
+//   approxjax_conv_gemm  the same GEMM with the patches of a padded input as
+//                        lhs, read in place (implicit im2col; shapes.h)
+//   approxjax_multiply   out[..., n] = approx(a[..., n], b[..., n])
+//   approxjax_analyze_lut  facts[..., FactsWords(m)] of lut[..., 2**m, 2**m]
+//
+// The GEMMs take their kernel choices as the dictionary attribute "options"
+// (GemmOptions, gemm_plan.h).
 #ifndef APPROXJAX_GEMM_CPU_H_
 #define APPROXJAX_GEMM_CPU_H_
 
+#include <cstdint>
 #include <string>
 
+#include "gemm_plan.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace approxjax {
 
-// XLA FFI handler: out[..., M, N] = sum_k approx(lhs[..., M, K], rhs[..., K, N])
-// with numpy-style broadcasting over the leading dimensions of lhs, rhs, lut
-// and out (all of one rank), lhs stored (K, M) when transpose_lhs and rhs
-// stored (N, K) when transpose_rhs, and lut[..., 2**m, 2**m].
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCpu);
-
-// XLA FFI handler: the same GEMM with the patches of a padded input as lhs,
-// read in place (implicit im2col): out[..., N, P, O] from x[..., N, S.., C],
-// rhs[..., prod(kernel) * C, O] and attributes kernel, strides, dilation
-// (shapes.h, CheckConvGemm).
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxConvGemmCpu);
-
-// XLA FFI handler: out[..., n] = approx(a[..., n], b[..., n]) elementwise, with
-// the leading dimensions of a, b, lut[..., 2**m, 2**m] and out broadcast.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);
 
-// Name of the kernel variant chosen on this CPU ("Avx2", "Baseline", ...).
+// Name of the default kernel variant on this CPU ("Avx2", "Baseline", ...).
 const char* CpuKernelName();
 
-// The layout the latest CPU GEMM ran with ("tables nc=64 stream=lhs ...";
-// empty before the first): for tests and profiling.
-std::string LastGemmLayout();
+// DescribePlan of the plan a GEMM of `shape` would run (for tests); empty
+// where the options name a variant this CPU lacks.
+std::string PlanDescription(const ProblemShape& shape,
+                            const TableSummary& tables,
+                            const GemmOptions& options, int64_t threads);
 
 }  // namespace approxjax
 

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from approxjax._src.kernels import ffi
+
 MAX_MANTISSA_BITS = 12
 
 
@@ -71,7 +73,11 @@ class Multiplier:
     """A simulated multiplier: a lookup table of significand products.
 
     The table is a pytree leaf, so a ``Multiplier`` passes through ``jit`` as
-    data and ``vmap`` maps over a stack of them; its mantissa-bit count and
+    data and ``vmap`` maps over a stack of them. So are its *facts*: what the
+    CPU kernels need to know of the table (validity, exponent range,
+    separable factors, compact planes and codes), computed once here by the
+    ``approxjax_analyze_lut`` kernel (in the program, for a traced table)
+    rather than on every GEMM. Its mantissa-bit count and
     names are static and part of the tree structure, so a jitted function
     keys its compiled programs on the names: a multiplier with another name
     retraces (and records its own name in reports), one with the same name
@@ -90,7 +96,8 @@ class Multiplier:
     Raises:
       TypeError: the table is not a real numeric array.
       ValueError: the shape is not ``(..., 2**m, 2**m)`` with ``0 <= m <= 12``, or an
-        entry is NaN, infinite or negative.
+        entry is NaN, infinite or negative (for a traced table: an error when
+        the program runs). A zero of either sign is +0.0 in the table.
 
     Example::
 
@@ -102,7 +109,7 @@ class Multiplier:
       2
     """
 
-    __slots__ = ("lut", "mantissa_bits", "names", "metadata")
+    __slots__ = ("lut", "facts", "mantissa_bits", "names", "metadata")
 
     def __init__(
         self,
@@ -115,11 +122,15 @@ class Multiplier:
             if not jnp.issubdtype(lut.dtype, jnp.floating):
                 raise TypeError(f"lut must be a floating array; got dtype {lut.dtype}")
             table = lut.astype(jnp.float32)
+            table = jnp.where(table == 0, jnp.float32(0), table)  # -0.0 -> +0.0, as below
+            facts = ffi.analyze(table)
         else:
             host = _validated_table(lut)
             m = _mantissa_bits_of_shape(host.shape)
             table = jnp.asarray(host)
+            facts = _concrete_facts(host)
         self.lut = table
+        self.facts = facts
         self.mantissa_bits = m
         self.names = _names(name, table.shape[:-2], m)
         self.metadata = dict(metadata or {})
@@ -147,7 +158,7 @@ class Multiplier:
         if not -n <= i < n:
             raise IndexError(f"multiplier index {i} out of range for a stack of {n}")
         names = self.names if len(self.names) != n else (self.names[i],)
-        return Multiplier._unchecked(self.lut[i], self.mantissa_bits, names)
+        return Multiplier._unchecked(self.lut[i], self.facts[i], self.mantissa_bits, names)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.batch_shape))
@@ -155,20 +166,32 @@ class Multiplier:
         return f"Multiplier({self.name!r}, m={self.mantissa_bits}{stack})"
 
     @classmethod
-    def _unchecked(cls, lut: Any, m: int, names: tuple[str, ...]) -> Multiplier:
+    def _unchecked(cls, lut: Any, facts: Any, m: int, names: tuple[str, ...]) -> Multiplier:
         obj = object.__new__(cls)
         obj.lut = lut
+        obj.facts = facts
         obj.mantissa_bits = m
         obj.names = names
         obj.metadata = {}
         return obj
 
     def tree_flatten(self):
-        return (self.lut,), (self.mantissa_bits, self.names)
+        return (self.lut, self.facts), (self.mantissa_bits, self.names)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls._unchecked(children[0], aux[0], tuple(aux[1]))
+        return cls._unchecked(children[0], children[1], aux[0], tuple(aux[1]))
+
+
+_analyze_jit = jax.jit(ffi.analyze)
+
+
+def _concrete_facts(table: np.ndarray) -> jax.Array:
+    """The facts of a concrete table, computed now on the CPU (where the
+    analysis kernel runs), then placed like the table (uncommitted, on the
+    default device), so they go wherever the table goes."""
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's own
+    return jnp.asarray(np.asarray(_analyze_jit(jax.device_put(table, cpu))))
 
 
 def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:
@@ -210,5 +233,6 @@ def stack(multipliers: Sequence[Multiplier]) -> Multiplier:
         if x.batch_shape:
             raise ValueError(f"stack takes single multipliers; {x.name} is already a stack")
     lut = jnp.stack([x.lut for x in multipliers])
+    facts = jnp.stack([x.facts for x in multipliers])
     names = tuple(x.name for x in multipliers)
-    return Multiplier._unchecked(lut, bits.pop(), names)
+    return Multiplier._unchecked(lut, facts, bits.pop(), names)

@@ -10,7 +10,9 @@ subclassed: same constructor arguments, defaults, parameter names and shapes
   :class:`~approxjax.Multiplier`, a :class:`~approxjax.Policy`, or ``None``
   (exact);
 * ``input_grad_multiplier`` and ``weight_grad_multiplier``: ``"forward"``, a
-  Multiplier or None, as in :func:`approxjax.dot_general`.
+  Multiplier or None, as in :func:`approxjax.dot_general`;
+* ``kernel_options``: :class:`~approxjax.KernelOptions` (how the kernels
+  compute; None: the defaults).
 
 They inject the approximate ops into Flax's own hooks (``dot_general``,
 ``conv_general_dilated``, the attention einsums); ``Einsum`` and
@@ -80,12 +82,13 @@ def resolve(multiplier: Any, input_grad: Any = FORWARD, weight_grad: Any = FORWA
 class _Settings:
     """A module's multiplier fields; compared by identity (never cached on)."""
 
-    __slots__ = ("multiplier", "input_grad", "weight_grad")
+    __slots__ = ("multiplier", "input_grad", "weight_grad", "options")
 
     def __init__(self, module):
         self.multiplier = module.multiplier
         self.input_grad = module.input_grad_multiplier
         self.weight_grad = module.weight_grad_multiplier
+        self.options = module.kernel_options
 
     def choice(self) -> GemmMultipliers:
         return resolve(self.multiplier, self.input_grad, self.weight_grad)
@@ -95,7 +98,7 @@ class ApproxDotGeneral(_Settings):
     """A ``lax.dot_general``-compatible callable that reads the multiplier when traced."""
 
     def __call__(self, *args, **kwargs):
-        return _ChosenDotGeneral(self.choice())(*args, **kwargs)
+        return _ChosenDotGeneral(self.choice(), self.options)(*args, **kwargs)
 
 
 class ApproxConv(_Settings):
@@ -111,14 +114,16 @@ class ApproxConv(_Settings):
             multiplier=c.forward,
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
+            options=self.options,
         )
 
 
 class _ChosenDotGeneral:
     """A ``lax.dot_general``-compatible callable with its multipliers already chosen."""
 
-    def __init__(self, choice: GemmMultipliers):
+    def __init__(self, choice: GemmMultipliers, options=None):
         self.choice = choice
+        self.options = options
 
     def __call__(
         self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **unused
@@ -141,6 +146,7 @@ class _ChosenDotGeneral:
             multiplier=c.forward,
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
+            options=self.options,
         )
 
 
@@ -152,7 +158,7 @@ def _einsum_fn(settings: _Settings):
 
     def einsum(subscripts, *operands, **kwargs):
         kwargs.pop("precision", None)
-        dot = _ChosenDotGeneral(settings.choice())
+        dot = _ChosenDotGeneral(settings.choice(), settings.options)
         return jnp.einsum(subscripts, *operands, _dot_general=dot, **kwargs)
 
     return einsum
@@ -181,10 +187,12 @@ def _approx_module(base, doc: str, hooks=(), call=None):
             "multiplier": Any,
             "input_grad_multiplier": Any,
             "weight_grad_multiplier": Any,
+            "kernel_options": Any,
         },
         "multiplier": CONTEXT,
         "input_grad_multiplier": FORWARD,
         "weight_grad_multiplier": FORWARD,
+        "kernel_options": None,
         "__post_init__": __post_init__,
     }
     if call is not None:
@@ -272,7 +280,13 @@ def _conv_transpose_call(self, inputs):
     else:
         policy = Policy(c.forward, input_grad=c.input_grad, weight_grad=c.weight_grad)
         y = approx_conv_transpose(
-            inputs, kernel, strides, padding_lax, multiplier=policy, **conv_kwargs
+            inputs,
+            kernel,
+            strides,
+            padding_lax,
+            multiplier=policy,
+            options=_Settings(self).options,
+            **conv_kwargs,
         )
     if self.padding == "CIRCULAR":
         scaled_x_dims = [x * s for x, s in zip(jnp.shape(inputs)[1:-1], strides, strict=True)]

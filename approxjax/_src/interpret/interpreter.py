@@ -55,6 +55,7 @@ from jax.extend import core as jex_core
 
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.interpret.policy import GemmMultipliers, Operation, Policy, as_policy
+from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.conv import conv_general_dilated
 from approxjax._src.ops.dot_general import dot_general
 
@@ -329,9 +330,15 @@ class _Analysis:
 class _Evaluator:
     """Evaluates a program with the chosen operations replaced."""
 
-    def __init__(self, analysis: _Analysis, choices: dict[tuple, GemmMultipliers]):
+    def __init__(
+        self,
+        analysis: _Analysis,
+        choices: dict[tuple, GemmMultipliers],
+        options: KernelOptions | None,
+    ):
         self.analysis = analysis
         self.choices = choices
+        self.options = options
 
     def eval(self, jaxpr, consts, args, key=()):
         env: dict[Any, Any] = {}
@@ -358,7 +365,7 @@ class _Evaluator:
             choice = self.choices.get(key)
             if choice is None or choice.exact:
                 return _bind(eqn, invals)
-            return _approximate_op(eqn, invals, choice)
+            return _approximate_op(eqn, invals, choice, self.options)
         subs = _subprograms(eqn)
         if not subs or not any(self.analysis.has_targets.get(key + (s[0], s[1])) for s in subs):
             return _bind(eqn, invals)
@@ -431,12 +438,13 @@ class _Evaluator:
         return list(mapped(*invals))
 
 
-def _approximate_op(eqn, invals, choice: GemmMultipliers):
+def _approximate_op(eqn, invals, choice: GemmMultipliers, options: KernelOptions | None):
     p = eqn.params
     grads = dict(
         multiplier=choice.forward,
         input_grad_multiplier=choice.input_grad,
         weight_grad_multiplier=choice.weight_grad,
+        options=options,
     )
     if eqn.primitive.name == "dot_general":
         return dot_general(
@@ -497,6 +505,7 @@ def approximate(
     *,
     static_argnums: int | Sequence[int] = (),
     report: list[OperationRecord] | None = None,
+    options: KernelOptions | None = None,
 ) -> Callable[..., Any]:
     """Wraps ``fn`` so that its dot_general and convolution products are approximate.
 
@@ -511,6 +520,7 @@ def approximate(
         per operation (path, shapes, chosen multiplier, why it was left
         exact): to check a policy. Under ``jit`` it is extended when the
         function is traced, not on every call.
+      options: how the kernels compute (:class:`~approxjax.KernelOptions`).
 
     Returns:
       A function with ``fn``'s signature.
@@ -520,6 +530,7 @@ def approximate(
         index names an operation that does not exist.
     """
     policy = as_policy(multiplier_or_policy)
+    options = check_options(options)
     static = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(fn)
@@ -545,7 +556,7 @@ def approximate(
         policy.check_indices(len(analysis.ops))
         choices, records, used = _choose(policy, analysis)
         policy.check_rules_used(used, [r.path for r in records] + [r.scope for r in records])
-        out = _Evaluator(analysis, choices).eval(closed.jaxpr, closed.consts, flat)
+        out = _Evaluator(analysis, choices, options).eval(closed.jaxpr, closed.consts, flat)
         if report is not None:
             report.extend(records)
         del tree
@@ -559,8 +570,17 @@ def einsum(subscripts: str, *operands, multiplier: Multiplier | Policy | None, *
     return approximate(lambda *ops: jnp.einsum(subscripts, *ops, **kwargs), multiplier)(*operands)
 
 
-def conv_transpose(lhs, rhs, strides, padding, *, multiplier: Multiplier | Policy | None, **kw):
+def conv_transpose(
+    lhs,
+    rhs,
+    strides,
+    padding,
+    *,
+    multiplier: Multiplier | Policy | None,
+    options: KernelOptions | None = None,
+    **kw,
+):
     """``lax.conv_transpose`` with its products approximate (through :func:`approximate`)."""
-    return approximate(lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw), multiplier)(
-        lhs, rhs
-    )
+    return approximate(
+        lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw), multiplier, options=options
+    )(lhs, rhs)

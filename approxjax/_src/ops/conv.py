@@ -12,7 +12,7 @@ tap by tap.
   (``patches^T @ g``) run this way; the input gradient is ``g @ w^T``
   followed by the sum back through the slices below, which needs no patches.
 * Otherwise (groups, GPUs, an exact weight gradient, or
-  ``APPROXJAX_CPU_CONV=patches``) the patches are built: one ``take`` of
+  ``KernelOptions(conv="patches")``) the patches are built: one ``take`` of
   whole channel rows, or strided slices for few channels (data movement only,
   no arithmetic), then ``patches @ kernel`` runs as an approximate batched
   GEMM whose custom_vjp makes both gradients approximate GEMMs too. Where the
@@ -32,7 +32,6 @@ products.
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -44,13 +43,15 @@ from jax import lax
 
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
+from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_multiplier, check_operand
 from approxjax._src.ops.dot_general import GradMultiplier
 from approxjax._src.ops.gemm import (
     GemmConfig,
     approx_bmm,
-    grad_lut,
-    grad_mode_and_lut,
+    grad_mode_and_table,
+    grad_table,
+    table_of,
     zero_cotangents,
 )
 
@@ -93,6 +94,7 @@ def conv_general_dilated(
     multiplier: Multiplier | None = None,
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
+    options: KernelOptions | None = None,
 ) -> jax.Array:
     """``jax.lax.conv_general_dilated`` with every product through a simulated multiplier.
 
@@ -101,7 +103,9 @@ def conv_general_dilated(
     padding; lhs and rhs dilation; dimension numbers; feature and batch
     groups), plus the multipliers of :func:`approxjax.dot_general`.
     ``multiplier=None`` is XLA's exact convolution. ``precision`` has no effect
-    on approximate products.
+    on approximate products. ``options`` (:class:`~approxjax.KernelOptions`)
+    choose how the kernels compute, including whether the CPU reads the
+    patches in place (``conv="implicit"``, the default there) or builds them.
 
     Raises:
       TypeError: operands are not float32/bfloat16/float16.
@@ -112,6 +116,7 @@ def conv_general_dilated(
     check_multiplier("multiplier", multiplier, allow_forward=False)
     check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
     check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
+    options = check_options(options)
     if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(
             f"lhs and rhs need one rank >= 2; got shapes {tuple(lhs.shape)} and {tuple(rhs.shape)}"
@@ -227,10 +232,10 @@ def conv_general_dilated(
 
         patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
-    ig_mode, ig_lut = grad_mode_and_lut(input_grad_multiplier)
-    wg_mode, wg_lut = grad_mode_and_lut(weight_grad_multiplier)
-    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode)
-    luts = (multiplier.lut, ig_lut, wg_lut)
+    ig_mode, ig_table = grad_mode_and_table(input_grad_multiplier)
+    wg_mode, wg_table = grad_mode_and_table(weight_grad_multiplier)
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, options=options)
+    luts = (table_of(multiplier), ig_table, wg_table)
     x = x.astype(jnp.float32)
     w = w.astype(jnp.float32)
 
@@ -251,8 +256,8 @@ def conv_general_dilated(
             fn = partial(images, b=b, luts=luts)
             return _in_chunks(fn, x, osz * kp * channels, lhs.size)
 
-        if fg == 1 and _implicit_im2col():
-            geometry = (tuple(kernel), strides, rhs_dil, wg_mode)
+        if fg == 1 and _implicit_im2col(options):
+            geometry = (tuple(kernel), strides, rhs_dil, wg_mode, options)
             y = _implicit_conv(materialized, geometry, *ffi.same_varying_axes(x, b), luts)
         else:
             y = materialized(x, b, luts)
@@ -266,11 +271,11 @@ def conv_general_dilated(
     return jnp.transpose(y, np.argsort(dn.out_spec))
 
 
-def _implicit_im2col() -> bool:
+def _implicit_im2col(options: KernelOptions) -> bool:
     """Whether convolutions read their patches in place (the CPU kernel's
-    implicit im2col) rather than building them: on the CPU unless
-    ``APPROXJAX_CPU_CONV=patches`` (tests, benchmarks)."""
-    return jax.default_backend() == "cpu" and os.environ.get("APPROXJAX_CPU_CONV") != "patches"
+    implicit im2col) rather than building them: on the CPU unless the
+    options say ``conv="patches"``."""
+    return jax.default_backend() == "cpu" and options.conv != "patches"
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -284,8 +289,11 @@ def _implicit_conv(materialized, geometry, x, b, luts):
     ``patches^T @ g`` reads the patches in place too, over the whole batch in
     one sum (unless it is exact: then as ``materialized`` computes it).
     """
-    kernel, strides, dilation, _ = geometry
-    return ffi.conv_gemm(x, b[0], luts[0], kernel=kernel, strides=strides, dilation=dilation)
+    kernel, strides, dilation, _, options = geometry
+    lut, facts = luts[0]
+    return ffi.conv_gemm(
+        x, b[0], lut, facts, kernel=kernel, strides=strides, dilation=dilation, options=options
+    )
 
 
 def _implicit_conv_fwd(materialized, geometry, x, b, luts):
@@ -294,7 +302,7 @@ def _implicit_conv_fwd(materialized, geometry, x, b, luts):
 
 def _implicit_conv_bwd(materialized, geometry, residuals, g):
     x, b, luts = residuals
-    kernel, strides, dilation, weight_grad = geometry
+    kernel, strides, dilation, weight_grad, options = geometry
     lut_cts = zero_cotangents(luts)
     # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them
     # (and so the built patches, where only the input gradient is asked for).
@@ -303,9 +311,17 @@ def _implicit_conv_bwd(materialized, geometry, residuals, g):
         return (*vjp(g), lut_cts)
     _, vjp = jax.vjp(lambda x: materialized(x, b, luts), x)
     (dx,) = vjp(g)
-    lut = grad_lut(weight_grad, luts, 2)
+    lut, facts = grad_table(weight_grad, luts, 2)
     db = ffi.conv_gemm(
-        x, g, lut, kernel=kernel, strides=strides, dilation=dilation, transpose_lhs=True
+        x,
+        g,
+        lut,
+        facts,
+        kernel=kernel,
+        strides=strides,
+        dilation=dilation,
+        transpose_lhs=True,
+        options=options,
     )
     return dx, db[None], lut_cts
 

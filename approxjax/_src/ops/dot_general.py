@@ -18,8 +18,9 @@ from jax import lax
 
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
+from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers, check_multiplier, check_operand
-from approxjax._src.ops.gemm import GemmConfig, approx_bmm, grad_mode_and_lut
+from approxjax._src.ops.gemm import GemmConfig, approx_bmm, grad_mode_and_table, table_of
 
 GradMultiplier = Multiplier | None | Literal["forward"]
 
@@ -36,6 +37,7 @@ def dot_general(
     multiplier: Multiplier | None = None,
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
+    options: KernelOptions | None = None,
 ) -> jax.Array:
     """``jax.lax.dot_general`` with every product through a simulated multiplier.
 
@@ -55,6 +57,8 @@ def dot_general(
       input_grad_multiplier: multiplier of ``d lhs = g @ rhs^T``: ``"forward"``,
         a :class:`Multiplier`, or ``None`` for exact.
       weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
+      options: how the kernels compute (:class:`~approxjax.KernelOptions`;
+        None: the defaults); never changes a result.
 
     Returns:
       The product, shaped like ``lax.dot_general``'s (batch, lhs free, rhs free).
@@ -70,6 +74,7 @@ def dot_general(
     check_multiplier("multiplier", multiplier, allow_forward=False)
     check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
     check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
+    options = check_options(options)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
     if multiplier is None:
         if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
@@ -80,8 +85,8 @@ def dot_general(
         return lax.dot_general(
             lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=out_dtype
         )
-    ig_mode, ig_lut = grad_mode_and_lut(input_grad_multiplier)
-    wg_mode, wg_lut = grad_mode_and_lut(weight_grad_multiplier)
+    ig_mode, ig_table = grad_mode_and_table(input_grad_multiplier)
+    wg_mode, wg_table = grad_mode_and_table(weight_grad_multiplier)
 
     (lc, rc), (lb, rb) = dimension_numbers
     lf = tuple(d for d in range(lhs.ndim) if d not in lc and d not in lb)
@@ -102,9 +107,11 @@ def dot_general(
     b = rhs.astype(jnp.float32)
     a = a.reshape(g, k, m) if ta else jnp.transpose(a, lb + lf + lc).reshape(g, m, k)
     b = b.reshape(g, n, k) if tb else jnp.transpose(b, rb + rc + rf).reshape(g, k, n)
-    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, transpose_a=ta, transpose_b=tb)
+    config = GemmConfig(
+        input_grad=ig_mode, weight_grad=wg_mode, transpose_a=ta, transpose_b=tb, options=options
+    )
     # Inside shard_map, a replicated operand joins the others' varying axes here,
     # outside the custom_vjp, so JAX's AD sums its cotangent over those axes.
     a, b = ffi.same_varying_axes(a, b)
-    out = approx_bmm(config, a, b, (multiplier.lut, ig_lut, wg_lut))
+    out = approx_bmm(config, a, b, (table_of(multiplier), ig_table, wg_table))
     return out.reshape(batch + lfree + rfree).astype(out_dtype)

@@ -11,17 +11,21 @@ from approxjax._src.ops.checks import check_multiplier, check_operand
 
 
 @jax.custom_vjp
-def _approx_multiply(a, b, lut):
-    return ffi.multiply(a, b, lut)
+def _approx_multiply(a, b, table):
+    return ffi.multiply(a, b, *table)
 
 
-def _approx_multiply_fwd(a, b, lut):
-    return ffi.multiply(a, b, lut), (a, b, lut)
+def _approx_multiply_fwd(a, b, table):
+    return ffi.multiply(a, b, *table), (a, b, table)
 
 
 def _approx_multiply_bwd(residuals, g):
-    a, b, lut = residuals
-    return ffi.multiply(g, b, lut), ffi.multiply(a, g, lut), jnp.zeros_like(lut)
+    a, b, table = residuals
+    return (
+        ffi.multiply(g, b, *table),
+        ffi.multiply(a, g, *table),
+        (jnp.zeros_like(table[0]), None),
+    )
 
 
 _approx_multiply.defvjp(_approx_multiply_fwd, _approx_multiply_bwd)
@@ -43,4 +47,5 @@ def multiply(a: jax.Array, b: jax.Array, multiplier: Multiplier | None) -> jax.A
     fa = jnp.broadcast_to(a.astype(jnp.float32), shape).reshape(-1)
     fb = jnp.broadcast_to(b.astype(jnp.float32), shape).reshape(-1)
     fa, fb = ffi.same_varying_axes(fa, fb)
-    return _approx_multiply(fa, fb, multiplier.lut).reshape(shape).astype(out_dtype)
+    table = (multiplier.lut, multiplier.facts)
+    return _approx_multiply(fa, fb, table).reshape(shape).astype(out_dtype)

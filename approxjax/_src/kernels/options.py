@@ -1,0 +1,100 @@
+"""Kernel choices as a typed value: part of the compiled program, never a
+hidden switch.
+
+A :class:`KernelOptions` travels with each call (``dot_general(...,
+options=...)``, the Flax modules' ``options`` field, ``approximate(...,
+options=...)``) into the custom call as a static attribute, so jit keys on it
+and a test sets it per call. None of the choices changes a single bit of a
+result: each selects how the same sums are computed (every path is tested
+against the reference). The defaults are the fastest measured; the one
+environment variable left, ``APPROXJAX_CPU_KERNEL``, sets the default
+instruction-set variant and is read once, when the extension loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+_VARIANTS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
+_GEMMS = {"auto": 0, "tables": 1, "gathers": 2}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KernelOptions:
+    """How the CPU kernels compute (never what).
+
+    Attributes:
+      gemm: ``"auto"`` (the cost model picks), or force ``"tables"`` (per-tile
+        tables) or ``"gathers"`` (a gather of each product from the table).
+        Forcing turns the separable path off.
+      separable: run tables that factor, ``lut[i, j] == f[i] * g[j]``, as a
+        GEMM of transformed operands (no tables).
+      compact: 16-bit per-tile tables where every entry is bfloat16-exact.
+      planes: build compact tables by word permutes (AVX-512BW).
+      codes: build compact tables by byte permutes (AVX-512 VBMI).
+      prepack: pack the streamed operand once per call.
+      huge_pages: ask Linux for 2 MiB pages under large outputs.
+      conv: convolutions read their patches in place (``"implicit"``; CPU
+        only, no groups), build them (``"patches"``), or ``"auto"``.
+      variant: the instruction-set variant of the CPU kernels; one the CPU
+        lacks is an error when the call runs.
+      check: GPU only: synchronise and check the stream after every kernel
+        launch, so a fault is reported by the call that caused it (for first
+        runs on a new GPU; slower).
+
+    Example::
+
+      >>> import approxjax as ax
+      >>> opts = ax.KernelOptions(gemm="tables", prepack=False)
+    """
+
+    gemm: Literal["auto", "tables", "gathers"] = "auto"
+    separable: bool = True
+    compact: bool = True
+    planes: bool = True
+    codes: bool = True
+    prepack: bool = True
+    huge_pages: bool = True
+    conv: Literal["auto", "implicit", "patches"] = "auto"
+    variant: Literal["auto", "baseline", "avx2", "avx512"] = "auto"
+    check: bool = False
+
+    def __post_init__(self):
+        if self.gemm not in _GEMMS:
+            raise ValueError(f"gemm must be one of {sorted(_GEMMS)}; got {self.gemm!r}")
+        if self.variant not in _VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(_VARIANTS)}; got {self.variant!r}")
+        if self.conv not in ("auto", "implicit", "patches"):
+            raise ValueError(f"conv must be 'auto', 'implicit' or 'patches'; got {self.conv!r}")
+        for name in ("separable", "compact", "planes", "codes", "prepack", "huge_pages", "check"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+
+    def attribute(self) -> dict:
+        """The GEMM targets' ``options`` attribute (types as the handler binds them)."""
+        return {
+            "gemm": np.int64(_GEMMS[self.gemm]),
+            "separable": self.separable,
+            "compact": self.compact,
+            "planes": self.planes,
+            "codes": self.codes,
+            "prepack": self.prepack,
+            "huge_pages": self.huge_pages,
+            "variant": np.int64(_VARIANTS[self.variant]),
+            "check": self.check,
+        }
+
+
+DEFAULT = KernelOptions()
+
+
+def check_options(value) -> KernelOptions:
+    """``value`` as KernelOptions (None: the defaults); TypeError otherwise."""
+    if value is None:
+        return DEFAULT
+    if not isinstance(value, KernelOptions):
+        raise TypeError(f"options must be approxjax.KernelOptions or None; got {value!r}")
+    return value
