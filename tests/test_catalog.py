@@ -1,5 +1,7 @@
 """The multiplier catalog, C/Python models to LUTs, LUT files and characterization."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -328,3 +330,63 @@ def test_catalog_multipliers_run_in_dot_general(rng):
         np.testing.assert_array_equal(
             bits(got), bits(ref.sequential_dot_general(a, b, dn, mult.lut))
         )
+
+
+def test_lut_file_errors_are_clean(tmp_path):
+    good = ax.save_lut(ax.mbm(3), tmp_path / "good")
+    with np.load(good) as data:
+        table, meta = data["lut"], json.loads(str(data["metadata"]))
+    listed = tmp_path / "list.npz"
+    np.savez(listed, lut=table, metadata=np.array(json.dumps([1, 2])))
+    with pytest.raises(ValueError, match="metadata must be a JSON object; got list"):
+        ax.load_lut(listed)
+    unchecked = tmp_path / "unchecked.npz"
+    meta.pop("table_sha256")
+    np.savez(unchecked, lut=table, metadata=np.array(json.dumps(meta)))
+    with pytest.raises(ValueError, match="no table_sha256 checksum"):
+        ax.load_lut(unchecked)
+    folder = tmp_path / "MBM_7.bin"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        ax.load_approxtrain(folder)
+    with pytest.raises(ValueError, match="writes one table; .* is a stack of 2"):
+        ax.save_approxtrain(ax.stack([ax.mbm(3), ax.mitchell(3)]), tmp_path / "S_3.bin")
+
+
+_BAD_MODELS = {
+    "segfault": (
+        "if (a > 1.5f && b > 1.75f) { volatile int* p = 0; *p = 1; }",
+        "crashed (SIGSEGV)",
+    ),
+    "abort": ("if (a > 1.5f && b > 1.75f) abort();", "crashed (SIGABRT)"),
+    "exit": ("if (a > 1.5f && b > 1.75f) exit(0);", "exited with status 0 before finishing"),
+    "hang": ("while (a > 1.5f && b > 1.75f) {}", "did not finish within 3 s"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_BAD_MODELS))
+def test_c_models_that_crash_exit_or_hang_are_errors(kind, tmp_path, monkeypatch):
+    """A C model runs in a child process: a crash, an abort, an exit or a hang
+    is a ValueError naming the first input it did not finish, and the Python
+    process lives on."""
+    monkeypatch.setenv("APPROXJAX_CACHE_DIR", str(tmp_path / "cache"))
+    body, said = _BAD_MODELS[kind]
+    source = f"#include <stdlib.h>\nfloat bad(float a, float b) {{ {body} return a * b; }}\n"
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(said)} at entry \[9, 13\] \(bad\(1\.5625, 1\.8125\)\)"
+    ):
+        ax.from_c(source, "bad", 4, timeout=3)
+
+
+def test_corrupt_cached_model_is_rebuilt_and_missing_compiler_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPROXJAX_CACHE_DIR", str(tmp_path))
+    src = "float good(float a, float b) { return a * b; }"
+    first = ax.from_c(src, "good", 3, validate=False)
+    (built,) = tmp_path.glob("*.model")
+    built.write_bytes(b"\x7fELF garbage")  # a corrupt cached build
+    again = ax.from_c(src, "good", 3, validate=False)
+    np.testing.assert_array_equal(first.lut, again.lut)
+    assert built.read_bytes() != b"\x7fELF garbage"
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(ValueError, match="CC='no-such-compiler-here' names a compiler"):
+        ax.from_c("float other(float a, float b) { return a; }", "other", 3)

@@ -191,7 +191,9 @@ def _concrete_facts(table: np.ndarray) -> jax.Array:
     analysis kernel runs), then placed like the table (uncommitted, on the
     default device), so they go wherever the table goes."""
     cpu = jax.local_devices(backend="cpu")[0]  # this process's own
-    return jnp.asarray(np.asarray(_analyze_jit(jax.device_put(table, cpu))))
+    with jax.ensure_compile_time_eval():  # now, even while a function is traced
+        facts = np.asarray(_analyze_jit(jax.device_put(table, cpu)))
+    return jnp.asarray(facts)
 
 
 def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:

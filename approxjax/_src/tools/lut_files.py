@@ -73,6 +73,10 @@ def load_lut(path: str | os.PathLike) -> Multiplier:
             meta = json.loads(str(data["metadata"]))
     except (OSError, zipfile.BadZipFile, ValueError, json.JSONDecodeError, EOFError) as e:
         raise ValueError(f"{path} is not a readable approxjax LUT file: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"{path}: its metadata must be a JSON object; got {type(meta).__name__} {meta!r:.80}"
+        )
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
     if table.dtype != np.float32:
@@ -85,7 +89,9 @@ def load_lut(path: str | os.PathLike) -> Multiplier:
             "(expected (2**m, 2**m), 0 <= m <= 12)"
         )
     digest = hashlib.sha256(table.tobytes()).hexdigest()
-    if meta.get("table_sha256") not in (None, digest):
+    if "table_sha256" not in meta:
+        raise ValueError(f"{path}: its metadata has no table_sha256 checksum (corrupt file?)")
+    if meta["table_sha256"] != digest:
         raise ValueError(f"{path}: table checksum does not match its metadata (corrupt file?)")
     try:
         return Multiplier(table, name=meta.get("name"), metadata=meta)
@@ -111,6 +117,10 @@ def load_approxtrain(path: str | os.PathLike, m: int | None = None) -> Multiplie
         match m.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; an ApproxTrain table is a .bin file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no ApproxTrain table at {path}")
     if m is None:
         found = _APPROXTRAIN_NAME.search(path.name)
         if not found:
@@ -153,6 +163,13 @@ def save_approxtrain(multiplier: Multiplier, path: str | os.PathLike) -> Path:
       ValueError: m > 7, or an entry is not of the form ``(1 + f/2**m) * 2**c``
         with ``c`` in {0, 1} (the byte format cannot hold it).
     """
+    if not isinstance(multiplier, Multiplier):
+        raise TypeError(f"save_approxtrain takes a Multiplier; got {type(multiplier).__name__}")
+    if multiplier.batch_shape:
+        raise ValueError(
+            f"save_approxtrain writes one table; {multiplier.name} is a stack of "
+            f"{multiplier.batch_shape[0]}: save its members one by one"
+        )
     m = multiplier.mantissa_bits
     if m > 7:
         raise ValueError(f"ApproxTrain's byte format holds m <= 7; got m={m}")
