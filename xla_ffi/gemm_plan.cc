@@ -43,12 +43,13 @@ Tiling TileLayout(const ProblemShape& s, int64_t sum_blocks, bool swap, int nc,
 
 // Picks which operand is streamed (swap), the column block width and tables
 // or gathers from a cost model fitted to this kernel's measured costs, in
-// multiply-adds of the wide sweep: building a table entry costs about 2.5,
-// a narrow block's multiply-add about 1.3, a gathered one about kDirectCost.
-// Gathers are for small tables only (a random row per product). Tables are
-// built once per row chunk, so a layout whose output has too few tiles for
-// the threads (and is cut into more row chunks) pays for more builds; a
-// layout with fewer units than threads leaves threads idle.
+// multiply-adds of the wide sweep: building a table entry costs about 2.5
+// (8 for tables of m > 8, which outgrow the caches), a narrow block's
+// multiply-add about 1.3, a gathered product DirectCost(m); transposing the
+// LUT for tables read along the rhs index about 2 a LUT entry, once per
+// call. Tables are built once per row chunk, so a layout whose output has
+// too few tiles for the threads (and is cut into more row chunks) pays for
+// more builds; a layout with fewer units than threads leaves threads idle.
 void ChooseLayout(const ProblemShape& s, bool separable, bool rounded,
                   bool compact_ok, int64_t force, Plan* plan) {
   struct Option {
@@ -60,17 +61,19 @@ void ChooseLayout(const ProblemShape& s, bool separable, bool rounded,
       {true, false, kWideCols},  {true, false, kNarrowCols},
       {false, true, kNarrowCols}, {true, true, kNarrowCols}};
   const double size = double(int64_t{1} << s.m);
+  const double build = s.m <= 8 ? 2.5 : 8.0;
+  const double depth = double(std::max<int64_t>(s.depth, 1));
   double best = -1;
   for (const Option& o : options) {
-    const bool gathers_ok = s.m <= kMaxDirectBits || force == 2;
-    if (o.direct && (separable || !gathers_ok)) continue;
+    if (o.direct && separable) continue;
     if ((force == 1 && o.direct) || (force == 2 && !o.direct)) continue;
     const Tiling t = TileLayout(s, plan->sum_blocks, o.swap, o.nc, plan->threads);
     const double rows = o.swap ? s.n_cols : s.m_rows;
     const double padded = double(t.col_blocks) * o.nc;
-    double cost;
+    double cost;  // per k
+    double fixed = 0;
     if (o.direct) {
-      cost = kDirectCost * rows * padded;
+      cost = DirectCost(s.m) * rows * padded;
     } else if (separable) {
       // An FMA per product; the streamed tile packed for every column block
       // and the tabled block transformed for every row chunk, at about a
@@ -83,12 +86,13 @@ void ChooseLayout(const ProblemShape& s, bool separable, bool rounded,
     } else {
       const bool compact = o.nc == kWideCols && compact_ok;
       cost = rows * padded * (o.nc == kNarrowCols ? 1.3 : compact ? 0.55 : 1.0);
-      cost += 2.5 * size * padded * t.row_chunks;
+      cost += build * size * padded * t.row_chunks;
+      if (!o.swap) fixed = 2.0 * size * size * double(s.most);  // lut^T of each table
     }
     const int64_t units = t.Units(s.groups);
-    cost /= double(std::min(units, plan->threads));
-    if (best < 0 || cost < best) {
-      best = cost;
+    const double total = cost * depth / double(std::min(units, plan->threads)) + fixed;
+    if (best < 0 || total < best) {
+      best = total;
       plan->swap = o.swap;
       plan->sweep = o.direct ? Sweep::kGathers : Sweep::kTables;
       plan->nc = o.nc;
