@@ -3,7 +3,9 @@
 Every product of an approximate ``dot_general`` or convolution goes through a
 multiplier described by a lookup table of significand products (see
 :mod:`approxjax.reference` for the exact rule), computed by C++ (CPU) and CUDA
-kernels registered as XLA FFI custom calls.
+kernels registered as XLA FFI custom calls. An :class:`Arithmetic` adds
+operand formats (FP8, BF16, FP16, custom; :mod:`approxjax.formats`), product
+rounding, the accumulator's format and rounding, and approximate adders.
 
 The public API is what this module exports (``__all__``) and the namespaces
 :mod:`approxjax.nn` (Flax modules), :mod:`approxjax.reference` (the pure-JAX
@@ -16,9 +18,14 @@ from approxjax._src import extension_check as _extension_check
 
 _extension_check.check()
 
-from approxjax import nn, reference  # noqa: E402
+from approxjax import formats, nn, reference  # noqa: E402
+from approxjax._src.arithmetic.arithmetic import (  # noqa: E402
+    LOA,
+    Arithmetic,
+    stack,  # noqa: E402
+)
 from approxjax._src.arithmetic.catalog import alm_soa, drum, get, mbm, mitchell, truncated  # noqa: E402
-from approxjax._src.arithmetic.multipliers import Multiplier, significands, stack  # noqa: E402
+from approxjax._src.arithmetic.multipliers import Multiplier, significands  # noqa: E402
 from approxjax._src.flax.modules import (  # noqa: E402
     Conv,
     ConvTranspose,
@@ -46,7 +53,7 @@ from approxjax._src.ops.conv import conv_general_dilated  # noqa: E402
 from approxjax._src.ops.dot_general import dot_general  # noqa: E402
 from approxjax._src.ops.multiply import multiply  # noqa: E402
 from approxjax._src.tools.c_build import CModelError  # noqa: E402
-from approxjax._src.tools.c_models import from_c, from_function  # noqa: E402
+from approxjax._src.tools.c_models import adder_from_c, from_c, from_function  # noqa: E402
 from approxjax._src.tools.characterize import (  # noqa: E402
     Characterization,
     characterize,
@@ -62,6 +69,8 @@ from approxjax._src.tools.lut_files import (  # noqa: E402
 from approxjax._src.version import __version__  # noqa: E402
 
 __all__ = [
+    "LOA",
+    "Arithmetic",
     "CModelError",
     "Characterization",
     "Conv",
@@ -77,6 +86,7 @@ __all__ = [
     "OperationRecord",
     "Policy",
     "__version__",
+    "adder_from_c",
     "alm_soa",
     "approximate",
     "characterize",
@@ -89,6 +99,7 @@ __all__ = [
     "drum",
     "einsum",
     "format_table",
+    "formats",
     "from_c",
     "from_function",
     "get",

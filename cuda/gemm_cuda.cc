@@ -15,20 +15,11 @@
 #include <cstdint>
 #include <string>
 
+#include "accumulate.h"
+#include "attribute_decoding.h"
 #include "gemm_plan.h"
 #include "kernels.h"
 #include "shapes.h"
-
-XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
-    approxjax::GemmOptions, ::xla::ffi::StructMember<int64_t>("gemm"),
-    ::xla::ffi::StructMember<bool>("separable"),
-    ::xla::ffi::StructMember<bool>("compact"),
-    ::xla::ffi::StructMember<bool>("planes"),
-    ::xla::ffi::StructMember<bool>("codes"),
-    ::xla::ffi::StructMember<bool>("prepack"),
-    ::xla::ffi::StructMember<bool>("huge_pages"),
-    ::xla::ffi::StructMember<int64_t>("variant"),
-    ::xla::ffi::StructMember<bool>("check"));
 
 namespace approxjax {
 namespace {
@@ -124,12 +115,26 @@ ffi::Error GemmWith(const char* target, Launcher launch, cudaStream_t stream,
   return Launched(target, launch(args, stream), stream, check);
 }
 
+// What the GPU kernels do not run yet: a clear error, not a wrong result.
+ffi::Error Unsupported(const char* target, const ArithmeticSpec& a) {
+  if (!a.enabled) return ffi::Error::Success();
+  return ffi::Error(
+      ffi::ErrorCode::kUnimplemented,
+      std::string(target) +
+          ": reduced or approximate accumulators, product formats and IEEE "
+          "products (Arithmetic with accumulator=, product=, adder= or no "
+          "multiplier) run on the CPU only for now; run this GEMM with "
+          "JAX_PLATFORMS=cpu");
+}
+
 ffi::Error ApproxGemmImpl(cudaStream_t stream, int32_t device,
                           ffi::ScratchAllocator scratch,
                           ffi::Buffer<ffi::F32> lhs, ffi::Buffer<ffi::F32> rhs,
                           ffi::Buffer<ffi::F32> lut, ffi::Buffer<ffi::U32>,
-                          ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                          bool transpose_rhs, GemmOptions options) {
+                          ffi::Buffer<ffi::U32>, ffi::ResultBuffer<ffi::F32> out,
+                          bool transpose_lhs, bool transpose_rhs,
+                          GemmOptions options, ArithmeticSpec arithmetic) {
+  if (auto e = Unsupported("approxjax_gemm", arithmetic); e.failure()) return e;
   return GemmWith("approxjax_gemm", cuda::LaunchApproxGemm, stream, device,
                   scratch, lhs, rhs, lut, out, transpose_lhs, transpose_rhs,
                   options.check);
@@ -140,8 +145,12 @@ ffi::Error PriorArtGemmImpl(cudaStream_t stream, int32_t device,
                             ffi::Buffer<ffi::F32> lhs,
                             ffi::Buffer<ffi::F32> rhs,
                             ffi::Buffer<ffi::F32> lut, ffi::Buffer<ffi::U32>,
-                            ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                            bool transpose_rhs, GemmOptions options) {
+                            ffi::Buffer<ffi::U32>, ffi::ResultBuffer<ffi::F32> out,
+                            bool transpose_lhs, bool transpose_rhs,
+                            GemmOptions options, ArithmeticSpec arithmetic) {
+  if (auto e = Unsupported("approxjax_prior_art_gemm", arithmetic); e.failure()) {
+    return e;
+  }
   return GemmWith("approxjax_prior_art_gemm", cuda::LaunchPriorArtGemm, stream,
                   device, scratch, lhs, rhs, lut, out, transpose_lhs,
                   transpose_rhs, options.check);
@@ -183,10 +192,12 @@ ffi::Error ApproxMultiplyImpl(cudaStream_t stream, int32_t device,
       .Arg<ffi::Buffer<ffi::F32>>() /* rhs [..., K, N] */        \
       .Arg<ffi::Buffer<ffi::F32>>() /* lut [..., 2**m, 2**m] */  \
       .Arg<ffi::Buffer<ffi::U32>>() /* facts (CPU only) */       \
+      .Arg<ffi::Buffer<ffi::U32>>() /* noise (CPU only) */       \
       .Ret<ffi::Buffer<ffi::F32>>() /* out [..., M, N] */        \
       .Attr<bool>("transpose_lhs")  /* lhs stored [..., K, M] */ \
       .Attr<bool>("transpose_rhs")  /* rhs stored [..., N, K] */ \
-      .Attr<GemmOptions>("options") /* kernel choices, check */
+      .Attr<GemmOptions>("options") /* kernel choices, check */  \
+      .Attr<ArithmeticSpec>("arithmetic") /* CPU only when on */
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxGemmCuda, ApproxGemmImpl,
                               APPROXJAX_GEMM_BINDING);

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import approxjax as ax  # noqa: E402
 from approxjax import networks
 from approxjax._src.kernels import ffi as _ffi  # noqa: E402
+from approxjax._src.kernels.options import ARITHMETIC_OFF  # noqa: E402
 
 COLLECTIVE = re.compile(
     r"= (.+?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
@@ -89,9 +90,11 @@ def main() -> dict:
             w[None],
             mult.lut[None],
             mult.facts[None],
+            jnp.zeros((1, 2), jnp.uint32),  # noise: none
             transpose_lhs=False,
             transpose_rhs=False,
             options=ax.KernelOptions(),
+            arithmetic=ARITHMETIC_OFF,
         )
     )
     res["bare_ffi_collectives"] = collectives(bare.lower(ws, xs).compile())

@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 
 import numpy as np
+from hypothesis import strategies as st
 
 
 def random_nonzero(rng, shape, dtype=np.float32, scale=1.0):
@@ -55,3 +56,36 @@ def plan(
         threads=threads,
         conv=conv,
     )
+
+
+@st.composite
+def dot_problems(draw):
+    """Random (lhs shape, rhs shape, dimension_numbers) with permuted dimensions."""
+    nb = draw(st.integers(0, 2))
+    nc = draw(st.integers(0, 2))
+    nlf = draw(st.integers(0, 2))
+    nrf = draw(st.integers(0, 2))
+    size = st.integers(1, 6)
+    batch = [draw(size) for _ in range(nb)]
+    contract = [draw(size) for _ in range(nc)]
+    lfree = [draw(size) for _ in range(nlf)]
+    rfree = [draw(size) for _ in range(nrf)]
+    lhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
+    lhs_roles += [("f", i) for i in range(nlf)]
+    rhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
+    rhs_roles += [("f", i) for i in range(nrf)]
+    lhs_roles = draw(st.permutations(lhs_roles))
+    rhs_roles = draw(st.permutations(rhs_roles))
+
+    def shape(roles, free):
+        sizes = {"b": batch, "c": contract, "f": free}
+        return tuple(sizes[r][i] for r, i in roles)
+
+    def where(roles, kind):
+        return tuple(roles.index((kind, i)) for i in range(len({"b": batch, "c": contract}[kind])))
+
+    dn = (
+        (where(lhs_roles, "c"), where(rhs_roles, "c")),
+        (where(lhs_roles, "b"), where(rhs_roles, "b")),
+    )
+    return shape(lhs_roles, lfree), shape(rhs_roles, rfree), dn

@@ -14,6 +14,7 @@ from jax import lax
 import approxjax as ax
 from approxjax import reference as ref
 from approxjax._src.kernels import ffi as _ffi
+from approxjax._src.kernels.options import ARITHMETIC_OFF
 
 LAYOUTS = {
     1: [None, ("NWC", "WIO", "NWC")],
@@ -513,7 +514,9 @@ def test_conv_gemm_rejects_bad_shapes(rng):
                     rhs,
                     lut,
                     facts,
+                    jnp.zeros((*lut.shape[:-2], 2), jnp.uint32),  # noise: none
                     options=ax.KernelOptions().attribute(),
+                    arithmetic=ARITHMETIC_OFF.attribute(),
                     kernel=i64((3, 3)),
                     strides=i64(strides),
                     dilation=i64((1, 1)),

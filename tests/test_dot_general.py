@@ -6,46 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import bits, plan, random_nonzero
+from _util import bits, dot_problems, plan, random_nonzero
 from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
 
 import approxjax as ax
 from approxjax import reference as ref
-
-
-@st.composite
-def dot_problems(draw):
-    """Random (lhs shape, rhs shape, dimension_numbers) with permuted dimensions."""
-    nb = draw(st.integers(0, 2))
-    nc = draw(st.integers(0, 2))
-    nlf = draw(st.integers(0, 2))
-    nrf = draw(st.integers(0, 2))
-    size = st.integers(1, 6)
-    batch = [draw(size) for _ in range(nb)]
-    contract = [draw(size) for _ in range(nc)]
-    lfree = [draw(size) for _ in range(nlf)]
-    rfree = [draw(size) for _ in range(nrf)]
-    lhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
-    lhs_roles += [("f", i) for i in range(nlf)]
-    rhs_roles = [("b", i) for i in range(nb)] + [("c", i) for i in range(nc)]
-    rhs_roles += [("f", i) for i in range(nrf)]
-    lhs_roles = draw(st.permutations(lhs_roles))
-    rhs_roles = draw(st.permutations(rhs_roles))
-
-    def shape(roles, free):
-        sizes = {"b": batch, "c": contract, "f": free}
-        return tuple(sizes[r][i] for r, i in roles)
-
-    def where(roles, kind):
-        return tuple(roles.index((kind, i)) for i in range(len({"b": batch, "c": contract}[kind])))
-
-    dn = (
-        (where(lhs_roles, "c"), where(rhs_roles, "c")),
-        (where(lhs_roles, "b"), where(rhs_roles, "b")),
-    )
-    return shape(lhs_roles, lfree), shape(rhs_roles, rfree), dn
 
 
 @given(problem=dot_problems(), m=st.sampled_from([0, 1, 4, 7, 9, 10]), seed=st.integers(0, 2**31))

@@ -196,6 +196,14 @@ def test_new_run_refuses_a_folder_with_another_run(tmp_path):
         (("--multipliers", "mitchell5,mitchell5"), "--multipliers names 'mitchell5' twice"),
         (("--multipliers", "drum5,drum5:k=4"), "are the same multiplier (drum5:k=4)"),
         (("--out", "/proc/approxjax-cannot-write"), "is not writable"),
+        (("--formats", "bf16,e9m3"), "--formats 'e9m3': exponent_bits must be"),
+        (("--formats", "bf16,bf16"), "--formats names 'bf16' twice"),
+        (("--multipliers", "mitchell5+acc=fp7"), "'mitchell5+acc=fp7': accumulator: unknown"),
+        (("--multipliers", "mitchell5+size=2"), "unknown option 'size'"),
+        (("--multipliers", "mitchell5+adder=loax"), "adder must be loaK"),
+        (("--multipliers", "mitchell5+acc_rounding=up"), "rounding must be one of"),
+        (("--multipliers", "exact"), "'exact' is float32 itself"),
+        (("--multipliers", "exact+bf16", "--formats", "bf16"), "are the same multiplier"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, argv, message):
@@ -246,3 +254,73 @@ def test_sweep_multiplier_specs(tmp_path):
     assert specs.load_multiplier(str(path)).name == "mbm4"
     with pytest.raises(ValueError, match="unknown multiplier 'booth7'"):
         specs.load_multiplier("booth7")
+    plain = specs.load_arithmetic("mitchell3")  # no options: the multiplier itself
+    assert isinstance(plain, ax.Multiplier) and plain.name == "mitchell3"
+    a = specs.load_arithmetic(
+        "mitchell3+lhs=e4m3+rhs=e5m2+product=bf16+adder=loa4+rounding=toward_zero"
+    )
+    s = a.spec
+    assert (s.lhs.name, s.rhs.name, s.product.name, s.adder, s.operand_rounding) == (
+        "e4m3",
+        "e5m2",
+        "bfloat16",
+        ax.LOA(4),
+        "toward_zero",
+    )
+    assert specs.describe(a)["adder"] == "loa4" and specs.describe(a)["accumulator"] == "float32"
+    noisy = specs.load_arithmetic("exact+bf16+acc_rounding=stochastic", key_seed=3)
+    assert noisy.multiplier is None and noisy.key is not None
+
+
+def test_sweep_formats_and_arithmetic_specs(tmp_path):
+    cfg = experiment_config.SweepConfig(
+        model="mlp",
+        multipliers=[
+            "mitchell3+e4m3+acc=bf16",
+            "mbm3+e4m3+acc=bf16",
+            "exact+bf16+acc_rounding=stochastic",
+        ],
+        formats=["fp32", "bf16", "e4m3"],
+        epochs=1,
+        train_limit=128,
+        out_dir=str(tmp_path / "out"),
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    names = ["mitchell3[e4m3 x e4m3, acc bfloat16]", "mbm3[e4m3 x e4m3, acc bfloat16]",
+             "exact[bfloat16 x bfloat16, acc float32 stochastic]", "exact[bfloat16 x bfloat16]",
+             "exact[e4m3 x e4m3]"]  # fmt: skip
+    assert list(res["runs"]) == ["float32", *names]  # fp32 is the baseline itself
+    # One vmapped group for the two tables that share formats; one run each otherwise.
+    groups = [res["runs"][n]["group"] for n in names]
+    assert groups[0] == groups[1] == "m3-e4m3-x-e4m3-acc-bfloat16"
+    assert len(set(groups[1:])) == 4
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = {m["name"]: m for m in saved["multipliers"]}
+    assert record[names[0]]["lhs"] == "e4m3" and record[names[0]]["accumulator"] == "bfloat16"
+    assert record["exact[e4m3 x e4m3]"]["multiplier"] is None
+    assert saved["config"]["formats"] == ["fp32", "bf16", "e4m3"]
+    base = res["runs"]["float32"]["test_loss"]
+    assert res["runs"]["exact[e4m3 x e4m3]"]["test_loss"] != base  # the format is applied
+    # The same run through the library: a format run is Arithmetic(lhs=F, rhs=F).
+    inference = sweep.run_sweep(
+        experiment_config.SweepConfig(
+            **{**cfg.__dict__, "multipliers": [], "formats": ["e4m3"], "out_dir": "",
+               "mode": "inference"}
+        ),
+        log=lambda m: None,
+        show_progress=False,
+    )  # fmt: skip
+    trainer_data = sweep.datasets.load("digits")
+    model = sweep.networks.build("mlp", trainer_data.num_classes)
+    params = sweep.train_group(
+        sweep.Trainer(
+            experiment_config.SweepConfig(**{**cfg.__dict__, "out_dir": ""}),
+            model, trainer_data, sweep.Placement({"sweep": 1, "data": 1}), False,
+        ),
+        "float32", None, model.init(jax.random.key(0), trainer_data.x_train[:2]), 1, None,
+        lambda m: None,
+    )[0]  # fmt: skip
+    e4m3 = ax.Arithmetic(lhs="e4m3", rhs="e4m3")
+    logits = ax.approximate(model.apply, e4m3)(params, trainer_data.x_test)
+    accuracy = float(np.mean(np.argmax(logits, -1) == trainer_data.y_test))
+    assert inference["runs"]["exact[e4m3 x e4m3]"]["test_accuracy"] == pytest.approx(accuracy)

@@ -281,7 +281,7 @@ def test_bad_policies():
         ax.Policy(rules=[("Dense(", None)])
     with pytest.raises(TypeError, match="multiplier of rule 'Dense' must be a Multiplier"):
         ax.Policy(rules=[("Dense", "mitchell7")])
-    with pytest.raises(TypeError, match="expected a Multiplier, a Policy or None"):
+    with pytest.raises(TypeError, match="expected a Multiplier, an Arithmetic, a Policy or None"):
         ax.approximate(_FlaxCNN().apply, "mitchell7")
     with pytest.raises(TypeError, match="multiplier must be 'context', a Multiplier"):
         ax.Dense(3, multiplier="mitchell7").init(jax.random.key(0), x.reshape(32, -1))

@@ -56,18 +56,42 @@ ffi::Error OutOfMemory(const char* target) {
                     std::string(target) + ": out of memory");
 }
 
+// The addition of block sums (or partial sums) under the accumulator: the
+// k of its random bits lies past the products' (depth + block).
+float AddBlocks(const Problem& p, const Accumulator& a, float total,
+                float block, int64_t g, int64_t i, int64_t n, int64_t blk) {
+  if (!a.enabled) return total + block;
+  const uint32_t rnd =
+      a.Stochastic() ? RandomBits(a.seed, g, i, n, p.depth + blk) : 0u;
+  return AddRounded(total, block, a, rnd);
+}
+
 // One output by the reference rule over sum blocks [b0, b1): products in
-// order of k from -0.0 per block, block sums added in order.
-float SlowOutput(const Problem& p, int64_t oa, int64_t ob, const float* lut,
-                 int64_t i, int64_t n, int64_t b0, int64_t b1) {
+// order of k from -0.0 per block, block sums added in order (under the
+// accumulator, if any).
+float SlowOutput(const Problem& p, int64_t g, int64_t oa, int64_t ob,
+                 int64_t ol, int64_t i, int64_t n, int64_t b0, int64_t b1) {
+  const Accumulator a = p.AccumulatorOf(ol);
+  const float* lut = p.lut + (ol << (2 * p.m));
   float total = 0.0f;
   for (int64_t blk = b0; blk < b1; ++blk) {
     float acc = -0.0f;
     const int64_t k1 = std::min(p.depth, (blk + 1) * kSumBlock);
     for (int64_t k = blk * kSumBlock; k < k1; ++k) {
-      acc += ApproxMultiply(p.Lhs(oa, i, k), p.Rhs(ob, k, n), lut, p.m);
+      const float x = p.Lhs(oa, i, k), y = p.Rhs(ob, k, n);
+      if (!a.enabled) {
+        acc += ApproxMultiply(x, y, lut, p.m);
+        continue;
+      }
+      const float prod = a.exact_product ? x * y : ApproxMultiply(x, y, lut, p.m);
+      uint32_t rp = 0, rs = 0;
+      if (a.Stochastic()) {
+        rp = RandomBits(a.seed ^ 0x5bd1e995u, g, i, n, k);
+        rs = RandomBits(a.seed, g, i, n, k);
+      }
+      acc = AddRounded(acc, RoundProduct(prod, a, rp), a, rs);
     }
-    total = blk == b0 ? acc : total + acc;
+    total = blk == b0 ? acc : AddBlocks(p, a, total, acc, g, i, n, blk);
   }
   return total;
 }
@@ -122,6 +146,19 @@ void GatherPatches(const Problem& p, const float* x, const int64_t* row_base,
           dst[part.at + e] = src[part.off + e];
         }
       }
+    }
+  }
+}
+
+// Copies `rows` x `k` elements src[r * rs + k * ks] as pack_rows lays out
+// its packed tile (k-major where PacksKMajor), unchanged: the raw operands
+// of IEEE products.
+void RawRows(const float* src, int64_t rows, int64_t k, int64_t rs, int64_t ks,
+             float* out) {
+  const bool kmajor = PacksKMajor(rs, ks);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      out[kmajor ? kk * rows + r : r * k + kk] = src[r * rs + kk * ks];
     }
   }
 }
@@ -188,6 +225,7 @@ struct TileStep {
   const uint16_t* tile_idx;
   const float* tile_scale;
   int64_t gi, rc, kp0, slot;
+  TileCoords at;  // where the member's tile lies (stochastic bits)
 };
 
 // One inner-kernel kind: what it builds from the tabled block and how it
@@ -279,12 +317,58 @@ class SeparableSweep final : public TileSweep {
   }
 };
 
+// Sums in a reduced or approximate accumulator (accumulate.h): products from
+// per-tile tables, from a separable LUT's transformed operands, or IEEE
+// products of the raw operands (no table), each added with AddRounded.
+class AccumulateSweep final : public TileSweep {
+ public:
+  int64_t TableFloats(const Problem& p) const override {
+    return p.accumulate_separable ? p.kc * p.nc : p.kc * (int64_t{1} << p.m) * p.nc;
+  }
+  void Run(const Problem& p, int64_t ol, const TileStep& t,
+           Scratch& s) const override {
+    const Accumulator a = p.AccumulatorOf(ol);
+    if (!p.accumulate_separable) {
+      p.block->build_table(s.tab.get(), LutRows(p, ol), p.m, t.b, t.bk, t.bc,
+                           t.kc, t.ncols, p.range, s.col_irregular.data());
+      p.block->accumulate_table_sweep(t.cblk, t.rows, t.idx, t.scale, t.lr,
+                                      t.lk, t.kc, s.tab.get(), p.m, a, t.at);
+      return;
+    }
+    const float* values = s.scaled.get();
+    float* tab = s.tab.get();
+    if (a.exact_product) {  // raw operands: the packed tile holds them already
+      values = t.tile_scale;
+      for (int64_t kk = 0; kk < t.kc; ++kk) {
+        for (int64_t c = 0; c < p.nc; ++c) {
+          tab[kk * p.nc + c] = c < t.ncols ? t.b[kk * t.bk + c * t.bc] : 0.0f;
+        }
+      }
+    } else {
+      if (p.prescaled) {
+        values = p.pre_scaled + p.PackedAt(t.slot, t.rc, t.kp0);
+      } else {
+        p.kernels->scale_rows(s.scaled.get(), t.tile_scale, t.tile_idx,
+                              t.rows * t.kc, SeparableFactor(p, ol, true));
+      }
+      p.block->build_separable(tab, SeparableFactor(p, ol, false), p.m, t.b,
+                               t.bk, t.bc, t.kc, t.ncols, p.range,
+                               s.col_irregular.data());
+    }
+    p.block->accumulate_scaled_sweep(t.cblk, t.rows, values, t.lr, t.lk, t.kc,
+                                     tab, a, t.at);
+  }
+};
+
 const TileSweep& SweepFor(Sweep kind) {
   static const TablesSweep tables;
   static const CompactSweep compact;
   static const GathersSweep gathers;
   static const SeparableSweep separable;
+  static const AccumulateSweep accumulate;
   switch (kind) {
+    case Sweep::kAccumulate:
+      return accumulate;
     case Sweep::kCompact:
       return compact;
     case Sweep::kGathers:
@@ -375,8 +459,12 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
           rs = 1;
           ks = rows;
         }
-        p.kernels->pack_rows(src, rows, kp, rs, ks, p.m, p.range, s.idx.get(),
-                             s.scale.get(), s.row_irregular.data());
+        if (p.accumulator.exact_product) {
+          RawRows(src, rows, kp, rs, ks, s.scale.get());
+        } else {
+          p.kernels->pack_rows(src, rows, kp, rs, ks, p.m, p.range, s.idx.get(),
+                               s.scale.get(), s.row_irregular.data());
+        }
       }
       // Where packed element (r, k) lies: r * lr + k * lk.
       const bool kmajor = PacksKMajor(rs, ks);
@@ -403,10 +491,11 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         }
         TileStep step{nullptr, rows, lr, lk, kc, tile_idx + (k0 - kp0) * lk,
                       tile_scale + (k0 - kp0) * lk, b, bk, bc, ncols,
-                      tile_idx, tile_scale, gi, rc, kp0, 0};
+                      tile_idx, tile_scale, gi, rc, kp0, 0, TileCoords{}};
         for (int64_t q = 0; q < members; ++q) {
           step.cblk = s.cblk.get() + q * tile;
           step.slot = gi * p.scaled_members + m0 + q;
+          step.at = TileCoords{group.members[m0 + q].first, r0, c0, k0, p.swap};
           sweep.Run(p, group.members[m0 + q].second, step, s);
         }
       }
@@ -416,8 +505,16 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
       const float* c = s.cblk.get();
       if (blk == b0) {
         std::copy(c, c + members * tile, t);
-      } else {
+      } else if (!p.accumulator.enabled) {
         for (int64_t e = 0; e < members * tile; ++e) t[e] += c[e];
+      } else {
+        for (int64_t e = 0; e < members * tile; ++e) {
+          const int64_t q = e / tile, r = e % tile / p.nc, col = e % p.nc;
+          const TileCoords at{0, r0, c0, 0, p.swap};
+          const auto [g, ol] = group.members[m0 + q];
+          t[e] = AddBlocks(p, p.AccumulatorOf(ol), t[e], c[e], g, at.I(r, col),
+                           at.N(r, col), blk);
+        }
       }
     }
   }
@@ -429,7 +526,6 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
                   [](uint8_t x) { return x != 0; });
   for (int64_t q = 0; q < members; ++q) {
     const auto [g, ol] = group.members[m0 + q];
-    const float* lut = p.lut + ol * lut_size;
     float* out =
         (p.split > 1 ? p.partials + part * p.batch * p.m_rows * p.n_cols
                      : p.out) +
@@ -452,7 +548,7 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
         const int64_t i = p.swap ? c0 + c : r0 + r;
         const int64_t n = p.swap ? r0 + r : c0 + c;
         out[i * p.n_cols + n] =
-            SlowOutput(p, group.oa, group.ob, lut, i, n, b0, b1);
+            SlowOutput(p, g, group.oa, group.ob, ol, i, n, b0, b1);
       }
     }
   }
@@ -476,7 +572,17 @@ void AddPartials(const Problem& p) {
   std::copy(part, part + size, p.out);
   for (int64_t b = 1; b < p.split; ++b) {
     part += size;
-    for (int64_t e = 0; e < size; ++e) p.out[e] += part[e];
+    if (!p.accumulator.enabled) {
+      for (int64_t e = 0; e < size; ++e) p.out[e] += part[e];
+      continue;
+    }
+    for (int64_t e = 0; e < size; ++e) {
+      const int64_t g = e / (p.m_rows * p.n_cols);
+      const int64_t i = e / p.n_cols % p.m_rows, n = e % p.n_cols;
+      int64_t oa, ob, ol;
+      BatchOffsets(g, p.out_lead, p.a, p.b, p.l, &oa, &ob, &ol);
+      p.out[e] = AddBlocks(p, p.AccumulatorOf(ol), p.out[e], part[e], g, i, n, b);
+    }
   }
 }
 
@@ -485,7 +591,9 @@ void ReserveScratch(const Problem& p, Scratch& s) {
   s.cblk.Reserve(p.group_size * p.row_chunk * p.nc);
   s.idx.Reserve(p.row_chunk * p.kp);
   s.scale.Reserve(p.row_chunk * p.kp);
-  if (p.sweep == Sweep::kSeparable) s.scaled.Reserve(p.row_chunk * p.kp);
+  if (p.sweep == Sweep::kSeparable || p.sweep == Sweep::kAccumulate) {
+    s.scaled.Reserve(p.row_chunk * p.kp);
+  }
   s.row_irregular.assign(p.row_chunk, 0);
   if (p.conv) {
     s.patch.Reserve(std::max(p.row_chunk * p.kp, p.kc * p.nc));
@@ -693,6 +801,8 @@ ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
     shape.transpose_lhs = p.transpose_lhs;
     shape.transpose_rhs = p.transpose_rhs;
     shape.conv = p.conv;
+    shape.accumulate = p.accumulator.enabled;
+    shape.exact_product = p.accumulator.exact_product;
     static_cast<Plan&>(p) = PlanGemm(shape, summary, options,
                                      CapabilitiesOf(kernels), pool.num_threads());
     p.block = p.nc == kWideCols ? &kernels.wide : &kernels.narrow;

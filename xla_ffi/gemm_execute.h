@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "accumulate.h"
 #include "cpu_buffers.h"
 #include "gemm_kernels.h"
 #include "gemm_plan.h"
@@ -46,6 +47,8 @@ struct GemmInputs {
   std::vector<Group> groups;
   int64_t lhs_matrix = 0;  // elements of one lhs matrix (or one conv input)
   int64_t facts_words = 0;
+  Accumulator accumulator;  // reduced or approximate sums (accumulate.h)
+  const uint32_t* noise = nullptr;  // two words per table: stochastic seeds
   // Implicit im2col (approxjax_conv_gemm): patch row r, column k is element
   // RowBase(r) + tap_off[k / C] + k % C of the padded input; the lhs is the
   // patches, or their transpose (the weight gradient) with transpose_lhs.
@@ -91,6 +94,14 @@ struct Problem : GemmInputs, Plan, GemmBuffers {
   }
   const uint32_t* FactsOf(int64_t ol) const {
     return facts + ol * facts_words;
+  }
+  // The accumulator of table ol's members (its stochastic seed).
+  Accumulator AccumulatorOf(int64_t ol) const {
+    Accumulator a = accumulator;
+    if (noise != nullptr) {
+      a.seed = (uint64_t{noise[2 * ol]} << 32) | noise[2 * ol + 1];
+    }
+    return a;
   }
 };
 

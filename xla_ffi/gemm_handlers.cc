@@ -8,6 +8,7 @@
 #include <string>
 
 #include "approx_multiply.h"
+#include "attribute_decoding.h"
 #include "gemm_cpu.h"
 #include "gemm_execute.h"
 #include "gemm_kernels.h"
@@ -16,19 +17,35 @@
 
 namespace ffi = xla::ffi;
 
-XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
-    approxjax::GemmOptions, ::xla::ffi::StructMember<int64_t>("gemm"),
-    ::xla::ffi::StructMember<bool>("separable"),
-    ::xla::ffi::StructMember<bool>("compact"),
-    ::xla::ffi::StructMember<bool>("planes"),
-    ::xla::ffi::StructMember<bool>("codes"),
-    ::xla::ffi::StructMember<bool>("prepack"),
-    ::xla::ffi::StructMember<bool>("huge_pages"),
-    ::xla::ffi::StructMember<int64_t>("variant"),
-    ::xla::ffi::StructMember<bool>("check"));
-
 namespace approxjax {
 namespace {
+
+// The noise operand: two words per table, beside lut (its leading dims).
+ffi::Error CheckNoise(const char* target, ffi::Span<const int64_t> lud,
+                      ffi::Span<const int64_t> nd) {
+  bool ok = nd.size() + 1 == lud.size() && nd[nd.size() - 1] == 2;
+  for (size_t d = 0; ok && d + 2 < lud.size(); ++d) ok = nd[d] == lud[d];
+  if (!ok) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": noise must be (..., 2) beside lut " +
+        DimsString(lud) + "; got " + DimsString(nd));
+  }
+  return ffi::Error::Success();
+}
+
+// A C adder only where the caller made one (its address is in the process).
+ffi::Error CheckArithmetic(const char* target, const ArithmeticSpec& a) {
+  if (a.adder == 2 && a.adder_address == 0) {
+    return ffi::Error::InvalidArgument(std::string(target) +
+                                       ": a C adder without its function");
+  }
+  if (a.acc_m < 0 || a.acc_m > 23 || a.prod_m < 0 || a.prod_m > 23 ||
+      a.loa_bits < 0 || a.loa_bits > 23) {
+    return ffi::Error::InvalidArgument(std::string(target) +
+                                       ": arithmetic out of range");
+  }
+  return ffi::Error::Success();
+}
 
 bool CpuHas(const char* feature) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -114,8 +131,10 @@ void SetOperands(const BatchShape& shape, Problem* p) {
 ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
                            ffi::Buffer<ffi::F32> rhs, ffi::Buffer<ffi::F32> lut,
                            ffi::Buffer<ffi::U32> facts,
+                           ffi::Buffer<ffi::U32> noise,
                            ffi::ResultBuffer<ffi::F32> out, bool transpose_lhs,
-                           bool transpose_rhs, GemmOptions options) {
+                           bool transpose_rhs, GemmOptions options,
+                           ArithmeticSpec arithmetic) {
   const char* target = "approxjax_gemm";
   try {
     BatchShape shape;
@@ -129,12 +148,19 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
         e.failure()) {
       return Failed(e);
     }
+    if (auto e = CheckNoise(target, lut.dimensions(), noise.dimensions());
+        e.failure()) {
+      return Failed(e);
+    }
+    if (auto e = CheckArithmetic(target, arithmetic); e.failure()) return Failed(e);
     const KernelTable* kernels;
     if (auto e = KernelsFor(options.variant, target, &kernels); e.failure()) {
       return Failed(e);
     }
     auto p = std::make_unique<Problem>();
     SetOperands(shape, p.get());
+    p->accumulator = MakeAccumulator(arithmetic, 0);
+    p->noise = noise.typed_data();
     p->transpose_lhs = transpose_lhs;
     p->transpose_rhs = transpose_rhs;
     p->lhs = lhs.typed_data();
@@ -154,11 +180,13 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                                ffi::Buffer<ffi::F32> rhs,
                                ffi::Buffer<ffi::F32> lut,
                                ffi::Buffer<ffi::U32> facts,
+                               ffi::Buffer<ffi::U32> noise,
                                ffi::ResultBuffer<ffi::F32> out,
                                ffi::Span<const int64_t> kernel,
                                ffi::Span<const int64_t> strides,
                                ffi::Span<const int64_t> dilation,
-                               bool transpose_lhs, GemmOptions options) {
+                               bool transpose_lhs, GemmOptions options,
+                               ArithmeticSpec arithmetic) {
   const char* target = "approxjax_conv_gemm";
   try {
     auto p = std::make_unique<Problem>();
@@ -173,6 +201,11 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         e.failure()) {
       return Failed(e);
     }
+    if (auto e = CheckNoise(target, lut.dimensions(), noise.dimensions());
+        e.failure()) {
+      return Failed(e);
+    }
+    if (auto e = CheckArithmetic(target, arithmetic); e.failure()) return Failed(e);
     const KernelTable* kernels;
     if (auto e = KernelsFor(options.variant, target, &kernels); e.failure()) {
       return Failed(e);
@@ -188,6 +221,8 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       }
     }
     SetOperands(p->geometry.gemm, p.get());
+    p->accumulator = MakeAccumulator(arithmetic, 0);
+    p->noise = noise.typed_data();
     p->transpose_lhs = transpose_lhs;
     p->transpose_rhs = false;
     p->lhs_matrix = p->geometry.images * p->geometry.image;
@@ -286,6 +321,7 @@ static auto BindGemm() {
       .Arg<ffi::Buffer<ffi::F32>>()   // rhs [..., K, N]
       .Arg<ffi::Buffer<ffi::F32>>()   // lut [..., 2**m, 2**m]
       .Arg<ffi::Buffer<ffi::U32>>()   // facts [..., FactsWords(m)]
+      .Arg<ffi::Buffer<ffi::U32>>()   // noise [..., 2]: stochastic seeds
       .Ret<ffi::Buffer<ffi::F32>>();  // out [..., M, N] or [..., N, P, O]
 }
 
@@ -296,7 +332,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxGemmCpu, ApproxGemmImpl,
                                   // rhs stored as [..., N, K]
                                   .Attr<bool>("transpose_rhs")
                                   // kernel choices (GemmOptions)
-                                  .Attr<GemmOptions>("options"));
+                                  .Attr<GemmOptions>("options")
+                                  // formats and accumulator (accumulate.h)
+                                  .Attr<ArithmeticSpec>("arithmetic"));
 
 // x is the padded input; rhs [..., prod(kernel) * C, O] (shapes.h).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxConvGemmCpu, ApproxConvGemmImpl,
@@ -307,7 +345,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxConvGemmCpu, ApproxConvGemmImpl,
                                   // out = patches^T @ rhs (weight gradient)
                                   .Attr<bool>("transpose_lhs")
                                   // kernel choices (GemmOptions)
-                                  .Attr<GemmOptions>("options"));
+                                  .Attr<GemmOptions>("options")
+                                  // formats and accumulator (accumulate.h)
+                                  .Attr<ArithmeticSpec>("arithmetic"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApproxMultiplyCpu, ApproxMultiplyImpl,
                               ffi::Ffi::Bind()

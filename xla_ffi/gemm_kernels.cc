@@ -3,6 +3,7 @@
 // Baseline, Avx2 or Avx512 and matching -m flags; GCC/Clang vector extensions
 // give one source for every width.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__AVX2__)
@@ -110,11 +111,19 @@ inline VecI PackPartial(const float* src, int n, int shift,
 }
 
 inline bool AnyLane(const VecI& v) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __m512i x = reinterpret_cast<const __m512i&>(v);
+  return _mm512_test_epi32_mask(x, x) != 0;
+#elif defined(__AVX2__) && APPROXJAX_VEC_BYTES == 32
+  const __m256i x = reinterpret_cast<const __m256i&>(v);
+  return !_mm256_testz_si256(x, x);
+#else
   uint64_t w[sizeof(VecI) / 8];
   std::memcpy(w, &v, sizeof(v));
   uint64_t any = 0;
   for (uint64_t x : w) any |= x;
   return any != 0;
+#endif
 }
 
 // ORs the first n irregular lanes of `bad` into flags[0..n-1].
@@ -718,6 +727,194 @@ void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
   }
 }
 
+// Reduced and approximate accumulation (gemm_kernels.h, accumulate.h).
+//
+// Sums to a format of m <= 21 fraction bits, rounded nearest-even, toward or
+// away from zero, are vectorised: s = sum + p in float32, its error by
+// TwoSum, s rounded to odd (an inexact s with an even last bit steps to its
+// odd neighbour on the exact sum's side), then rounded to m bits by integer
+// arithmetic on its bits: the correct rounding of the exact sum (float32's
+// 24 bits hold m + 2). A vector with a lane outside the format's normal
+// range (its subnormal quantum, overflow, inf, NaN) is done again lane by
+// lane with AddRounded. A product is rounded to the product format the same
+// way (it is exact). Stochastic rounding and approximate adders are scalar.
+struct RoundingConsts {
+  uint32_t low, min_normal, max;
+  float magic;  // 1.5 * 2**(emin - m + 23): s + magic - magic rounds s at the
+                // subnormal quantum 2**(emin - m), nearest-even
+  int mode;
+  bool subnormals;
+  // Narrow exponent ranges (float16, FP8) see subnormal sums often: their
+  // subnormal quantum is computed for every lane, without a branch; wide
+  // ones (bfloat16, tf32) almost never: such a lane goes to the scalar rule.
+  bool vector_subnormals;
+  bool active;
+  explicit RoundingConsts(const FormatSpec& f, bool on)
+      : low(f.m >= 23 ? 0u : (1u << (23 - f.m)) - 1u),
+        min_normal(FloatBits(std::ldexp(1.0f, f.emin))),
+        max(FloatBits(f.max)),
+        magic(std::ldexp(1.5f, f.emin - f.m + 23)),
+        mode(f.rounding),
+        subnormals(f.subnormals),
+        vector_subnormals(f.rounding == kNearestEven && f.emin > -100),
+        active(on) {}
+};
+
+// The lanes of s rounded at the format's precision by its mode (s exact, or
+// rounded to odd); `bad` gets the lanes this cannot do: overflow, inf, NaN,
+// and (but nearest-even) the subnormal range.
+inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
+  VecU b;
+  std::memcpy(&b, &s, sizeof(b));
+  const VecU mag = b & 0x7fffffffu;
+  VecU r;
+  if (c.mode == kTowardZero) {
+    r = b & ~c.low;
+  } else if (c.mode == kAwayFromZero) {
+    r = (b + c.low) & ~c.low;
+  } else {  // nearest-even
+    const uint32_t lsb = c.low + 1u;
+    r = (b + (c.low >> 1) + ((b & lsb) != 0u ? 1u : 0u)) & ~c.low;
+  }
+  const VecI tiny = (mag < c.min_normal) & (mag != 0u);  // zeros round as normals
+  if (c.vector_subnormals) {
+    *bad |= mag > c.max;
+    // The subnormal range: a fixed quantum, rounded by float addition (its
+    // sign kept for a zero), flushed where the format keeps no subnormals.
+    const Vec sub = (s + c.magic) - c.magic;
+    VecU sb;
+    std::memcpy(&sb, &sub, sizeof(sb));
+    sb = (sb & 0x7fffffffu) | (b & 0x80000000u);
+    if (!c.subnormals) {
+      sb = ((sb & 0x7fffffffu) < c.min_normal) ? (b & 0x80000000u) : sb;
+    }
+    r = tiny ? sb : r;
+  } else {
+    *bad |= (mag > c.max) | tiny;
+  }
+  Vec v;
+  std::memcpy(&v, &r, sizeof(v));
+  return v;
+}
+
+// sum + p rounded to odd at float32 precision (exact where it is exact).
+inline Vec SumToOddLanes(Vec sum, Vec p) {
+  const Vec s = sum + p;
+  const Vec bb = s - sum;
+  const Vec err = (sum - (s - bb)) + (p - bb);
+  VecU b;
+  std::memcpy(&b, &s, sizeof(b));
+  const VecI inexact = (err != 0.0f) & ((b & 1u) == 0u);
+  // +1 (a larger magnitude) where the exact sum lies beyond s, else -1.
+  const VecI beyond = (err > 0.0f) == (s > 0.0f);
+  const VecU step = ~reinterpret_cast<const VecU&>(beyond) | 1u;
+  b += step & reinterpret_cast<const VecU&>(inexact);
+  Vec out;
+  std::memcpy(&out, &b, sizeof(out));
+  return out;
+}
+
+// R rows of an accumulating sweep (rows NC floats apart in out): kc steps of
+// NC columns; step(q, kk, v) gives the products of row q, step kk, vector v,
+// and exact(q, kk, c) one product. The vectorised path runs without
+// branching, R rows at a time (independent chains for the pipeline); if a
+// lane left the range it handles anywhere, the rows are done again lane by
+// lane from their first sums (AddRounded, the scalar rule), which is rare.
+template <int NC, int R, typename Step, typename Exact>
+inline void AccumulateRows(float* out, int64_t r0, int64_t kc,
+                           const Accumulator& a, const RoundingConsts& pc,
+                           const RoundingConsts& ac, const TileCoords& at,
+                           Step step, Exact exact) {
+  constexpr int kV = NC / kLanes;
+  if (a.FastPath()) {
+    Vec acc[R][kV];
+    std::memcpy(acc, out, sizeof(acc));
+    VecI bad = {};
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      for (int q = 0; q < R; ++q) {
+        for (int v = 0; v < kV; ++v) {
+          const Vec p = step(q, kk, v);
+          const Vec pr = pc.active ? RoundLanes(p, pc, &bad) : p;
+          acc[q][v] = RoundLanes(SumToOddLanes(acc[q][v], pr), ac, &bad);
+        }
+      }
+    }
+    if (!AnyLane(bad)) {
+      std::memcpy(out, acc, sizeof(acc));
+      return;
+    }
+  }
+  for (int q = 0; q < R; ++q) {
+    float* row = out + q * NC;
+    for (int64_t kk = 0; kk < kc; ++kk) {
+      for (int c = 0; c < NC; ++c) {
+        uint32_t rp = 0, rs = 0;
+        if (a.Stochastic()) {
+          const int64_t i = at.I(r0 + q, c), n = at.N(r0 + q, c), k = at.k0 + kk;
+          rp = RandomBits(a.seed ^ 0x5bd1e995u, at.g, i, n, k);
+          rs = RandomBits(a.seed, at.g, i, n, k);
+        }
+        row[c] = AddRounded(row[c], RoundProduct(exact(q, kk, c), a, rp), a, rs);
+      }
+    }
+  }
+}
+
+// AccumulateRows over all rows, two at a time (then one).
+template <int NC, typename Step, typename Exact>
+inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
+                          const Accumulator& a, const TileCoords& at, Step step,
+                          Exact exact) {
+  const RoundingConsts pc(a.prod, a.round_product);
+  const RoundingConsts ac(a.acc, true);
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    AccumulateRows<NC, 2>(
+        cblk + r * NC, r, kc, a, pc, ac, at,
+        [&](int q, int64_t kk, int v) { return step(r + q, kk, v); },
+        [&](int q, int64_t kk, int c) { return exact(r + q, kk, c); });
+  }
+  for (; r < rows; ++r) {
+    AccumulateRows<NC, 1>(
+        cblk + r * NC, r, kc, a, pc, ac, at,
+        [&](int, int64_t kk, int v) { return step(r, kk, v); },
+        [&](int, int64_t kk, int c) { return exact(r, kk, c); });
+  }
+}
+
+template <int NC>
+void AccumulateTableSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                          const float* scale, int64_t lr, int64_t lk,
+                          int64_t kc, const float* tab, int m,
+                          const Accumulator& a, const TileCoords& at) {
+  const int64_t stride = (int64_t{1} << m) * NC;
+  const auto entry = [&](int64_t r, int64_t kk) {
+    return tab + kk * stride + int64_t{idx[r * lr + kk * lk]} * NC;
+  };
+  AccumulateAll<NC>(
+      cblk, rows, kc, a, at,
+      [&](int64_t r, int64_t kk, int v) {
+        Vec t;
+        std::memcpy(&t, entry(r, kk) + v * kLanes, sizeof(t));
+        return t * scale[r * lr + kk * lk];
+      },
+      [&](int64_t r, int64_t kk, int c) { return entry(r, kk)[c] * scale[r * lr + kk * lk]; });
+}
+
+template <int NC>
+void AccumulateScaledSweep(float* cblk, int64_t rows, const float* a_vals,
+                           int64_t lr, int64_t lk, int64_t kc, const float* tab,
+                           const Accumulator& a, const TileCoords& at) {
+  AccumulateAll<NC>(
+      cblk, rows, kc, a, at,
+      [&](int64_t r, int64_t kk, int v) {
+        Vec t;
+        std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
+        return Opaque(t * a_vals[r * lr + kk * lk]);
+      },
+      [&](int64_t r, int64_t kk, int c) { return tab[kk * NC + c] * a_vals[r * lr + kk * lk]; });
+}
+
 #if defined(__AVX512BW__) && APPROXJAX_VEC_BYTES == 64
 constexpr auto kBuildCompactPlanesWide = BuildCompactPlanes<kWideCols>;
 constexpr auto kBuildCompactCodesWide = BuildCompactCodes<kWideCols>;
@@ -739,11 +936,13 @@ const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
       FactorsMatch,
       {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>, nullptr, nullptr,
        DirectSweep<kNarrowCols>, nullptr, nullptr, BuildSeparable<kNarrowCols>,
-       SeparableSweep<kNarrowCols>},
+       SeparableSweep<kNarrowCols>, AccumulateTableSweep<kNarrowCols>,
+       AccumulateScaledSweep<kNarrowCols>},
       {BuildTable<kWideCols>, TableSweep<kWideCols>,
        BuildCompactTable<kWideCols>, CompactSweep<kWideCols>,
        DirectSweep<kWideCols>, kBuildCompactPlanesWide, kBuildCompactCodesWide,
-       BuildSeparable<kWideCols>, SeparableSweep<kWideCols>},
+       BuildSeparable<kWideCols>, SeparableSweep<kWideCols>,
+       AccumulateTableSweep<kWideCols>, AccumulateScaledSweep<kWideCols>},
   };
   return table;
 }

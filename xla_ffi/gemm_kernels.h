@@ -9,7 +9,20 @@
 #include <cstdint>
 #include <cstring>
 
+#include "accumulate.h"
+
 namespace approxjax {
+
+// Where a tile of the output lies, for the stochastic bits of its additions
+// (RandomBits): batch g; streamed rows from row0, tabled columns from col0
+// (output rows i and columns n, or with `swap` the other way round); its k
+// from k0.
+struct TileCoords {
+  int64_t g = 0, row0 = 0, col0 = 0, k0 = 0;
+  bool swap = false;
+  int64_t I(int64_t r, int64_t c) const { return swap ? col0 + c : row0 + r; }
+  int64_t N(int64_t r, int64_t c) const { return swap ? row0 + r : col0 + c; }
+};
 
 // Widths of a column block of the output (one row of a per-tile table): wide
 // blocks for wide outputs, narrow ones so that outputs with few columns
@@ -99,6 +112,23 @@ struct BlockKernels {
   void (*separable_sweep)(float* cblk, int64_t rows, const float* scale,
                           int64_t lr, int64_t lk, int64_t kc,
                           const float* tab, bool rounded);
+
+  // Sums in a reduced or approximate accumulator (accumulate.h): the
+  // products of table_sweep (accumulate_table_sweep), or of a tile of
+  // values a[r * lr + k * lk] (transformed operands of a separable LUT, or
+  // raw ones for IEEE products) against tab[k][c] (accumulate_scaled_sweep),
+  // each product rounded to the product format if any, added in order of k
+  // with AddRounded: nearest-even sums vectorised (lanes at a tie, out of
+  // the format's normal range or overflowing, scalar), the rest scalar.
+  void (*accumulate_table_sweep)(float* cblk, int64_t rows,
+                                 const uint16_t* idx, const float* scale,
+                                 int64_t lr, int64_t lk, int64_t kc,
+                                 const float* tab, int m,
+                                 const Accumulator& acc, const TileCoords& at);
+  void (*accumulate_scaled_sweep)(float* cblk, int64_t rows, const float* a,
+                                  int64_t lr, int64_t lk, int64_t kc,
+                                  const float* tab, const Accumulator& acc,
+                                  const TileCoords& at);
 };
 
 // Words per row of a LUT's planes: planes[v * kPlaneRow + j] holds the upper

@@ -117,7 +117,9 @@ void PlanPrepack(const ProblemShape& s, bool enabled, Plan* p) {
   const int64_t elems = chunks * p->row_chunk * s.depth;
   p->tiles_per_block = (std::min(s.depth, kSumBlock) + p->kp - 1) / p->kp;
   const int64_t flags = chunks * p->sum_blocks * p->tiles_per_block * p->row_chunk;
-  const bool prescaled = p->sweep == Sweep::kSeparable &&
+  const bool transformed = p->sweep == Sweep::kSeparable ||
+                           (p->sweep == Sweep::kAccumulate && p->accumulate_separable);
+  const bool prescaled = transformed &&
                          (s.most == 1 || elems * s.most * 4 <= kMaxPrescaledBytes);
   const int64_t members = prescaled ? s.most : 1;
   if (elems * (prescaled ? 4 * members : 6) + flags > kMaxPrepackBytes) return;
@@ -139,11 +141,13 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
   const double work = double(s.batch) * s.m_rows * s.n_cols * s.depth;
   p.threads = work < 2e6 ? 1 : std::max<int64_t>(threads, 1);
   p.sum_blocks = std::max<int64_t>((s.depth + kSumBlock - 1) / kSumBlock, 1);
-  const bool separable = tables.separable && tables.separable_range >= 0 &&
-                         options.separable && options.gemm == 0;
-  const bool compact_ok = tables.compact_ok && options.compact;
-  ChooseLayout(s, separable, separable && tables.rounded, compact_ok,
-               options.gemm, &p);
+  // IEEE products (no table) run as a separable LUT with raw operands.
+  const bool separable = s.exact_product ||
+                         (tables.separable && tables.separable_range >= 0 &&
+                          options.separable && options.gemm == 0);
+  const bool compact_ok = tables.compact_ok && options.compact && !s.accumulate;
+  ChooseLayout(s, separable, separable && (tables.rounded || s.exact_product),
+               compact_ok, s.accumulate ? 1 : options.gemm, &p);
   if (separable) p.sweep = Sweep::kSeparable;
   p.rounded = separable && tables.rounded;
   p.range = separable ? tables.separable_range : tables.range;
@@ -151,6 +155,12 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
     p.sweep = Sweep::kCompact;
     p.planes = caps.planes && options.planes && tables.planes;
     p.codes = p.planes && caps.codes && options.codes && tables.codes;
+  }
+  if (s.accumulate) {
+    p.accumulate_separable = separable;
+    p.sweep = Sweep::kAccumulate;
+    p.planes = p.codes = false;
+    p.range = s.exact_product ? -1 : p.range;
   }
   const bool direct = p.sweep == Sweep::kGathers;
   p.transposed_lut = p.swap == direct && !separable;
@@ -165,7 +175,7 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
                    1, std::min(depth, kPackDepth));
   p.kp = std::min(depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.units = p.Units(s.groups);
-  PlanPrepack(s, options.prepack, &p);
+  PlanPrepack(s, options.prepack && !s.exact_product, &p);
   p.huge_pages = options.huge_pages;
   return p;
 }
@@ -175,7 +185,10 @@ std::string DescribePlan(const Plan& p, bool conv) {
                   : p.sweep == Sweep::kSeparable ? (p.rounded ? "separable rounded"
                                                               : "separable")
                   : p.sweep == Sweep::kCompact   ? "compact tables"
-                                                 : "tables";
+                  : p.sweep == Sweep::kAccumulate
+                      ? (p.accumulate_separable ? "accumulate separable"
+                                                : "accumulate tables")
+                      : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
   if (conv) d += " im2col";
   if (p.prepack) d += p.prescaled ? " prescaled" : " prepacked";

@@ -53,6 +53,8 @@ struct ProblemShape {
   int m = 0;           // mantissa bits
   bool transpose_lhs = false, transpose_rhs = false;
   bool conv = false;   // the lhs is a padded input's patches (implicit im2col)
+  bool accumulate = false;     // a reduced or approximate accumulator
+  bool exact_product = false;  // IEEE float32 products (no table)
 };
 
 // What the planner needs to know of the call's tables (from their facts).
@@ -72,7 +74,13 @@ struct Capabilities {
   bool codes = false;   // ... from byte codes (AVX-512 VBMI)
 };
 
-enum class Sweep : int { kTables = 0, kCompact = 1, kGathers = 2, kSeparable = 3 };
+enum class Sweep : int {
+  kTables = 0,
+  kCompact = 1,
+  kGathers = 2,
+  kSeparable = 3,
+  kAccumulate = 4,  // tables, transformed or raw operands, then AddRounded
+};
 
 // How the output is cut into units of work.
 struct Tiling {
@@ -91,6 +99,7 @@ struct Plan : Tiling {
   int nc = 64;        // column block width: kWideCols or kNarrowCols
   int range = -1;     // regular exponent range the kernels use
   bool rounded = false;
+  bool accumulate_separable = false;  // kAccumulate on transformed operands
   bool transposed_lut = false;  // tables read along the rhs index: lut^T
   bool planes = false;  // compact tables from planes, where a table has them
   bool codes = false;   // ... or from codes, where a table has them

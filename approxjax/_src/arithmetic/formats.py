@@ -22,7 +22,8 @@ Rounding (``rounding=``):
 Special values:
 
 * NaN stays NaN where the format has one; a format without NaN (FP6, FP4)
-  turns it into -0.0, as ``ml_dtypes`` does;
+  turns it into a zero of the opposite sign (the usual NaN, +NaN, into
+  -0.0), as ``ml_dtypes`` does;
 * infinity stays infinite where the format has one; otherwise it follows the
   overflow rule;
 * overflow (a rounded magnitude above the largest finite value) gives
@@ -176,15 +177,27 @@ _PRESETS = {
     ),
     "e5m2": Format(exponent_bits=5, mantissa_bits=2, name="e5m2"),
     "e2m3": Format(
-        exponent_bits=2, mantissa_bits=3, has_inf=False, nan="none", overflow="saturate",
+        exponent_bits=2,
+        mantissa_bits=3,
+        has_inf=False,
+        nan="none",
+        overflow="saturate",
         name="e2m3",
     ),  # fmt: skip
     "e3m2": Format(
-        exponent_bits=3, mantissa_bits=2, has_inf=False, nan="none", overflow="saturate",
+        exponent_bits=3,
+        mantissa_bits=2,
+        has_inf=False,
+        nan="none",
+        overflow="saturate",
         name="e3m2",
     ),  # fmt: skip
     "e2m1": Format(
-        exponent_bits=2, mantissa_bits=1, has_inf=False, nan="none", overflow="saturate",
+        exponent_bits=2,
+        mantissa_bits=1,
+        has_inf=False,
+        nan="none",
+        overflow="saturate",
         name="e2m1",
     ),  # fmt: skip
 }
@@ -202,10 +215,10 @@ _ALIASES = {
     "fp4_e2m1": "e2m1",
     "e4m3fn": "e4m3",
 }
-# The ml_dtypes twin of each preset with one (the tests compare bit for bit).
+# The ml_dtypes (or NumPy) twin of each preset with one (the tests compare bit for bit).
 ML_DTYPES = {
     "bfloat16": "bfloat16",
-    "float16": "float16",
+    "float16": "float16",  # numpy's
     "e4m3": "float8_e4m3fn",
     "e5m2": "float8_e5m2",
     "e2m3": "float6_e2m3fn",
@@ -313,9 +326,7 @@ def convert(
     m = fmt.mantissa_bits
     q = jnp.maximum(e, fmt.emin) - m  # the quantum's exponent at this magnitude
     shift = jnp.maximum(23 + q - e, 0)
-    rand = (
-        jax.random.bits(key, x.shape, _U32) if rounding == "stochastic" else jnp.zeros((), _U32)
-    )
+    rand = jax.random.bits(key, x.shape, _U32) if rounding == "stochastic" else jnp.zeros((), _U32)
     n = _round_quanta(sig, shift, rounding, rand)  # value = n * 2**q, n < 2**25
     # n * 2**q as float32 bits, built with integers (no flush-to-zero).
     lead = 31 - lax.clz(jnp.maximum(n, _U32(1))).astype(jnp.int32)  # n's top bit
@@ -349,7 +360,8 @@ def convert(
     else:
         inf_bits = sign | _U32(np.float32(fmt.max).view(np.uint32))
     out = jnp.where(is_inf, inf_bits, out)
-    nan_bits = _U32(0x7FC00000) if fmt.nan != "none" else _U32(0x80000000)
+    # No NaN: a zero of the opposite sign, as ml_dtypes converts it.
+    nan_bits = _U32(0x7FC00000) if fmt.nan != "none" else (~sign) & _U32(0x80000000)
     out = jnp.where(is_nan, nan_bits, out)
     # A NaN produced by overflow carries no sign (as ml_dtypes gives it).
     out = jnp.where((out & _U32(0x7FFFFFFF)) > _U32(0x7F800000), _U32(0x7FC00000), out)

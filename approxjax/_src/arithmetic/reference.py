@@ -162,23 +162,201 @@ def dot_general_bound(
 
 
 def sequential_dot_general(
-    lhs: jax.Array, rhs: jax.Array, dimension_numbers: Sequence, lut: jax.Array
+    lhs: jax.Array, rhs: jax.Array, dimension_numbers: Sequence, lut_or_arithmetic
 ) -> np.ndarray:
     """The kernels' exact summation order, in NumPy: products in order of k,
     summed from -0.0 in blocks of ``SUM_BLOCK`` consecutive k, then the block
-    sums added in order (``xla_ffi/approx_multiply.h``, ``kSumBlock``).
+    sums added in order (``xla_ffi/approx_multiply.h``, ``kSumBlock``); each
+    addition IEEE float32 round-to-nearest-even, subnormal sums kept.
+
+    ``lut_or_arithmetic`` is a table, or an :class:`~approxjax.Arithmetic`:
+    then the operands are converted to its formats, the products are the
+    table's (or IEEE float32 products) rounded to its product format, and
+    every addition rounds the exact sum once to its accumulator format (or
+    goes through its adder), as :mod:`approxjax._src.arithmetic.arithmetic`
+    states.
 
     Slow; for bit-exact checks of small GEMMs.
     """
+    from approxjax._src.arithmetic.arithmetic import Arithmetic
+
+    arith = lut_or_arithmetic if isinstance(lut_or_arithmetic, Arithmetic) else None
     _, _, shape = canonical(lhs, rhs, dimension_numbers)
-    p = np.asarray(products(lhs, rhs, dimension_numbers, lut), dtype=np.float32)
+    if arith is None:
+        p = np.asarray(products(lhs, rhs, dimension_numbers, lut_or_arithmetic), np.float32)
+        add = None
+    else:
+        p, add = _arithmetic_products(lhs, rhs, dimension_numbers, arith)
     if p.shape[-1] == 0:
         return np.zeros(p.shape[:-1], np.float32).reshape(shape)
     total = None
+    depth = p.shape[-1]
     with np.errstate(invalid="ignore", over="ignore"):
-        for k0 in range(0, p.shape[-1], SUM_BLOCK):
+        for b, k0 in enumerate(range(0, depth, SUM_BLOCK)):
             acc = np.full(p.shape[:-1], -0.0, np.float32)
-            for k in range(k0, min(k0 + SUM_BLOCK, p.shape[-1])):
-                acc = acc + p[..., k]
-            total = acc if total is None else total + acc
+            for k in range(k0, min(k0 + SUM_BLOCK, depth)):
+                acc = acc + p[..., k] if add is None else add(acc, p[..., k], k)
+            if total is None:
+                total = acc
+            else:
+                total = total + acc if add is None else add(total, acc, depth + b)
     return total.reshape(shape)
+
+
+def round_to_format(x: np.ndarray, fmt, rounding: str, rnd: np.ndarray | None = None) -> np.ndarray:
+    """Exact values ``x`` (float64) rounded to ``fmt``, as float32 (NumPy; the
+    rule of :mod:`approxjax.formats`, and RoundToFormat in
+    ``xla_ffi/accumulate.h``). ``rnd``: 32 random bits per value (stochastic)."""
+    x = np.asarray(x, np.float64)
+    out = np.empty(x.shape, np.float32)
+    neg = np.signbit(x)
+    a = np.abs(x)
+    nan, inf, zero = np.isnan(x), np.isinf(x), a == 0
+    normal = ~(nan | inf | zero)
+    mant, e = np.frexp(np.where(normal, a, 1.0))
+    e = e - 1
+    q = np.maximum(e, fmt.emin) - fmt.mantissa_bits
+    scaled = np.ldexp(np.where(normal, a, 0.0), -q)
+    whole = np.floor(scaled)
+    frac = scaled - whole
+    if rounding == "toward_zero":
+        up = np.zeros(x.shape, bool)
+    elif rounding == "away_from_zero":
+        up = frac > 0
+    elif rounding == "stochastic":
+        up = (frac > 0) & (np.asarray(rnd, np.float64) < frac * 4294967296.0)
+    else:
+        up = (frac > 0.5) | ((frac == 0.5) & (np.fmod(whole, 2.0) == 1.0))
+    r = np.ldexp(whole + up, q)
+    if not fmt.subnormals:
+        r = np.where(r < fmt.smallest_normal, 0.0, r)
+    big = r > fmt.max
+    if rounding == "toward_zero" or fmt.overflow == "saturate":
+        over = fmt.max
+    else:
+        over = np.nan if fmt.overflow == "nan" else np.inf
+    r = np.where(big, over, r)
+    if fmt.has_inf:
+        inf_value = np.inf
+    else:
+        inf_value = np.nan if fmt.overflow == "nan" else fmt.max
+    r = np.where(inf, inf_value, r)
+    r = np.where(zero, 0.0, r)
+    out[...] = np.where(neg, -r, r)
+    if fmt.nan != "none":
+        out[nan] = np.nan
+    else:
+        out[nan] = np.where(neg[nan], 0.0, -0.0)
+    out[np.isnan(out)] = np.float32(np.nan)  # one NaN for all: no sign
+    return out
+
+
+def _sum_to_odd(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The exact sums x + y rounded to odd at double precision (SumToOdd)."""
+    a, b = x.astype(np.float64), y.astype(np.float64)
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    bits = s.view(np.uint64).copy()
+    fix = np.isfinite(s) & (err != 0) & ((bits & 1) == 0)
+    toward = (err > 0) == (s > 0)
+    bits = np.where(fix & toward, bits + 1, np.where(fix & ~toward, bits - 1, bits))
+    return bits.view(np.float64)
+
+
+def _loa_sum(x: np.ndarray, y: np.ndarray, fmt, bits: int) -> np.ndarray:
+    """The lower-part OR adder's exact result (LoaSum), elementwise."""
+    out = np.empty(x.shape, np.float64)
+    for idx in np.ndindex(x.shape):
+        a, b = float(x[idx]), float(y[idx])
+        if not (np.isfinite(a) and np.isfinite(b)):
+            out[idx] = a + b
+            continue
+        if a == 0 or b == 0:
+            out[idx] = (a + b) if a == 0 and b == 0 else (b if a == 0 else a)
+            continue
+        e = max(np.frexp(a)[1], np.frexp(b)[1]) - 1
+        q = max(e, fmt.emin) - fmt.mantissa_bits
+        ax = int(np.floor(np.ldexp(abs(a), -q)))
+        ay = int(np.floor(np.ldexp(abs(b), -q)))
+        if np.signbit(a) == np.signbit(b):
+            low = (1 << bits) - 1
+            mag, neg = (((ax >> bits) + (ay >> bits)) << bits) | ((ax | ay) & low), np.signbit(a)
+        else:
+            mag = abs(ax - ay)
+            neg = np.signbit(a) if ax >= ay else np.signbit(b)
+            neg = neg and mag != 0
+        out[idx] = -np.ldexp(float(mag), q) if neg else np.ldexp(float(mag), q)
+    return out
+
+
+def _random_bits(seed: int, g, i, n, k) -> np.ndarray:
+    """RandomBits of xla_ffi/accumulate.h, in NumPy (uint64 arithmetic)."""
+    with np.errstate(over="ignore"):
+        u = np.uint64
+        z = u(seed) ^ (u(g) * u(0x9E3779B97F4A7C15))
+        z = z ^ (np.asarray(i, np.uint64) * u(0xBF58476D1CE4E5B9) + (z << u(6)) + (z >> u(2)))
+        z = z ^ (np.asarray(n, np.uint64) * u(0x94D049BB133111EB) + (z << u(6)) + (z >> u(2)))
+        z = z ^ (u(k) * u(0x2545F4914F6CDD1D) + (z << u(6)) + (z >> u(2)))
+        z = (z ^ (z >> u(30))) * u(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> u(27))) * u(0x94D049BB133111EB)
+        z = z ^ (z >> u(31))
+        return (z >> u(32)).astype(np.uint32)
+
+
+def _arithmetic_products(lhs, rhs, dimension_numbers, arith):
+    """The products of a dot_general under an Arithmetic (G, M, N, K), and the
+    addition of its accumulator."""
+    from approxjax._src.arithmetic.arithmetic import LOA, CAdder, fold_in_key, operand_keys
+    from approxjax._src.arithmetic.formats import Format, convert
+
+    spec = arith.spec
+    # The forward GEMM's noise: its key folded with role 0, as the kernels do.
+    key = fold_in_key(arith.key, 0) if spec.stochastic else None
+    ka, kb, noise = operand_keys(key, spec)
+    a, b, _ = canonical(jnp.asarray(lhs), jnp.asarray(rhs), dimension_numbers)
+    if spec.lhs is not None:
+        a = convert(a, spec.lhs, spec.operand_rounding, ka)
+    if spec.rhs is not None:
+        b = convert(b, spec.rhs, spec.operand_rounding, kb)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if arith.multiplier is None:
+        p = a[:, :, None, :] * np.swapaxes(b, 1, 2)[:, None, :, :]
+    else:
+        p = np.asarray(
+            multiply(a[:, :, None, :], np.swapaxes(b, 1, 2)[:, None, :, :], arith.multiplier.lut),
+            np.float32,
+        )
+    seed = 0
+    if noise is not None:
+        w = np.asarray(noise, np.uint32)
+        seed = (int(w[0]) << 32) | int(w[1])
+    g_, i_, n_ = np.meshgrid(*(np.arange(d) for d in p.shape[:-1]), indexing="ij")
+    if spec.product is not None:
+        rounded = np.empty(p.shape, np.float32)
+        for k in range(p.shape[-1]):
+            rnd = _random_bits(seed ^ 0x5BD1E995, g_, i_, n_, k)
+            rounded[..., k] = round_to_format(p[..., k], spec.product, spec.product_rounding, rnd)
+        p = rounded
+    acc_fmt = spec.accumulator or Format(exponent_bits=8, mantissa_bits=23, name="float32")
+    adder = spec.adder
+
+    def add(total, x, k):
+        rnd = _random_bits(seed, g_, i_, n_, k)
+        if isinstance(adder, CAdder):
+            import ctypes
+
+            fn = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_float, ctypes.c_float)(adder.address)
+            out = np.empty(total.shape, np.float32)
+            for idx in np.ndindex(total.shape):
+                out[idx] = fn(float(total[idx]), float(x[idx]))
+            return out
+        if isinstance(adder, LOA):
+            exact = _loa_sum(total, x, acc_fmt, adder.bits)
+        elif spec.accumulator is None and spec.accumulator_rounding == "nearest_even":
+            return (total + x).astype(np.float32)
+        else:
+            exact = _sum_to_odd(total, x)
+        return round_to_format(exact, acc_fmt, spec.accumulator_rounding, rnd)
+
+    return p, add

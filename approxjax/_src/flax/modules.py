@@ -42,6 +42,7 @@ from flax.linen import module as flax_module
 from flax.linen.linear import canonicalize_padding
 from jax import lax
 
+from approxjax._src.arithmetic.arithmetic import Arithmetic
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.interpret.interpreter import conv_transpose as approx_conv_transpose
 from approxjax._src.interpret.policy import (
@@ -72,10 +73,11 @@ def resolve(multiplier: Any, input_grad: Any = FORWARD, weight_grad: Any = FORWA
         path = current_path()
         choice, _ = multiplier.choose(Operation(path, path))
         return choice
-    if multiplier is None or isinstance(multiplier, Multiplier):
+    if multiplier is None or isinstance(multiplier, (Multiplier, Arithmetic)):
         return GemmMultipliers(multiplier, input_grad, weight_grad)
     raise TypeError(
-        f"multiplier must be 'context', a Multiplier, a Policy or None; got {multiplier!r}"
+        "multiplier must be 'context', a Multiplier, an Arithmetic, a Policy or None; "
+        f"got {multiplier!r}"
     )
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
+from approxjax._src.arithmetic.arithmetic import salted
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.interpret.policy import GemmMultipliers, Operation, Policy, as_policy
 from approxjax._src.kernels.options import KernelOptions, check_options
@@ -491,6 +492,13 @@ def _choose(policy: Policy, analysis: _Analysis):
             )
         if rule is not None:
             used.add(rule)
+        if op.index is not None:  # independent stochastic rounding per operation
+            choice = dataclasses.replace(
+                choice,
+                forward=salted(choice.forward, op.index),
+                input_grad=salted(choice.input_grad, op.index),
+                weight_grad=salted(choice.weight_grad, op.index),
+            )
         choices[op.key] = choice
         name = "exact" if choice.forward is None else choice.forward.name
         records.append(

@@ -55,6 +55,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from approxjax._src.arithmetic.arithmetic import Arithmetic
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.ops.checks import FORWARD, check_choice
 
@@ -105,8 +106,16 @@ class Policy:
         operation's path and on its name scope, first match wins.
       by_index: ``{index: multiplier}`` by order of appearance (0-based).
       first_exact, last_exact: make the first / last layer exact.
+      default, rules, by_index: a Multiplier, an :class:`~approxjax.Arithmetic`
+        or None wherever a multiplier is named.
       input_grad, weight_grad: gradient multipliers of every approximate
-        operation: ``"forward"``, a Multiplier, or None (exact).
+        operation: ``"forward"``, a Multiplier or Arithmetic, or None (exact).
+        The gradient GEMMs keep their operands' order: the input gradient is
+        ``g @ W.T`` (lhs the output gradient g, rhs the weights), the weight
+        gradient ``x.T @ g`` (lhs the activations, rhs g). The FP8 recipe
+        (E4M3 forward, E5M2 gradients) is ``Policy(Arithmetic(lhs="e4m3",
+        rhs="e4m3"), input_grad=Arithmetic(lhs="e5m2", rhs="e4m3"),
+        weight_grad=Arithmetic(lhs="e4m3", rhs="e5m2"))``.
 
     Raises:
       ValueError: a pattern is not a valid regular expression, or an index is
@@ -242,18 +251,19 @@ class Policy:
         return f"Policy({', '.join(parts)})"
 
 
-def as_policy(value: Multiplier | Policy | None) -> Policy:
-    """A Policy from a Multiplier (used everywhere), None (exact) or a Policy."""
+def as_policy(value: Multiplier | Arithmetic | Policy | None) -> Policy:
+    """A Policy from a Multiplier or Arithmetic (used everywhere), None (exact)
+    or a Policy."""
     if isinstance(value, Policy):
         return value
-    if value is None or isinstance(value, Multiplier):
-        if isinstance(value, Multiplier) and value.lut.ndim != 2:
+    if value is None or isinstance(value, (Multiplier, Arithmetic)):
+        if value is not None and value.batch_shape:
             raise ValueError(
                 f"{value!r} is a stack of multipliers; map over it with jax.vmap so that each "
                 "program sees one table"
             )
         return Policy(default=value)
-    raise TypeError(f"expected a Multiplier, a Policy or None; got {value!r}")
+    raise TypeError(f"expected a Multiplier, an Arithmetic, a Policy or None; got {value!r}")
 
 
 class ContextTraceError(RuntimeError):

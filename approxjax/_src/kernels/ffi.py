@@ -41,7 +41,12 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from approxjax import _approxjax_cpu
 from approxjax._src.kernels import partition as _partition
-from approxjax._src.kernels.options import DEFAULT, KernelOptions
+from approxjax._src.kernels.options import (
+    ARITHMETIC_OFF,
+    DEFAULT,
+    ArithmeticAttribute,
+    KernelOptions,
+)
 
 try:  # The CUDA extension is optional (CMake option APPROXJAX_CUDA).
     from approxjax import _approxjax_cuda  # type: ignore[attr-defined]
@@ -135,7 +140,7 @@ def _analyze_shape(shapes):
     return (*lut[:-2], facts_words(int(lut[-1]).bit_length() - 1))
 
 
-def _raw_gemm(lhs, rhs, lut, facts, *, transpose_lhs, transpose_rhs, options):
+def _raw_gemm(lhs, rhs, lut, facts, noise, *, transpose_lhs, transpose_rhs, options, arithmetic):
     shape = _gemm_shape((lhs.shape, rhs.shape, lut.shape), transpose_lhs, transpose_rhs)
     call = jax.ffi.ffi_call(GEMM_TARGET, _local_result(lhs, shape))
     return call(
@@ -143,13 +148,17 @@ def _raw_gemm(lhs, rhs, lut, facts, *, transpose_lhs, transpose_rhs, options):
         rhs,
         lut,
         facts,
+        noise,
         transpose_lhs=bool(transpose_lhs),
         transpose_rhs=bool(transpose_rhs),
         options=options.attribute(),
+        arithmetic=arithmetic.attribute(),
     )
 
 
-def _raw_conv_gemm(x, w, lut, facts, *, kernel, strides, dilation, transpose_lhs, options):
+def _raw_conv_gemm(
+    x, w, lut, facts, noise, *, kernel, strides, dilation, transpose_lhs, options, arithmetic
+):
     shape = _conv_gemm_shape(
         (x.shape, w.shape, lut.shape), kernel, strides, dilation, transpose_lhs
     )
@@ -160,11 +169,13 @@ def _raw_conv_gemm(x, w, lut, facts, *, kernel, strides, dilation, transpose_lhs
         w,
         lut,
         facts,
+        noise,
         kernel=as_i64(kernel),
         strides=as_i64(strides),
         dilation=as_i64(dilation),
         transpose_lhs=bool(transpose_lhs),
         options=options.attribute(),
+        arithmetic=arithmetic.attribute(),
     )
 
 
@@ -184,7 +195,7 @@ multiply_p = Primitive("approxjax_multiply")
 analyze_p = Primitive("approxjax_analyze_lut")
 
 
-_GEMM_RULE = dict(replicated=("l1", "l2", "fw"), reduced=("k",))
+_GEMM_RULE = dict(replicated=("l1", "l2", "fw", "nw"), reduced=("k",))
 _MULTIPLY_RULE = dict(replicated=("l1", "l2", "fw"), reduced=())
 _ANALYZE_CORE = (("l1", "l2"), ("fw",))
 _ANALYZE_RULE = dict(replicated=("l1", "l2", "fw"), reduced=())
@@ -193,7 +204,7 @@ _ANALYZE_RULE = dict(replicated=("l1", "l2", "fw"), reduced=())
 def _gemm_core(transpose_lhs, transpose_rhs):
     lhs_core = ("k", "m") if transpose_lhs else ("m", "k")
     rhs_core = ("n", "k") if transpose_rhs else ("k", "n")
-    return (lhs_core, rhs_core, ("l1", "l2"), ("fw",), ("m", "n"))
+    return (lhs_core, rhs_core, ("l1", "l2"), ("fw",), ("nw",), ("m", "n"))
 
 
 _MULTIPLY_CORE = (("e",), ("e",), ("l1", "l2"), ("fw",), ("e",))
@@ -205,11 +216,11 @@ def _conv_gemm_core(n, transpose_lhs):
     ``w`` every input channel). In ``patches^T @ g`` the images are summed
     over: split, they give partial sums and a psum."""
     spatial = tuple(f"s{d}" for d in range(n))
-    replicated = ("l1", "l2", "fw", "c", "k", "p", *spatial)
+    replicated = ("l1", "l2", "fw", "nw", "c", "k", "p", *spatial)
     if transpose_lhs:
-        core = (("n", *spatial, "c"), ("n", "p", "o"), ("l1", "l2"), ("fw",), ("k", "o"))
+        core = (("n", *spatial, "c"), ("n", "p", "o"), ("l1", "l2"), ("fw",), ("nw",), ("k", "o"))
         return core, dict(replicated=replicated, reduced=("n",))
-    core = (("n", *spatial, "c"), ("k", "o"), ("l1", "l2"), ("fw",), ("n", "p", "o"))
+    core = (("n", *spatial, "c"), ("k", "o"), ("l1", "l2"), ("fw",), ("nw",), ("n", "p", "o"))
     return core, dict(replicated=replicated, reduced=())
 
 
@@ -227,18 +238,22 @@ def _result_aval(avals, shape, core, rule, dtype=jnp.float32):
     )
 
 
-def _gemm_abstract(lhs, rhs, lut, facts, *, transpose_lhs, transpose_rhs, options):
+def _gemm_abstract(
+    lhs, rhs, lut, facts, noise, *, transpose_lhs, transpose_rhs, options, arithmetic
+):
     shape = _gemm_shape((lhs.shape, rhs.shape, lut.shape), transpose_lhs, transpose_rhs)
     core = _gemm_core(transpose_lhs, transpose_rhs)
-    return _result_aval((lhs, rhs, lut, facts), shape, core, _GEMM_RULE)
+    return _result_aval((lhs, rhs, lut, facts, noise), shape, core, _GEMM_RULE)
 
 
-def _conv_gemm_abstract(x, w, lut, facts, *, kernel, strides, dilation, transpose_lhs, options):
+def _conv_gemm_abstract(
+    x, w, lut, facts, noise, *, kernel, strides, dilation, transpose_lhs, options, arithmetic
+):
     shape = _conv_gemm_shape(
         (x.shape, w.shape, lut.shape), kernel, strides, dilation, transpose_lhs
     )
     core, rule = _conv_gemm_core(len(kernel), transpose_lhs)
-    return _result_aval((x, w, lut, facts), shape, core, rule)
+    return _result_aval((x, w, lut, facts, noise), shape, core, rule)
 
 
 def _multiply_abstract(a, b, lut, facts):
@@ -256,13 +271,10 @@ conv_gemm_p.def_abstract_eval(_conv_gemm_abstract)
 multiply_p.def_abstract_eval(_multiply_abstract)
 analyze_p.def_abstract_eval(_analyze_abstract)
 # Eager calls compile the primitive on its own, as JAX does for its own ops.
-gemm_p.def_impl(jax.jit(gemm_p.bind, static_argnames=("transpose_lhs", "transpose_rhs", "options")))
-conv_gemm_p.def_impl(
-    jax.jit(
-        conv_gemm_p.bind,
-        static_argnames=("kernel", "strides", "dilation", "transpose_lhs", "options"),
-    )
-)
+_GEMM_STATIC = ("transpose_lhs", "transpose_rhs", "options", "arithmetic")
+_CONV_STATIC = ("kernel", "strides", "dilation", "transpose_lhs", "options", "arithmetic")
+gemm_p.def_impl(jax.jit(gemm_p.bind, static_argnames=_GEMM_STATIC))
+conv_gemm_p.def_impl(jax.jit(conv_gemm_p.bind, static_argnames=_CONV_STATIC))
 multiply_p.def_impl(jax.jit(multiply_p.bind))
 analyze_p.def_impl(jax.jit(analyze_p.bind))
 
@@ -275,6 +287,9 @@ def _expand_dims_rule(prim):
             jnp.expand_dims(x, 0) if d is None else jnp.moveaxis(x, d, 0)
             for x, d in zip(args, dims, strict=True)
         ]
+        if prim in (gemm_p, conv_gemm_p):  # noise: two words beside each table
+            lut, noise = moved[2], moved[4]
+            moved[4] = jnp.broadcast_to(noise, (*lut.shape[:-2], 2))
         return prim.bind(*moved, **params), 0
 
     return rule
@@ -285,18 +300,20 @@ for _prim in (gemm_p, conv_gemm_p, multiply_p, analyze_p):
 
 
 @functools.lru_cache(maxsize=1024)
-def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs, options):
+def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs, options, arithmetic):
     out = _gemm_shape(shapes, transpose_lhs, transpose_rhs)
 
-    def impl(lhs, rhs, lut, facts):
+    def impl(lhs, rhs, lut, facts, noise):
         return _raw_gemm(
             lhs,
             rhs,
             lut,
             facts,
+            noise,
             transpose_lhs=transpose_lhs,
             transpose_rhs=transpose_rhs,
             options=options,
+            arithmetic=arithmetic,
         )
 
     core = _gemm_core(transpose_lhs, transpose_rhs)
@@ -304,7 +321,7 @@ def _partitioned_gemm(shapes, transpose_lhs, transpose_rhs, options):
 
 
 @functools.lru_cache(maxsize=1024)
-def _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs, options):
+def _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs, options, arithmetic):
     core, rule = _conv_gemm_core(len(kernel), transpose_lhs)
     geometry = dict(
         kernel=kernel,
@@ -312,10 +329,11 @@ def _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs, opt
         dilation=dilation,
         transpose_lhs=transpose_lhs,
         options=options,
+        arithmetic=arithmetic,
     )
 
-    def impl(x, w, lut, facts):
-        return _raw_conv_gemm(x, w, lut, facts, **geometry)
+    def impl(x, w, lut, facts, noise):
+        return _raw_conv_gemm(x, w, lut, facts, noise, **geometry)
 
     out = _conv_gemm_shape(shapes, kernel, strides, dilation, transpose_lhs)
     return _partition.partitioned(impl, shapes, out, core, **rule)
@@ -335,16 +353,22 @@ def _partitioned_analyze(shapes):
     )
 
 
-def _gemm_lowering(lhs, rhs, lut, facts, *, transpose_lhs, transpose_rhs, options):
-    shapes = (lhs.shape, rhs.shape, lut.shape, facts.shape)
-    fn = _partitioned_gemm(shapes, transpose_lhs, transpose_rhs, options)
-    return fn(lhs, rhs, lut, facts)
+def _gemm_lowering(
+    lhs, rhs, lut, facts, noise, *, transpose_lhs, transpose_rhs, options, arithmetic
+):
+    shapes = (lhs.shape, rhs.shape, lut.shape, facts.shape, noise.shape)
+    fn = _partitioned_gemm(shapes, transpose_lhs, transpose_rhs, options, arithmetic)
+    return fn(lhs, rhs, lut, facts, noise)
 
 
-def _conv_gemm_lowering(x, w, lut, facts, *, kernel, strides, dilation, transpose_lhs, options):
-    shapes = (x.shape, w.shape, lut.shape, facts.shape)
-    fn = _partitioned_conv_gemm(shapes, kernel, strides, dilation, transpose_lhs, options)
-    return fn(x, w, lut, facts)
+def _conv_gemm_lowering(
+    x, w, lut, facts, noise, *, kernel, strides, dilation, transpose_lhs, options, arithmetic
+):
+    shapes = (x.shape, w.shape, lut.shape, facts.shape, noise.shape)
+    fn = _partitioned_conv_gemm(
+        shapes, kernel, strides, dilation, transpose_lhs, options, arithmetic
+    )
+    return fn(x, w, lut, facts, noise)
 
 
 def _multiply_lowering(a, b, lut, facts):
@@ -400,10 +424,12 @@ def gemm(
     rhs: jax.Array,
     lut: jax.Array,
     facts: jax.Array,
+    noise: jax.Array | None = None,
     *,
     transpose_lhs: bool = False,
     transpose_rhs: bool = False,
     options: KernelOptions = DEFAULT,
+    arithmetic: ArithmeticAttribute = ARITHMETIC_OFF,
 ) -> jax.Array:
     """One approximate batched GEMM: ``out[g] = lhs[g] @ rhs[g]`` under ``lut``.
 
@@ -412,22 +438,34 @@ def gemm(
       rhs: float32 ``(G, K, N)``, or ``(G, N, K)`` when ``transpose_rhs``.
       lut: float32 ``(1, 2**m, 2**m)`` (a leading 1 so every operand has rank 3).
       facts: its facts, uint32 ``(1, facts_words(m))``.
+      noise: uint32 ``(1, 2)``, the seed of stochastic rounding (zeros: none).
       options: the kernel choices.
+      arithmetic: product and accumulator formats and the adder.
 
     Returns:
       float32 ``(G, M, N)``.
     """
     _check_backend()
-    lhs, rhs, lut, facts = same_varying_axes(lhs, rhs, lut, facts)
+    noise = _noise_for(lut, noise)
+    lhs, rhs, lut, facts, noise = same_varying_axes(lhs, rhs, lut, facts, noise)
     return gemm_p.bind(
         lhs,
         rhs,
         lut,
         facts,
+        noise,
         transpose_lhs=bool(transpose_lhs),
         transpose_rhs=bool(transpose_rhs),
         options=options,
+        arithmetic=arithmetic,
     )
+
+
+def _noise_for(lut, noise):
+    """The noise operand beside ``lut`` (two words per table)."""
+    if noise is None:
+        return jnp.zeros((*lut.shape[:-2], 2), jnp.uint32)
+    return jnp.broadcast_to(noise.astype(jnp.uint32), (*lut.shape[:-2], 2))
 
 
 def conv_gemm(
@@ -435,12 +473,14 @@ def conv_gemm(
     w: jax.Array,
     lut: jax.Array,
     facts: jax.Array,
+    noise: jax.Array | None = None,
     *,
     kernel: tuple[int, ...],
     strides: tuple[int, ...],
     dilation: tuple[int, ...],
     transpose_lhs: bool = False,
     options: KernelOptions = DEFAULT,
+    arithmetic: ArithmeticAttribute = ARITHMETIC_OFF,
 ) -> jax.Array:
     """Approximate GEMM of a padded input's patches (implicit im2col, CPU only).
 
@@ -485,17 +525,20 @@ def conv_gemm(
             f"conv_gemm needs x (N, *S, C) with every S >= its window {tuple(spans)} and "
             f"{want}; got x {x.shape} and {'g' if transpose_lhs else 'w'} {w.shape}"
         )
-    x, w, lut, facts = same_varying_axes(x, w, lut, facts)
+    noise = _noise_for(lut, noise)
+    x, w, lut, facts, noise = same_varying_axes(x, w, lut, facts, noise)
     return conv_gemm_p.bind(
         x,
         w,
         lut,
         facts,
+        noise,
         kernel=kernel,
         strides=strides,
         dilation=dilation,
         transpose_lhs=bool(transpose_lhs),
         options=options,
+        arithmetic=arithmetic,
     )
 
 

@@ -98,3 +98,51 @@ def check_options(value) -> KernelOptions:
     if not isinstance(value, KernelOptions):
         raise TypeError(f"options must be approxjax.KernelOptions or None; got {value!r}")
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticAttribute:
+    """The GEMM targets' ``arithmetic`` attribute (``ArithmeticSpec`` in
+    xla_ffi/accumulate.h): formats of the product and of the accumulator,
+    their rounding modes (0 nearest-even, 1 toward zero, 2 away from zero, 3
+    stochastic), overflow (0 inf, 1 NaN, 2 saturate) and NaN (0 kept, 2 none)
+    rules, and the adder (0 exact, 1 LOA, 2 a C function at ``adder_address``).
+    The default is off: float32 nearest-even sums of the table's products."""
+
+    enabled: bool = False
+    exact_product: bool = False
+    acc_m: int = 23
+    acc_emin: int = -126
+    acc_max: float = float(np.finfo(np.float32).max)
+    acc_subnormals: bool = True
+    acc_overflow: int = 0
+    acc_nan: int = 0
+    acc_inf: bool = True
+    acc_rounding: int = 0
+    product: bool = False
+    prod_m: int = 23
+    prod_emin: int = -126
+    prod_max: float = float(np.finfo(np.float32).max)
+    prod_subnormals: bool = True
+    prod_overflow: int = 0
+    prod_nan: int = 0
+    prod_inf: bool = True
+    prod_rounding: int = 0
+    adder: int = 0
+    loa_bits: int = 0
+    adder_address: int = 0
+
+    def attribute(self) -> dict:
+        out = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                out[field.name] = value
+            elif isinstance(value, float):
+                out[field.name] = np.float32(value)
+            else:
+                out[field.name] = np.int64(value)
+        return out
+
+
+ARITHMETIC_OFF = ArithmeticAttribute()

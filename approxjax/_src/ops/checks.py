@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from approxjax._src.arithmetic.arithmetic import Arithmetic
 from approxjax._src.arithmetic.multipliers import Multiplier
 
 FORWARD = "forward"
@@ -29,13 +30,14 @@ def check_operand(name: str, x: Any) -> jax.Array:
 
 
 def check_choice(name: str, value: Any, allow_forward: bool) -> None:
-    """A multiplier argument: a Multiplier, None (exact) or, for gradients, "forward"."""
-    if value is None or isinstance(value, Multiplier):
+    """A multiplier argument: a Multiplier, an Arithmetic, None (exact) or,
+    for gradients, "forward"."""
+    if value is None or isinstance(value, (Multiplier, Arithmetic)):
         return
     if allow_forward and isinstance(value, str) and value == FORWARD:
         return
     raise TypeError(
-        f"{name} must be a Multiplier, None (exact)"
+        f"{name} must be a Multiplier, an Arithmetic, None (exact)"
         + (" or 'forward'" if allow_forward else "")
         + f"; got {value!r}"
     )
@@ -44,7 +46,7 @@ def check_choice(name: str, value: Any, allow_forward: bool) -> None:
 def check_multiplier(name: str, value: Any, allow_forward: bool) -> None:
     """check_choice, and one table per call (a stack is mapped with vmap)."""
     check_choice(name, value, allow_forward)
-    if isinstance(value, Multiplier) and value.lut.ndim != 2:
+    if isinstance(value, (Multiplier, Arithmetic)) and value.batch_shape:
         raise ValueError(
             f"{name} is a stack of multipliers {value.batch_shape}; map over it with "
             "jax.vmap (in_axes=0) so each call sees one table"

@@ -41,6 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from approxjax._src.arithmetic.arithmetic import (
+    Arithmetic,
+    convert_operands,
+    fold_in_key,
+    kernel_attribute,
+)
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
@@ -49,9 +55,9 @@ from approxjax._src.ops.dot_general import GradMultiplier
 from approxjax._src.ops.gemm import (
     GemmConfig,
     approx_bmm,
-    grad_mode_and_table,
-    grad_table,
-    table_of,
+    gemm_parts,
+    one_table,
+    pick,
     zero_cotangents,
 )
 
@@ -91,7 +97,7 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
     *,
-    multiplier: Multiplier | None = None,
+    multiplier: Multiplier | Arithmetic | None = None,
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
     options: KernelOptions | None = None,
@@ -232,10 +238,10 @@ def conv_general_dilated(
 
         patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
-    ig_mode, ig_table = grad_mode_and_table(input_grad_multiplier)
-    wg_mode, wg_table = grad_mode_and_table(weight_grad_multiplier)
-    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, options=options)
-    luts = (table_of(multiplier), ig_table, wg_table)
+    (ig_mode, wg_mode), specs, luts = gemm_parts(
+        multiplier, input_grad_multiplier, weight_grad_multiplier
+    )
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, specs=specs, options=options)
     x = x.astype(jnp.float32)
     w = w.astype(jnp.float32)
 
@@ -256,8 +262,8 @@ def conv_general_dilated(
             fn = partial(images, b=b, luts=luts)
             return _in_chunks(fn, x, osz * kp * channels, lhs.size)
 
-        if fg == 1 and _implicit_im2col(options):
-            geometry = (tuple(kernel), strides, rhs_dil, wg_mode, options)
+        if fg == 1 and _implicit_im2col(options) and _plain_tables(config):
+            geometry = (tuple(kernel), strides, rhs_dil, config)
             y = _implicit_conv(materialized, geometry, *ffi.same_varying_axes(x, b), luts)
         else:
             y = materialized(x, b, luts)
@@ -269,6 +275,17 @@ def conv_general_dilated(
         y = y.reshape(bg, nb, osz, ob).transpose(1, 2, 0, 3).reshape(nb, osz, out_feat)
     y = jnp.moveaxis(y.reshape(y.shape[0], *out_spatial, out_feat), -1, 1).astype(out_dtype)
     return jnp.transpose(y, np.argsort(dn.out_spec))
+
+
+def _plain_tables(config: GemmConfig) -> bool:
+    """Whether the forward and weight-gradient GEMMs read tables with no
+    operand format (the implicit im2col kernel takes the patches as they
+    are: converting them would need the patches)."""
+    for i in (0, 2):
+        spec = pick(config, (0, 1, 2), i)[0]
+        if spec is not None and (spec.lhs is not None or spec.rhs is not None):
+            return False
+    return True
 
 
 def _implicit_im2col(options: KernelOptions) -> bool:
@@ -289,10 +306,29 @@ def _implicit_conv(materialized, geometry, x, b, luts):
     ``patches^T @ g`` reads the patches in place too, over the whole batch in
     one sum (unless it is exact: then as ``materialized`` computes it).
     """
-    kernel, strides, dilation, _, options = geometry
-    lut, facts = luts[0]
+    kernel, strides, dilation, config = geometry
+    return _conv_gemm(x, b[0], pick(config, luts, 0), config, kernel, strides, dilation, False)
+
+
+def _conv_gemm(x, w, chosen, config, kernel, strides, dilation, transpose_lhs):
+    spec, (lut, facts, key) = chosen
+    role = 2 if transpose_lhs else 0  # the weight gradient's noise, or the forward's (as bmm)
+    key = fold_in_key(key, role) if spec.stochastic else None
+    _, _, noise = convert_operands(x, w, spec, key)  # no operand format here: the seed
+    if lut is None:  # IEEE products: the kernel reads no table
+        lut, facts = one_table()
     return ffi.conv_gemm(
-        x, b[0], lut, facts, kernel=kernel, strides=strides, dilation=dilation, options=options
+        x,
+        w,
+        lut,
+        facts,
+        None if noise is None else noise,
+        kernel=kernel,
+        strides=strides,
+        dilation=dilation,
+        transpose_lhs=transpose_lhs,
+        options=config.options,
+        arithmetic=kernel_attribute(spec),
     )
 
 
@@ -302,27 +338,17 @@ def _implicit_conv_fwd(materialized, geometry, x, b, luts):
 
 def _implicit_conv_bwd(materialized, geometry, residuals, g):
     x, b, luts = residuals
-    kernel, strides, dilation, weight_grad, options = geometry
+    kernel, strides, dilation, config = geometry
     lut_cts = zero_cotangents(luts)
     # The forward GEMMs that jax.vjp traces here are unused, and XLA drops them
     # (and so the built patches, where only the input gradient is asked for).
-    if weight_grad == "exact":
+    chosen = pick(config, luts, 2)
+    if chosen[0] is None or not chosen[0].has_multiplier:
         _, vjp = jax.vjp(lambda x, b: materialized(x, b, luts), x, b)
         return (*vjp(g), lut_cts)
     _, vjp = jax.vjp(lambda x: materialized(x, b, luts), x)
     (dx,) = vjp(g)
-    lut, facts = grad_table(weight_grad, luts, 2)
-    db = ffi.conv_gemm(
-        x,
-        g,
-        lut,
-        facts,
-        kernel=kernel,
-        strides=strides,
-        dilation=dilation,
-        transpose_lhs=True,
-        options=options,
-    )
+    db = _conv_gemm(x, g, chosen, config, kernel, strides, dilation, True)
     return dx, db[None], lut_cts
 
 

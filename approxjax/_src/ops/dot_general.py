@@ -16,13 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from approxjax._src.arithmetic.arithmetic import Arithmetic
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers, check_multiplier, check_operand
-from approxjax._src.ops.gemm import GemmConfig, approx_bmm, grad_mode_and_table, table_of
+from approxjax._src.ops.gemm import GemmConfig, approx_bmm, gemm_parts
 
-GradMultiplier = Multiplier | None | Literal["forward"]
+GradMultiplier = Multiplier | Arithmetic | None | Literal["forward"]
 
 
 def dot_general(
@@ -34,7 +35,7 @@ def dot_general(
     precision: Any = None,
     preferred_element_type: Any = None,
     *,
-    multiplier: Multiplier | None = None,
+    multiplier: Multiplier | Arithmetic | None = None,
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
     options: KernelOptions | None = None,
@@ -43,8 +44,10 @@ def dot_general(
 
     Same signature and semantics as :func:`jax.lax.dot_general`, plus the
     multipliers. Operands are float32, bfloat16 or float16 (converted exactly
-    to float32); products are summed in float32; the result has
-    ``preferred_element_type`` if given, else the operands' (promoted) type.
+    to float32); products are summed in float32 (or as an
+    :class:`~approxjax.Arithmetic` says: operand formats, product rounding,
+    accumulator, adder); the result has ``preferred_element_type`` if given,
+    else the operands' (promoted) type.
 
     Args:
       lhs, rhs: operands.
@@ -52,10 +55,12 @@ def dot_general(
       precision: accepted for compatibility; it has no effect on approximate
         products (with ``multiplier=None`` it is passed to XLA).
       preferred_element_type: output dtype.
-      multiplier: the forward multiplier; ``None`` means exact float32 and uses
-        XLA's own dot (and then the gradient multipliers must be left alone).
+      multiplier: the forward multiplier (a :class:`~approxjax.Multiplier` or
+        an :class:`~approxjax.Arithmetic`); ``None`` means exact float32 and
+        uses XLA's own dot (and then the gradient multipliers must be left
+        alone).
       input_grad_multiplier: multiplier of ``d lhs = g @ rhs^T``: ``"forward"``,
-        a :class:`Multiplier`, or ``None`` for exact.
+        a Multiplier or Arithmetic, or ``None`` for exact.
       weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
       options: how the kernels compute (:class:`~approxjax.KernelOptions`;
         None: the defaults); never changes a result.
@@ -65,7 +70,7 @@ def dot_general(
 
     Raises:
       TypeError: an operand is not float32/bfloat16/float16, or a multiplier is
-        not a Multiplier.
+        not a Multiplier or an Arithmetic.
       ValueError: malformed dimension numbers or mismatched sizes.
     """
     lhs = check_operand("lhs", lhs)
@@ -85,8 +90,9 @@ def dot_general(
         return lax.dot_general(
             lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=out_dtype
         )
-    ig_mode, ig_table = grad_mode_and_table(input_grad_multiplier)
-    wg_mode, wg_table = grad_mode_and_table(weight_grad_multiplier)
+    (ig_mode, wg_mode), specs, tables = gemm_parts(
+        multiplier, input_grad_multiplier, weight_grad_multiplier
+    )
 
     (lc, rc), (lb, rb) = dimension_numbers
     lf = tuple(d for d in range(lhs.ndim) if d not in lc and d not in lb)
@@ -108,10 +114,15 @@ def dot_general(
     a = a.reshape(g, k, m) if ta else jnp.transpose(a, lb + lf + lc).reshape(g, m, k)
     b = b.reshape(g, n, k) if tb else jnp.transpose(b, rb + rc + rf).reshape(g, k, n)
     config = GemmConfig(
-        input_grad=ig_mode, weight_grad=wg_mode, transpose_a=ta, transpose_b=tb, options=options
+        input_grad=ig_mode,
+        weight_grad=wg_mode,
+        specs=specs,
+        transpose_a=ta,
+        transpose_b=tb,
+        options=options,
     )
     # Inside shard_map, a replicated operand joins the others' varying axes here,
     # outside the custom_vjp, so JAX's AD sums its cotangent over those axes.
     a, b = ffi.same_varying_axes(a, b)
-    out = approx_bmm(config, a, b, (table_of(multiplier), ig_table, wg_table))
+    out = approx_bmm(config, a, b, tables)
     return out.reshape(batch + lfree + rfree).astype(out_dtype)

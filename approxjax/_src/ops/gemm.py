@@ -1,15 +1,18 @@
 """The custom_vjp core of every approximate GEMM: a batched matmul whose
 forward pass and both gradients run as approximate GEMMs.
 
-* forward:          ``out  = a @ b``      under the forward table;
-* input gradient:   ``da   = g @ b^T``    under the input-gradient table;
-* weight gradient:  ``db   = a^T @ g``    under the weight-gradient table.
+* forward:          ``out  = a @ b``      under the forward arithmetic;
+* input gradient:   ``da   = g @ b^T``    under the input-gradient arithmetic;
+* weight gradient:  ``db   = a^T @ g``    under the weight-gradient arithmetic.
 
-In each GEMM the first operand indexes the table's rows: ``a`` in the forward
-pass, ``g`` in the input gradient, ``a^T`` in the weight gradient. Operands
-are float32 ``(G, M, K)`` / ``(G, K, N)``, or stored transposed as
-``(G, K, M)`` / ``(G, N, K)`` (:class:`GemmConfig`), which the kernels read
-in place. :mod:`approxjax._src.ops.dot_general` and
+In each GEMM the first operand is the "lhs" of its arithmetic (converted to
+its ``lhs`` format, indexing the table's rows): ``a`` in the forward pass,
+``g`` in the input gradient, ``a^T`` in the weight gradient; the second is
+the "rhs". Operands are float32 ``(G, M, K)`` / ``(G, K, N)``, or stored
+transposed as ``(G, K, M)`` / ``(G, N, K)`` (:class:`GemmConfig`), which the
+kernels read in place. Each arithmetic travels as a static
+:class:`~approxjax._src.arithmetic.arithmetic.GemmSpec` (in the config) and
+its leaves (table, facts, key). :mod:`approxjax._src.ops.dot_general` and
 :mod:`approxjax._src.ops.conv` build on :func:`approx_bmm`.
 """
 
@@ -21,49 +24,84 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from approxjax._src.arithmetic.arithmetic import (
+    GemmSpec,
+    as_arithmetic,
+    convert_operands,
+    fold_in_key,
+    kernel_attribute,
+)
+from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import DEFAULT, KernelOptions
 
 GradMode = Literal["forward", "exact", "own"]
+Specs = tuple[GemmSpec | None, GemmSpec | None, GemmSpec | None]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GemmConfig:
-    """Static part of an approximate GEMM: which gradients are exact or reuse
-    the forward table, and whether the operands are stored transposed."""
+    """Static part of an approximate GEMM: the arithmetic of the forward pass
+    and both gradients (None: exact), which gradients reuse the forward one,
+    and whether the operands are stored transposed."""
 
     input_grad: GradMode
     weight_grad: GradMode
+    specs: Specs = (None, None, None)
     transpose_a: bool = False
     transpose_b: bool = False
     options: KernelOptions = DEFAULT
 
 
-def table_of(multiplier) -> tuple[jax.Array, jax.Array]:
-    """What the kernels read of a multiplier: its table and the table's facts."""
-    return (multiplier.lut, multiplier.facts)
+def split(value: Any) -> tuple[GemmSpec | None, tuple | None]:
+    """The static spec and the leaves (lut, facts, key) of a multiplier
+    argument (a Multiplier, an Arithmetic or None)."""
+    arith = as_arithmetic(value)
+    if arith is None:
+        return None, None
+    mult = arith.multiplier
+    leaves = (
+        None if mult is None else mult.lut,
+        None if mult is None else mult.facts,
+        arith.key,
+    )
+    return arith.spec, leaves
 
 
-def grad_mode_and_table(value: Any) -> tuple[GradMode, Any]:
-    """The mode and table of a gradient multiplier ("forward", None or a Multiplier)."""
+def grad_split(value: Any) -> tuple[GradMode, GemmSpec | None, tuple | None]:
+    """The mode, spec and leaves of a gradient multiplier ("forward", None, or
+    a Multiplier / Arithmetic)."""
     if isinstance(value, str):
-        return "forward", None
+        return "forward", None, None
     if value is None:
-        return "exact", None
-    return "own", table_of(value)
+        return "exact", None, None
+    spec, leaves = split(value)
+    return "own", spec, leaves
 
 
-def grad_table(mode: GradMode, tables: tuple, i: int):
-    """The table of gradient ``i`` (1: input, 2: weight) under ``mode``."""
-    return {"forward": tables[0], "exact": None, "own": tables[i]}[mode]
+def pick(config: GemmConfig, tables: tuple, i: int):
+    """(spec, leaves) of GEMM ``i`` (0 forward, 1 input gradient, 2 weight gradient)."""
+    mode = "own" if i == 0 else (config.input_grad if i == 1 else config.weight_grad)
+    j = {"forward": 0, "own": i, "exact": None}[mode]
+    if j is None:
+        return None, None
+    return config.specs[j], tables[j]
 
 
 def zero_cotangents(tables: tuple) -> tuple:
-    """Tables are not differentiated: their cotangents are zeros (None for
-    the integer facts)."""
-    return tuple(None if t is None else (jnp.zeros_like(t[0]), None) for t in tables)
+    """Tables, facts and keys are not differentiated."""
+    return tuple(
+        None if t is None else tuple(None if x is None or _int(x) else jnp.zeros_like(x) for x in t)
+        for t in tables
+    )
+
+
+def _int(x) -> bool:
+    dtype = jax.typeof(x).dtype
+    return not jnp.issubdtype(dtype, jnp.floating)
 
 
 def exact_bmm(a, b, transpose_a=False, transpose_b=False):
@@ -73,28 +111,52 @@ def exact_bmm(a, b, transpose_a=False, transpose_b=False):
     return lax.dot_general(a, b, (((ca,), (cb,)), ((0,), (0,))), precision=lax.Precision.HIGHEST)
 
 
-def bmm(a, b, table, transpose_a=False, transpose_b=False, options: KernelOptions = DEFAULT):
-    """One batched GEMM under ``table`` ((lut, facts); None: exact), not differentiated."""
-    if table is None:
+_ONE = None
+
+
+def one_table():
+    """A 1x1 table (m = 0) and its facts: the kernels' operand where products
+    are IEEE float32 products and no table is read."""
+    global _ONE
+    if _ONE is None:
+        with jax.ensure_compile_time_eval():  # first used inside a trace, perhaps
+            one = Multiplier(np.ones((1, 1), np.float32), name="ieee")
+            _ONE = (np.asarray(one.lut), np.asarray(one.facts))
+    return jnp.asarray(_ONE[0]), jnp.asarray(_ONE[1])
+
+
+def bmm(a, b, spec, leaves, transpose_a=False, transpose_b=False, options=DEFAULT, role=0):
+    """One batched GEMM under an arithmetic (None: exact), not differentiated.
+    ``role`` (0 forward, 1 input gradient, 2 weight gradient) is folded into
+    the stochastic key: the three GEMMs of one operation draw independent noise."""
+    if spec is None:
         return exact_bmm(a, b, transpose_a, transpose_b)
-    lut, facts = table
+    lut, facts, key = leaves
+    key = fold_in_key(key, role) if spec.stochastic else None
+    a, b, noise = convert_operands(a, b, spec, key)
+    if not spec.has_multiplier and spec.default_sums:
+        return exact_bmm(a, b, transpose_a, transpose_b)  # IEEE products, float32 sums
+    if not spec.has_multiplier:
+        lut, facts = one_table()
     return ffi.gemm(
         a,
         b,
         lut[None],
         facts[None],
+        None if noise is None else noise[None],
         transpose_lhs=transpose_a,
         transpose_rhs=transpose_b,
         options=options,
+        arithmetic=kernel_attribute(spec),
     )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def approx_bmm(config: GemmConfig, a, b, tables):
-    """``a @ b`` under ``tables[0]``; ``tables`` holds the forward,
-    input-gradient and weight-gradient tables (each (lut, facts), or None
-    where unused)."""
-    return bmm(a, b, tables[0], config.transpose_a, config.transpose_b, config.options)
+    """``a @ b`` under the forward arithmetic; ``tables`` holds the forward,
+    input-gradient and weight-gradient leaves (None where unused)."""
+    spec, leaves = pick(config, tables, 0)
+    return bmm(a, b, spec, leaves, config.transpose_a, config.transpose_b, config.options)
 
 
 def _approx_bmm_fwd(config, a, b, tables):
@@ -106,9 +168,11 @@ def _approx_bmm_bwd(config, residuals, g):
     ta, tb, opts = config.transpose_a, config.transpose_b, config.options
     # dA = g (G,M,N) @ B^T: b is stored (K, N) = (out cols, contraction), or
     # (N, K) when transposed. Products keep their operand order (g, b).
-    da = bmm(g, b, grad_table(config.input_grad, tables, 1), transpose_b=not tb, options=opts)
+    spec, leaves = pick(config, tables, 1)
+    da = bmm(g, b, spec, leaves, transpose_b=not tb, options=opts, role=1)
     # dB = A^T @ g: a is stored (M, K) = (contraction, out rows), or (K, M).
-    db = bmm(a, g, grad_table(config.weight_grad, tables, 2), transpose_a=not ta, options=opts)
+    spec, leaves = pick(config, tables, 2)
+    db = bmm(a, g, spec, leaves, transpose_a=not ta, options=opts, role=2)
     # Cotangents in the operands' stored layouts.
     da = jnp.swapaxes(da, 1, 2) if ta else da
     db = jnp.swapaxes(db, 1, 2) if tb else db
@@ -116,3 +180,11 @@ def _approx_bmm_bwd(config, residuals, g):
 
 
 approx_bmm.defvjp(_approx_bmm_fwd, _approx_bmm_bwd)
+
+
+def gemm_parts(multiplier, input_grad_multiplier, weight_grad_multiplier):
+    """The modes, specs and leaves of a GEMM's three multiplier arguments."""
+    spec, leaves = split(multiplier)
+    ig_mode, ig_spec, ig_leaves = grad_split(input_grad_multiplier)
+    wg_mode, wg_spec, wg_leaves = grad_split(weight_grad_multiplier)
+    return (ig_mode, wg_mode), (spec, ig_spec, wg_spec), (leaves, ig_leaves, wg_leaves)

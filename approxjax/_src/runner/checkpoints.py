@@ -45,7 +45,11 @@ def data_fingerprint(data) -> dict[str, Any]:
 
 
 def table_fingerprint(multiplier) -> str:
-    """A short hash of a multiplier's table (or a stack's tables)."""
+    """A short hash of a multiplier's table (or a stack's tables); an
+    arithmetic's multiplier's, or ``"none"`` for IEEE products."""
+    multiplier = getattr(multiplier, "multiplier", multiplier)
+    if multiplier is None:
+        return "none"
     return hashlib.sha256(np.asarray(multiplier.lut, np.float32).tobytes()).hexdigest()[:16]
 
 

@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from approxjax._src.runner.config import SPEC_HELP
+
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows every default."""
@@ -74,7 +76,14 @@ def _sweep(args: argparse.Namespace) -> int:
     cfg = SweepConfig(
         model=args.model,
         dataset=args.dataset,
-        multipliers=args.multipliers.split(","),
+        multipliers=(
+            args.multipliers.split(",")
+            if args.multipliers is not None
+            else []
+            if args.formats
+            else list(SweepConfig.multipliers)
+        ),
+        formats=args.formats.split(",") if args.formats else (),
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -174,8 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data-dir", help="dataset folder (for text: the text file)")
     sweep.add_argument(
         "--multipliers",
-        default="truncated7,mitchell7,mbm7,drum7",
-        help="comma-separated catalog names with m, .npz/.bin LUT files, or file.c@function:m",
+        help="comma-separated catalog names with m, .npz/.bin LUT files, or file.c@function:m, "
+        "each optionally with +options: " + SPEC_HELP + " (default: truncated7,mitchell7,mbm7,"
+        "drum7, or none with --formats)",
+    )
+    sweep.add_argument(
+        "--formats",
+        help="comma-separated operand formats run with IEEE products and float32 sums, e.g. "
+        "fp32,bf16,fp16,e4m3,e5m2 (which format does this model need?)",
     )
     sweep.add_argument("--epochs", type=int, default=3, help="training epochs (>= 1)")
     sweep.add_argument("--batch-size", type=int, default=64, help="examples per step (>= 1)")

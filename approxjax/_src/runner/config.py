@@ -14,6 +14,11 @@ from typing import Any
 MODES = ("train", "inference", "finetune")
 GEMMS = ("forward", "input_grad", "weight_grad")
 ON_EXISTING = ("refuse", "move")
+# The --multipliers options (parsed by approxjax._src.runner.specs.load_arithmetic).
+SPEC_HELP = (
+    "MULTIPLIER[+FORMAT][+acc=FORMAT][+lhs=F][+rhs=F][+product=F][+adder=loaK]"
+    "[+rounding=R][+acc_rounding=R], MULTIPLIER 'exact' for IEEE products"
+)
 
 
 class ConfigError(ValueError):
@@ -27,6 +32,7 @@ class SweepConfig:
     model: str = "cnn"
     dataset: str = "digits"
     multipliers: Sequence[str] = ("truncated7", "mitchell7", "mbm7", "drum7")
+    formats: Sequence[str] = ()  # operand formats run with IEEE products (exact+FORMAT)
     epochs: int = 3
     batch_size: int = 64
     learning_rate: float = 3e-3
@@ -93,15 +99,28 @@ def validate(cfg: SweepConfig) -> None:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"--seed must be an integer >= 0; got {cfg.seed!r}")
     specs = [s.strip() for s in cfg.multipliers]
-    if not specs or any(not s for s in specs):
+    formats = [f.strip() for f in cfg.formats]
+    if (not specs and not formats) or any(not s for s in specs):
         raise ConfigError(
             f"--multipliers needs one or more comma-separated multipliers; got {','.join(specs)!r}"
         )
-    seen = set()
-    for s in specs:
-        if s in seen:
-            raise ConfigError(f"--multipliers names {s!r} twice")
-        seen.add(s)
+    if any(not f for f in formats):
+        raise ConfigError(
+            f"--formats needs comma-separated format names; got {','.join(formats)!r}"
+        )
+    for flag, names in (("--multipliers", specs), ("--formats", formats)):
+        seen = set()
+        for s in names:
+            if s in seen:
+                raise ConfigError(f"{flag} names {s!r} twice")
+            seen.add(s)
+    from approxjax._src.arithmetic.formats import get
+
+    for f in formats:
+        try:
+            get(f)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--formats {f!r}: {e}") from e
     approx = list(cfg.approximate)
     bad = [g for g in approx if g not in GEMMS]
     if bad or "forward" not in approx or len(set(approx)) != len(approx):

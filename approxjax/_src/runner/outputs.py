@@ -72,14 +72,15 @@ def format_results(results: dict[str, Any]) -> str:
     mode = results["config"]["mode"]
     base = results["runs"].get("float32", {}).get("test_accuracy")
     finetune = mode == "finetune"
-    head = f"{'multiplier':<24} "
+    width = max([24, *(len(name) + 1 for name in results["runs"])])
+    head = f"{'multiplier':<{width}} "
     head += f"{'before':>8} {'after':>8}" if finetune else f"{'test acc':>9}"
     head += f" {'vs f32':>8} {'test loss':>10} {'ms/step*':>9}"
     lines = [head, "-" * len(head)]
     for name, r in results["runs"].items():
         ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
         change = "-" if name == "float32" or base is None else f"{r['test_accuracy'] - base:+.4f}"
-        row = f"{name:<24} "
+        row = f"{name:<{width}} "
         if finetune:
             before = r.get("before_accuracy")
             row += f"{before:>8.4f} " if before is not None else f"{'-':>8} "

@@ -12,6 +12,7 @@ the same run: see :mod:`approxjax._src.runner.checkpoints`).
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -24,17 +25,20 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from approxjax._src.arithmetic.multipliers import Multiplier, stack
+from approxjax._src.arithmetic.arithmetic import Arithmetic, stack
+from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.interpret.policy import Policy
 from approxjax._src.runner import checkpoints, datasets, networks, outputs
 from approxjax._src.runner.config import ConfigError, SweepConfig, fingerprint_fields, validate
 from approxjax._src.runner.mesh import Placement, parse_mesh
-from approxjax._src.runner.specs import load_multiplier
+from approxjax._src.runner.specs import describe, load_arithmetic
 from approxjax._src.runner.steps import make_eval_step, make_train_step
 
+Arith = Multiplier | Arithmetic
 
-def make_policy(cfg: SweepConfig, mult: Multiplier | None) -> Policy | None:
-    """The policy a sweep trains a multiplier (or a stack) under."""
+
+def make_policy(cfg: SweepConfig, mult: Arith | None) -> Policy | None:
+    """The policy a sweep trains a multiplier or arithmetic (or a stack) under."""
     if mult is None:
         return None
     return Policy(
@@ -72,7 +76,7 @@ class Trainer:
             ev = jax.vmap(ev, in_axes=(0, None, None, 0))
         return jax.jit(step), jax.jit(ev)
 
-    def check_policy(self, mult: Multiplier) -> None:
+    def check_policy(self, mult: Arith) -> None:
         """Traces the loss once under ``mult`` (no computation): a rule that
         matches no layer raises here, before anything is trained."""
         x = self.data.x_train[:2]
@@ -99,17 +103,18 @@ class Trainer:
 def train_group(
     trainer: Trainer,
     label: str,
-    mult: Multiplier | None,
+    mult: Arith | None,
     params0,
     epochs: int,
     ckpt: checkpoints.GroupCheckpoint | None,
     log: Callable[[str], None],
     first_epoch: int = 0,
 ) -> tuple[Any, dict]:
-    """Trains one group (float32, or a stack of same-m multipliers) for ``epochs``
-    epochs numbered from ``first_epoch + 1``; resumes from ``ckpt`` when asked."""
+    """Trains one group (float32, one arithmetic without a table, or a stack of
+    multipliers or arithmetics that share m and formats) for ``epochs`` epochs
+    numbered from ``first_epoch + 1``; resumes from ``ckpt`` when asked."""
     cfg, data, place = trainer.cfg, trainer.data, trainer.placement
-    stacked = mult is not None
+    stacked = mult is not None and bool(mult.batch_shape)
     s = len(mult) if stacked else 1
     step, ev = trainer.compiled(stacked)
     params = jax.tree_util.tree_map(lambda a: jnp.stack([a] * s), params0) if stacked else params0
@@ -120,7 +125,8 @@ def train_group(
         log(f"{label}: {s} multipliers do not split over sweep={place.sizes['sweep']}; "
             "replicating the stack")  # fmt: skip
     params, opt_state = place.state(params, axis), place.state(opt_state, axis)
-    mult = place.state(mult, axis) if stacked else None
+    if stacked:
+        mult = place.state(mult, axis)
     history: dict[str, list] = {"epoch": [], "loss": [], "accuracy": [], "step_seconds": []}
     start = 0
     if cfg.resume and ckpt is not None:
@@ -143,7 +149,7 @@ def train_group(
             t = time.perf_counter()
             params, opt_state, loss, _ = step(
                 params, opt_state, place.batch(data.x_train[idx]), place.batch(data.y_train[idx]),
-                mult,
+                _fresh_noise(mult, stacked, number * steps + i),
             )  # fmt: skip
             jax.block_until_ready(loss)
             if epoch > start or i > 0:  # the first step of a process compiles
@@ -163,13 +169,38 @@ def train_group(
     return params, history
 
 
-def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Multiplier]]:
+def _fresh_noise(mult: Arith | None, stacked: bool, step: int) -> Arith | None:
+    """``mult`` with its stochastic-rounding key folded with the step number
+    (fresh noise every step, reproducible), or ``mult`` itself."""
+    if not isinstance(mult, Arithmetic) or mult.key is None:
+        return mult
+    fold = jax.vmap(jax.random.fold_in, (0, None)) if stacked else jax.random.fold_in
+    return Arithmetic._from(mult.multiplier, fold(mult.key, step), mult.spec)
+
+
+def _specs(cfg: SweepConfig) -> list[str]:
+    """The sweep's arithmetic specs: the multipliers, then one ``exact+FORMAT``
+    per format (float32 itself is the baseline, not repeated)."""
+    from approxjax._src.arithmetic.formats import get
+
+    formats = [f.strip() for f in cfg.formats]
+    return [s.strip() for s in cfg.multipliers] + [
+        f"exact+{f}" for f in formats if not get(f).is_float32
+    ]
+
+
+def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Arith]]:
     loaded, names = [], {}
-    for spec in (s.strip() for s in cfg.multipliers):
+    for spec in _specs(cfg):
+        flag = "--formats" if spec.startswith("exact+") and spec[6:] in cfg.formats else None
         try:
-            mult = load_multiplier(spec)
+            mult = load_arithmetic(spec, key_seed=cfg.seed)
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-            raise ConfigError(f"--multipliers {spec!r}: {e}") from e
+            raise ConfigError(f"{flag or '--multipliers'} {spec!r}: {e}") from e
+        if mult is None:
+            raise ConfigError(
+                f"--multipliers {spec!r} is float32 itself (the baseline every sweep trains)"
+            )
         if mult.name in names:
             raise ConfigError(
                 f"--multipliers {names[mult.name]!r} and {spec!r} are the same multiplier "
@@ -178,6 +209,27 @@ def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Multiplier]]:
         names[mult.name] = spec
         loaded.append((spec, mult))
     return loaded
+
+
+def _group_label(mult: Arith) -> str:
+    """A group's label (and checkpoint folder name): ``m7``, ``m7-e4m3-x-e4m3``,
+    ``exact-bfloat16-x-bfloat16``."""
+    if isinstance(mult, Multiplier):
+        return f"m{mult.mantissa_bits}"
+    name = mult.name
+    head = "exact" if mult.multiplier is None else f"m{mult.multiplier.mantissa_bits}"
+    tail = name[name.index("[") + 1 : -1] if "[" in name else ""
+    return "-".join([head, *re.findall(r"[A-Za-z0-9_.]+", tail)])
+
+
+def _groups(loaded: list[tuple[str, Arith]]) -> dict[str, list[Arith]]:
+    """Runs that train together: multipliers (or arithmetics) with one m and one
+    set of formats stack into one vmapped program; an arithmetic without a
+    table runs alone."""
+    groups: dict[str, list[Arith]] = {}
+    for _, mult in loaded:
+        groups.setdefault(_group_label(mult), []).append(mult)
+    return groups
 
 
 def run_sweep(
@@ -194,9 +246,7 @@ def run_sweep(
     data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed)
     model = networks.build(cfg.model, data.num_classes)
     loaded = _load_multipliers(cfg)
-    groups: dict[int, list[Multiplier]] = {}
-    for _, mult in loaded:
-        groups.setdefault(mult.mantissa_bits, []).append(mult)
+    groups = _groups(loaded)
     placement = Placement(sizes)
     show = show_progress and sys.stderr.isatty() if show_progress == "auto" else show_progress
     trainer = Trainer(cfg, model, data, placement, bool(show))
@@ -206,6 +256,7 @@ def run_sweep(
         "config": fingerprint_fields(cfg),
         "data": checkpoints.data_fingerprint(data),
         "multipliers": {m.name: checkpoints.table_fingerprint(m) for _, m in loaded},
+        "arithmetic": {m.name: describe(m) for _, m in loaded},
     }
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None:
@@ -229,7 +280,8 @@ def run_sweep(
         "schema": outputs.SCHEMA,
         "config": dataclasses.asdict(cfg),
         "multipliers": [
-            {"spec": spec, "name": m.name, "group": f"m{m.mantissa_bits}"} for spec, m in loaded
+            {"spec": spec, "name": m.name, "group": _group_label(m), **describe(m)}
+            for spec, m in loaded
         ],
         "data": {**identity["data"], "synthetic": synthetic},
         "mesh": placement.sizes,
@@ -249,9 +301,9 @@ def run_sweep(
         )
     else:
         results["runs"]["float32"] = outputs.run_summary(base_hist, 0, "float32")
-    for m, members in sorted(groups.items()):
-        mults = stack(members)
-        label = f"m{m}"
+    for label, members in groups.items():
+        has_table = not isinstance(members[0], Arithmetic) or members[0].multiplier is not None
+        mults = stack(members) if has_table else members[0]
         if cfg.mode == "train":
             _, hist = train_group(
                 trainer, label, mults, params0, cfg.epochs, group_ckpt(label, members), log
@@ -259,11 +311,14 @@ def run_sweep(
             for i, mult in enumerate(members):
                 results["runs"][mult.name] = outputs.run_summary(hist, i, label)
             continue
-        _, ev = trainer.compiled(True)
+        _, ev = trainer.compiled(has_table)
         count = len(members)
-        ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
-        axis = placement.sweep_axis(count)
-        ps, placed = placement.state(ps, axis), placement.state(mults, axis)
+        if has_table:
+            ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
+            axis = placement.sweep_axis(count)
+            ps, placed = placement.state(ps, axis), placement.state(mults, axis)
+        else:
+            ps, placed = base_params, mults
         loss, acc = trainer.evaluate(ev, ps, placed, label)
         before = {
             "epoch": [cfg.epochs],

@@ -103,6 +103,19 @@ static aj_out_t aj_pair(aj_in_t a, aj_in_t b) { return (aj_out_t)(APPROXJAX_FUNC
 )
 
 
+FLOAT_ADDER = ModelKind(
+    code=r"""
+typedef float aj_out_t;
+typedef float aj_in_t;
+static aj_out_t aj_entry(long long i, long long j) { (void)i; (void)j; return 0.0f; }
+static aj_out_t aj_pair(aj_in_t a, aj_in_t b) { return (aj_out_t)(APPROXJAX_FUNCTION(a, b)); }
+""",
+    out_dtype=np.dtype(np.float32),
+    in_dtype=np.dtype(np.float32),
+    signature="float {f}(float acc, float x)",
+)
+
+
 def integer_kind(bits_a: int, bits_b: int, signed_a: bool, signed_b: bool) -> ModelKind:
     """The driver of an integer multiplier on ``bits_a`` x ``bits_b`` operand
     codes: table row i / column j is operand code i / j (two's complement
@@ -286,34 +299,78 @@ def build(
     if not cxx:
         argv.append("-Werror=implicit-function-declaration")
     text = f"{source}\n#define APPROXJAX_FUNCTION {function}\n" + _DRIVER % {"KIND": kind.code}
-    digest = hashlib.sha256("\0".join([text, *argv, "-x c++" if cxx else "-x c"]).encode())
-    digest = digest.hexdigest()[:24]
-    folder = cache_dir()
-    exe = folder / f"{digest}.model"
-    stamp = exe.with_suffix(".sha256")
-    fresh = exe.is_file() and stamp.is_file()
-    if fresh and _digest_file(exe) != stamp.read_text().strip():
-        fresh = False  # a corrupt or modified cached build: rebuild it
-    if not fresh:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            src = Path(tmp) / ("model.cc" if cxx else "model.c")
-            src.write_text(text)
-            out = Path(tmp) / "model"
-            proc = subprocess.run(
-                [*argv, "-x", "c++" if cxx else "c", str(src), "-o", str(out), "-lm"],
-                capture_output=True,
-                text=True,
+
+    def failed(msg: str) -> CModelError:
+        missing = r"(undeclared|not declared|implicit|undefined reference)"
+        if re.search(rf"\b{re.escape(function)}\b.*{missing}", msg):
+            return CModelError(
+                f"the model has no function {function!r} "
+                f"({kind.signature.format(f=function)}); compiler said:\n{msg}"
             )
-            if proc.returncode != 0:
-                msg = (proc.stderr or proc.stdout).strip()
-                missing = r"(undeclared|not declared|implicit|undefined reference)"
-                if re.search(rf"\b{re.escape(function)}\b.*{missing}", msg):
-                    raise CModelError(
-                        f"the model has no function {function!r} "
-                        f"({kind.signature.format(f=function)}); compiler said:\n{msg}"
-                    )
-                raise CModelError(f"the C/C++ model does not compile:\n{msg}")
-            os.replace(out, exe)
-            write_atomically(stamp, lambda f: f.write(_digest_file(exe).encode()))
+        return CModelError(f"the C/C++ model does not compile:\n{msg}")
+
+    exe, digest = _compile_cached(text, argv, cxx, ".model", failed)
     return CModel(exe, function, digest, kind)
+
+
+def build_library(
+    source: str,
+    function: str,
+    *,
+    cxx: bool = False,
+    flags: Sequence[str] = (),
+    include_dir: Path | None = None,
+) -> Path:
+    """Compiles ``source`` as a shared library exporting ``function`` (cached
+    like :func:`build`), for a model the kernels call in process (an adder).
+    Build and run it with :func:`build` first: that compiles it with the same
+    flags and tries it in a child process.
+
+    Raises:
+      CModelError: it does not compile.
+    """
+    cc = compiler(cxx)
+    argv = [*shlex.split(cc), "-O2", "-fPIC", "-shared", *flags]
+    if include_dir is not None:
+        argv.append(f"-I{include_dir}")
+    wrapper = 'extern "C" ' if cxx else ""
+    # A visible, unmangled entry point whatever the model's own linkage.
+    text = (
+        f'{source}\n{wrapper}__attribute__((visibility("default"))) float '
+        f"approxjax_adder_entry(float a, float b) {{ return (float)({function}(a, b)); }}\n"
+    )
+    lib, _ = _compile_cached(
+        text, argv, cxx, ".so", lambda msg: CModelError(f"the C/C++ adder does not compile:\n{msg}")
+    )
+    return lib
+
+
+def _compile_cached(text: str, argv: list[str], cxx: bool, suffix: str, failed) -> tuple[Path, str]:
+    """Compiles ``text`` with ``argv`` into the cache (``<digest><suffix>``,
+    beside its content hash), unless a verified build is there; a corrupt or
+    modified cached build is rebuilt. ``failed(message)`` makes the error of
+    a failed compilation."""
+    lang = "c++" if cxx else "c"
+    digest = hashlib.sha256("\0".join([text, *argv, f"-x {lang}"]).encode()).hexdigest()[:24]
+    folder = cache_dir()
+    out_path = folder / f"{digest}{suffix}"
+    stamp = out_path.with_suffix(".sha256")
+    if (
+        out_path.is_file()
+        and stamp.is_file()
+        and _digest_file(out_path) == stamp.read_text().strip()
+    ):
+        return out_path, digest
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src = Path(tmp) / ("model.cc" if cxx else "model.c")
+        src.write_text(text)
+        out = Path(tmp) / "model"
+        proc = subprocess.run(
+            [*argv, "-x", lang, str(src), "-o", str(out), "-lm"], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise failed((proc.stderr or proc.stdout).strip())
+        os.replace(out, out_path)
+        write_atomically(stamp, lambda f: f.write(_digest_file(out_path).encode()))
+    return out_path, digest

@@ -197,3 +197,59 @@ def check_mantissa_only(
         f"f({float(a[k])!r}, {float(b[k])!r}) = {float(got[k])!r} but the table predicts "
         f"{float(want[k])!r}"
     )
+
+
+def adder_from_c(
+    source_or_path: str | os.PathLike,
+    function: str,
+    *,
+    cxx: bool | None = None,
+    flags: Sequence[str] = (),
+    samples: int = 4096,
+    seed: int = 0,
+    timeout: float = 60.0,
+):
+    """An approximate adder from a C or C++ model ``float function(float acc, float x)``,
+    for ``Arithmetic(adder=...)``: every addition of a GEMM's sums (the running
+    sum and the next product, in order of k) calls it.
+
+    The model is first compiled as an executable and run in a child process on
+    ``samples`` random pairs and on zeros, infinities and NaN (a model that
+    crashes, exits or hangs there is a :class:`CModelError` naming the
+    operands), then compiled as a shared library (``-fPIC -shared``, cached by
+    the hash of its source and flags) whose function the CPU kernel calls in
+    process. The CUDA kernels do not run C adders.
+
+    Args:
+      source_or_path: C/C++ source text, or a path to a ``.c``/``.cc``/``.cpp`` file.
+      function: the adder's function name.
+      cxx: compile as C++ (default: by file suffix, else C).
+      flags: extra compiler flags.
+      samples: random operand pairs of the trial run.
+      seed: their seed.
+      timeout: seconds the trial run may take.
+
+    Raises:
+      CModelError: the source does not compile, lacks the function, or the
+        model crashes, exits or hangs on a trial pair.
+    """
+    import ctypes
+
+    from approxjax._src.arithmetic.arithmetic import c_adder
+
+    text, path = c_build.read_source(source_or_path)
+    if cxx is None:
+        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
+    include = path.resolve().parent if path is not None else None
+    model = c_build.build(
+        text, function, c_build.FLOAT_ADDER, cxx=cxx, flags=flags, include_dir=include
+    )
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(samples) * 2.0 ** rng.integers(-30, 30, samples)).astype(np.float32)
+    b = (rng.standard_normal(samples) * 2.0 ** rng.integers(-30, 30, samples)).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3.4e38], np.float32)
+    sa, sb = np.meshgrid(special, special)
+    model.pairs(np.concatenate([a, sa.ravel()]), np.concatenate([b, sb.ravel()]), timeout=timeout)
+    lib = c_build.build_library(text, function, cxx=cxx, flags=flags, include_dir=include)
+    library = ctypes.CDLL(str(lib))
+    return c_adder(library, "approxjax_adder_entry", digest=model.digest, name=function)

@@ -1,0 +1,311 @@
+"""approxjax.Arithmetic: operand formats, product rounding, accumulators and
+adders in the GEMM kernels, bit for bit against the sequential reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _util import bits, dot_problems, random_nonzero
+from hypothesis import given
+from hypothesis import strategies as st
+from jax import lax
+
+import approxjax as ax
+from approxjax import reference as ref
+
+DN = (((1,), (0,)), ((), ()))
+
+CASES = {
+    "mitchell7 acc bf16": dict(multiplier=ax.mitchell(7), accumulator="bfloat16"),
+    "mitchell7 acc fp16": dict(multiplier=ax.mitchell(7), accumulator="float16"),
+    "truncated7 acc bf16": dict(multiplier=ax.truncated(7), accumulator="bfloat16"),
+    "ieee e4m3 acc fp16": dict(lhs="e4m3", rhs="e4m3", accumulator="float16"),
+    "ieee e5m2 x e4m3 acc e5m2": dict(lhs="e5m2", rhs="e4m3", accumulator="e5m2"),
+    "mitchell5 acc tf32 rz": dict(
+        multiplier=ax.mitchell(5), accumulator="tf32", accumulator_rounding="toward_zero"
+    ),
+    "mitchell5 acc bf16 ra": dict(
+        multiplier=ax.mitchell(5), accumulator="bfloat16", accumulator_rounding="away_from_zero"
+    ),
+    "mitchell5 product bf16": dict(multiplier=ax.mitchell(5), product="bfloat16"),
+    "mitchell3 e4m3 product e4m3 acc fp16": dict(
+        multiplier=ax.mitchell(3), lhs="e4m3", rhs="e4m3", product="e4m3", accumulator="float16"
+    ),
+    "mitchell5 loa4": dict(multiplier=ax.mitchell(5), adder=ax.LOA(4)),
+    "drum6 acc bf16 loa3": dict(multiplier=ax.drum(6), accumulator="bfloat16", adder=ax.LOA(3)),
+    "mitchell5 acc bf16 sr": dict(
+        multiplier=ax.mitchell(5),
+        accumulator="bfloat16",
+        accumulator_rounding="stochastic",
+        key=jax.random.key(3),
+    ),
+    "ieee e4m3 sr operands": dict(
+        lhs="e4m3", rhs="e4m3", operand_rounding="stochastic", key=jax.random.key(4)
+    ),
+    "ieee acc fp16": dict(accumulator="float16"),
+    "ieee acc e4m3 (tiny range)": dict(accumulator="e4m3"),
+}
+
+
+def assert_matches_reference(got, lhs, rhs, dn, arith):
+    """Bit for bit the sequential reference; where XLA's dot sums (IEEE
+    products, float32 sums: only operand formats), within the float32
+    accumulation bound of it (XLA's summation order is its own)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = ref.sequential_dot_general(lhs, rhs, dn, arith)
+    got = np.asarray(got)
+    same = (bits(got) == bits(want)) | (np.isnan(got) & np.isnan(want))
+    if arith.multiplier is None and arith.spec.default_sums:
+        k = int(np.prod([np.shape(lhs)[d] for d in dn[0][0]]))
+        # Operands move by less than a factor 2 in any format: bound the products by 4x.
+        scale = np.asarray(
+            lax.dot_general(np.abs(lhs), np.abs(rhs), dn, precision=lax.Precision.HIGHEST),
+            np.float64,
+        )
+        bound = ref.accumulation_bound(4 * scale, k)
+        with np.errstate(invalid="ignore"):
+            same |= np.abs(got.astype(np.float64) - want) <= bound
+    assert same.all(), (arith.name, got[~same][:4], want[~same][:4])
+
+
+def with_specials(x, w):
+    """Infinity, NaN, float32 subnormals and values past FP8's range among random values."""
+    x, w = x.copy(), w.copy()
+    x[2, 3], x[4, 7], x[1, 1] = np.inf, 3e38, np.nan
+    w[5, 1], w[6, 2] = 1e-40, 700.0
+    return x, w
+
+
+@pytest.mark.parametrize("shape", [(37, 50, 41), (9, 4200, 5)])  # 4200 > one 4096-block
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gemm_bit_exact_against_sequential_reference(case, shape, rng):
+    mm, k, n = shape
+    x, w = with_specials(random_nonzero(rng, (mm, k)), random_nonzero(rng, (k, n)))
+    arith = ax.Arithmetic(**CASES[case])
+    got = jax.jit(lambda a, b: ax.dot_general(a, b, DN, multiplier=arith))(x, w)
+    assert_matches_reference(got, x, w, DN, arith)
+
+
+ROUNDINGS = ["nearest_even", "toward_zero", "away_from_zero"]
+
+
+@st.composite
+def arithmetics(draw):
+    fmt = st.sampled_from([None, "e4m3", "e5m2", "bfloat16", "float16", "e3m4", "e2m1"])
+    mult = draw(st.sampled_from([None, ax.mitchell(4), ax.truncated(6), ax.drum(5)]))
+    return ax.Arithmetic(
+        multiplier=mult,
+        lhs=draw(fmt),
+        rhs=draw(fmt),
+        operand_rounding=draw(st.sampled_from(ROUNDINGS)),
+        product=draw(fmt),
+        product_rounding=draw(st.sampled_from(ROUNDINGS)),
+        accumulator=draw(fmt),
+        accumulator_rounding=draw(st.sampled_from(ROUNDINGS)),
+        adder=draw(st.sampled_from([None, None, ax.LOA(2)])),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:.*indexes .* mantissa bits:UserWarning")
+@given(problem=dot_problems(), arith=arithmetics(), seed=st.integers(0, 2**31))
+def test_any_arithmetic_any_dimension_numbers(problem, arith, seed):
+    lhs_shape, rhs_shape, dn = problem
+    rng = np.random.default_rng(seed)
+    lhs = random_nonzero(rng, lhs_shape, scale=4.0)
+    rhs = random_nonzero(rng, rhs_shape, scale=4.0)
+    got = ax.dot_general(lhs, rhs, dn, multiplier=arith)
+    assert got.shape == lax.dot_general(lhs, rhs, dn).shape
+    assert_matches_reference(got, lhs, rhs, dn, arith)
+
+
+def test_float32_everything_is_todays_kernel(rng):
+    x, w = random_nonzero(rng, (64, 300)), random_nonzero(rng, (300, 48))
+    mult = ax.mitchell(7)
+    plain = ax.dot_general(x, w, DN, multiplier=mult)
+    spelled = ax.Arithmetic(
+        multiplier=mult, lhs="float32", rhs="fp32", product=None, accumulator="float32"
+    )
+    np.testing.assert_array_equal(bits(ax.dot_general(x, w, DN, multiplier=spelled)), bits(plain))
+    # No multiplier: IEEE products, float32 sums, XLA's own dot.
+    exact = lax.dot_general(x, w, DN, precision=lax.Precision.HIGHEST)
+    np.testing.assert_array_equal(
+        bits(ax.dot_general(x, w, DN, multiplier=ax.Arithmetic())), bits(exact)
+    )
+
+
+def test_gradients_run_each_gemm_under_its_arithmetic(rng):
+    """dx = g @ w^T and dw = x^T @ g go through the same arithmetic (their own
+    operand roles), bit for bit."""
+    x, w = random_nonzero(rng, (12, 40)), random_nonzero(rng, (40, 9))
+    g = random_nonzero(rng, (12, 9))
+    arith = ax.Arithmetic(multiplier=ax.mitchell(2), lhs="e4m3", rhs="e5m2", accumulator="bfloat16")
+    _, vjp = jax.vjp(lambda a, b: ax.dot_general(a, b, DN, multiplier=arith), x, w)
+    dx, dw = jax.jit(vjp)(g)
+    np.testing.assert_array_equal(bits(dx), bits(ref.sequential_dot_general(g, w.T, DN, arith)))
+    np.testing.assert_array_equal(bits(dw), bits(ref.sequential_dot_general(x.T, g, DN, arith)))
+
+
+def test_vmap_over_a_stack_of_arithmetics(rng):
+    x, w = random_nonzero(rng, (16, 70)), random_nonzero(rng, (70, 8))
+    items = [
+        ax.Arithmetic(multiplier=m, lhs="e4m3", rhs="e4m3", accumulator="float16")
+        for m in (ax.mitchell(3), ax.truncated(3), ax.drum(3))
+    ]
+    stacked = ax.stack(items)
+    swept = jax.jit(jax.vmap(lambda a: ax.dot_general(x, w, DN, multiplier=a)))(stacked)
+    for got, a in zip(swept, items, strict=True):
+        np.testing.assert_array_equal(bits(got), bits(ax.dot_general(x, w, DN, multiplier=a)))
+    with pytest.raises(ValueError, match="must share formats"):
+        ax.stack([items[0], items[1].replace(accumulator="bfloat16")])
+
+
+def test_stochastic_rounding_is_keyed_per_gemm_and_unbiased(rng):
+    x, w = random_nonzero(rng, (8, 512)), random_nonzero(rng, (512, 8))
+    sr = ax.Arithmetic(
+        accumulator="bfloat16", accumulator_rounding="stochastic", key=jax.random.key(0)
+    )
+
+    def run(key):
+        return np.asarray(ax.dot_general(x, w, DN, multiplier=sr.replace(key=key)))
+
+    a, b, c = run(jax.random.key(1)), run(jax.random.key(1)), run(jax.random.key(2))
+    np.testing.assert_array_equal(bits(a), bits(b))
+    assert not np.array_equal(a, c)
+    # Over many keys, the mean error is far below round-to-nearest's bias.
+    exact = x.astype(np.float64) @ w
+    runs = np.stack([run(jax.random.key(i)) for i in range(64)])
+    nearest = np.asarray(ax.dot_general(x, w, DN, multiplier=ax.Arithmetic(accumulator="bfloat16")))
+    sr_bias = np.abs(runs.mean(0) - exact).mean()
+    rn_err = np.abs(nearest - exact).mean()
+    assert sr_bias < 0.5 * rn_err, (sr_bias, rn_err)
+
+
+def test_stochastic_noise_differs_between_operations_and_gradients(rng):
+    """approximate() folds each operation's index into the key, and each GEMM
+    of an operation folds its role: two identical layers round differently."""
+    x, w = random_nonzero(rng, (4, 256)), random_nonzero(rng, (256, 256))
+    sr = ax.Arithmetic(
+        accumulator="bfloat16", accumulator_rounding="stochastic", key=jax.random.key(0)
+    )
+
+    def two_layers(x, w):
+        return jnp.dot(x, w), jnp.dot(x, w)
+
+    first, second = ax.approximate(two_layers, sr)(x, w)
+    assert not np.array_equal(first, second)
+    # Forward and input gradient of one square product: different noise.
+    y, vjp = jax.vjp(lambda a: ax.dot_general(a, w, DN, multiplier=sr), x)
+    (dx,) = vjp(x)
+    fwd_again = ax.dot_general(x, w.T, DN, multiplier=sr)
+    assert not np.array_equal(dx, fwd_again)
+
+
+def test_modules_and_policies_take_an_arithmetic(rng):
+    import flax.linen as nn
+
+    fp8 = ax.Arithmetic(multiplier=ax.mitchell(3), lhs="e4m3", rhs="e4m3", accumulator="float16")
+    x = random_nonzero(rng, (5, 24))
+    dense = ax.Dense(7, multiplier=fp8)
+    params = dense.init(jax.random.key(0), x)
+    got = dense.apply(params, x)
+    k = params["params"]["kernel"]
+    want = ref.sequential_dot_general(x, k, DN, fp8) + params["params"]["bias"]
+    np.testing.assert_array_equal(bits(got), bits(want))
+    plain = nn.Dense(7)
+
+    @jax.jit
+    def forward(params, x, arith):
+        with ax.using(ax.Policy(arith)):
+            return ax.Dense(7).apply(params, x)
+
+    np.testing.assert_array_equal(bits(forward(params, x, fp8)), bits(got))
+    np.testing.assert_array_equal(bits(ax.approximate(plain.apply, fp8)(params, x)), bits(got))
+
+
+def test_convolution_under_an_arithmetic(rng):
+    """The patches' products under the arithmetic, summed in the kernel's
+    order (kernel row, column, then input channel), bit for bit."""
+    x = random_nonzero(rng, (2, 7, 7, 3))
+    w = random_nonzero(rng, (3, 3, 3, 4))
+    arith = ax.Arithmetic(multiplier=ax.mitchell(3), lhs="e4m3", rhs="e4m3", accumulator="bfloat16")
+    dn = ("NHWC", "HWIO", "NHWC")
+    got = ax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn, multiplier=arith)
+    patches = lax.conv_general_dilated_patches(
+        x, (3, 3), (1, 1), "VALID", dimension_numbers=dn, precision=lax.Precision.HIGHEST
+    )  # (N, H, W, C * kh * kw), channel-major
+    patches = np.asarray(patches).reshape(-1, 3, 3, 3).transpose(0, 2, 3, 1).reshape(-1, 27)
+    want = ref.sequential_dot_general(patches, w.reshape(27, 4), DN, arith)
+    np.testing.assert_array_equal(bits(np.asarray(got).reshape(-1, 4)), bits(want))
+
+
+def test_c_adder_runs_in_the_kernel(tmp_path, monkeypatch, rng):
+    monkeypatch.setenv("APPROXJAX_CACHE_DIR", str(tmp_path))
+    exact = ax.adder_from_c("float add(float a, float b) { return a + b; }", "add")
+    x, w = random_nonzero(rng, (6, 300)), random_nonzero(rng, (300, 5))
+    mult = ax.mitchell(6)
+    plain = np.asarray(ax.dot_general(x, w, DN, multiplier=mult))
+    with_c = ax.dot_general(x, w, DN, multiplier=ax.Arithmetic(multiplier=mult, adder=exact))
+    np.testing.assert_array_equal(bits(with_c), bits(plain))
+    # An adder that truncates its sum to 10 fraction bits: as the reference calls it.
+    trunc = ax.adder_from_c(
+        """
+        #include <string.h>
+        float add_trunc(float a, float b) {
+          float s = a + b; unsigned u; memcpy(&u, &s, 4); u &= ~0x1FFFu; memcpy(&s, &u, 4);
+          return s;
+        }""",
+        "add_trunc",
+    )
+    arith = ax.Arithmetic(multiplier=mult, adder=trunc)
+    got = ax.dot_general(x, w, DN, multiplier=arith)
+    np.testing.assert_array_equal(bits(got), bits(ref.sequential_dot_general(x, w, DN, arith)))
+    assert not np.array_equal(got, plain)
+
+
+def test_c_adder_that_crashes_is_caught_before_the_kernel(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPROXJAX_CACHE_DIR", str(tmp_path))
+    source = """
+    #include <math.h>
+    #include <stdlib.h>
+    float add(float a, float b) { if (isnan(b)) abort(); return a + b; }
+    """
+    with pytest.raises(ax.CModelError, match=r"C model add crashed \(SIGABRT\) at the operands"):
+        ax.adder_from_c(source, "add")
+    with pytest.raises(ax.CModelError, match="no function 'plus'"):
+        ax.adder_from_c("float add(float a, float b) { return a + b; }", "plus")
+
+
+def test_fp8_warns_of_unused_table_bits():
+    with pytest.warns(UserWarning, match=r"mitchell7 indexes 7 mantissa bits but the lhs .* e4m3"):
+        ax.Arithmetic(multiplier=ax.mitchell(7), lhs="e4m3")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(accumulator="e9m3"),
+            ValueError,
+            r"accumulator: exponent_bits must be in \[1, 8\]; got 9",
+        ),
+        (dict(lhs="fp9"), ValueError, "lhs: unknown format 'fp9'"),
+        (dict(accumulator_rounding="round"), ValueError, "rounding must be one of .* got 'round'"),
+        (dict(accumulator="bfloat16", accumulator_rounding="stochastic"), ValueError, "needs key="),
+        (dict(multiplier="mitchell7"), TypeError, "takes a Multiplier or None; got 'mitchell7'"),
+        (dict(adder=3), TypeError, r"adder must be approxjax.LOA\(...\)"),
+    ],
+)
+def test_bad_arithmetic_is_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ax.Arithmetic(**kwargs)
+
+
+def test_bad_adders_and_positional_use():
+    with pytest.raises(ValueError, match=r"LOA needs 1 <= bits <= 23; got 0"):
+        ax.LOA(0)
+    with pytest.raises(TypeError):
+        ax.Arithmetic(ax.mitchell(4))  # keyword-only
+    with pytest.raises(TypeError, match="a Multiplier, an Arithmetic, None"):
+        ax.dot_general(
+            np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), DN, multiplier="bf16"
+        )
