@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-c-adder", action="store_true", help="skip the C adder row")
     args = parser.parse_args(argv)
+    # mitchell7 on E4M3/E5M2 operands warns that its other table rows go unused: intended here.
+    warnings.filterwarnings("ignore", message=".*indexes 7 mantissa bits")
     n = 256 if args.quick else args.size
     results = rows(n, 2 if args.quick else args.repeats, not args.no_c_adder)
     if args.record:

@@ -142,6 +142,14 @@ APPROXJAX_HD uint32_t RandomBits(uint64_t seed, int64_t g, int64_t i, int64_t n,
   return static_cast<uint32_t>(z >> 32);
 }
 
+// 2**q as a double (|q| < 1000).
+inline double Pow2(int q) {
+  const uint64_t bits = static_cast<uint64_t>(q + 1023) << 52;
+  double out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
 // x (exact in double) rounded to the format; returns the float32 value.
 inline float RoundToFormat(double x, const FormatSpec& f, uint32_t rnd) {
   if (std::isnan(x)) {
@@ -162,28 +170,50 @@ inline float RoundToFormat(double x, const FormatSpec& f, uint32_t rnd) {
     return neg ? -maxf : maxf;
   }
   if (a == 0) return neg ? -0.0f : 0.0f;
-  int e;
-  std::frexp(a, &e);
-  e -= 1;  // a = 1.x * 2**e
+  // a = sig * 2**(e - 52) with sig's leading bit at 52 (a double made from
+  // float32 sums is never subnormal); rounded at the quantum 2**q, by
+  // integer shifts of the significand: whole and the discarded bits rem.
+  uint64_t bits;
+  std::memcpy(&bits, &a, sizeof(bits));
+  const int e = static_cast<int>(bits >> 52) - 1023;
+  const uint64_t sig = (bits & ((uint64_t{1} << 52) - 1)) | (uint64_t{1} << 52);
   const int q = (e > f.emin ? e : f.emin) - f.m;
-  const double scaled = std::ldexp(a, -q);  // exact: a power-of-two scaling
-  double whole = std::floor(scaled);
-  const double frac = scaled - whole;  // exact
+  const int sh = 52 - e + q;  // >= 52 - m > 0
+  double whole;
   bool up = false;
-  switch (f.rounding) {
-    case kTowardZero:
-      break;
-    case kAwayFromZero:
-      up = frac > 0;
-      break;
-    case kStochastic:
-      up = frac > 0 && double(rnd) < frac * 4294967296.0;
-      break;
-    default:
-      up = frac > 0.5 || (frac == 0.5 && std::fmod(whole, 2.0) == 1.0);
+  if (sh < 63) {
+    const uint64_t w = sig >> sh, rem = sig & ((uint64_t{1} << sh) - 1);
+    const uint64_t half = uint64_t{1} << (sh - 1);
+    switch (f.rounding) {
+      case kTowardZero:
+        break;
+      case kAwayFromZero:
+        up = rem != 0;
+        break;
+      case kStochastic:  // rnd / 2**32 < rem / 2**sh, exactly
+        up = sh >= 32 ? (uint64_t{rnd} << (sh - 32)) < rem
+                      : uint64_t{rnd} < (rem << (32 - sh));
+        break;
+      default:
+        up = rem > half || (rem == half && (w & 1) != 0);
+    }
+    whole = static_cast<double>(w);
+  } else {  // far below the quantum (a tiny sum in a wide-range format)
+    whole = 0.0;
+    const double frac = std::ldexp(a, -q);  // exact, < 2**-10
+    switch (f.rounding) {
+      case kAwayFromZero:
+        up = true;
+        break;
+      case kStochastic:
+        up = double(rnd) < frac * 4294967296.0;
+        break;
+      default:
+        break;
+    }
   }
   whole += up ? 1.0 : 0.0;
-  double r = std::ldexp(whole, q);
+  double r = whole * Pow2(q);  // exact
   if (!f.subnormals && r < std::ldexp(1.0, f.emin)) r = 0.0;
   if (r > double(maxf)) return overflowed();
   const float out = static_cast<float>(r);  // exact
@@ -216,14 +246,26 @@ inline double LoaSum(float x, float y, const FormatSpec& f, int bits) {
   if (!std::isfinite(x) || !std::isfinite(y)) return double(x) + double(y);
   if (x == 0) return y == 0 ? double(x) + double(y) : double(y);
   if (y == 0) return x;
-  int ex, ey;
-  std::frexp(x, &ex);
-  std::frexp(y, &ey);
-  int e = (ex > ey ? ex : ey) - 1;
+  // |v| = S * 2**p (S the 24-bit significand, subnormals unnormalised).
+  const auto split = [](float v, uint64_t* S, int* p, int* top) {
+    const uint32_t b = FloatBits(v);
+    const int E = static_cast<int>((b >> 23) & 0xff);
+    *S = (b & 0x7fffffu) | (E ? 0x800000u : 0u);
+    *p = (E ? E : 1) - 150;
+    *top = *p + 63 - __builtin_clzll(*S);  // floor(log2 |v|)
+  };
+  uint64_t Sx, Sy;
+  int px, py, tx, ty;
+  split(x, &Sx, &px, &tx);
+  split(y, &Sy, &py, &ty);
+  int e = tx > ty ? tx : ty;
   if (e < f.emin) e = f.emin;
-  const int q = e - f.m;  // the larger operand's quantum
-  const int64_t ax = static_cast<int64_t>(std::floor(std::ldexp(std::fabs(double(x)), -q)));
-  const int64_t ay = static_cast<int64_t>(std::floor(std::ldexp(std::fabs(double(y)), -q)));
+  const int q = e - f.m;  // the larger operand's quantum (>= px, py)
+  const auto aligned = [q](uint64_t S, int p) -> int64_t {
+    const int shift = q - p;
+    return shift >= 64 ? 0 : static_cast<int64_t>(S >> shift);
+  };
+  const int64_t ax = aligned(Sx, px), ay = aligned(Sy, py);
   const bool sx = std::signbit(x), sy = std::signbit(y);
   int64_t mag;
   bool neg;
@@ -236,7 +278,7 @@ inline double LoaSum(float x, float y, const FormatSpec& f, int bits) {
     neg = ax >= ay ? sx : sy;
     if (mag == 0) neg = false;
   }
-  const double r = std::ldexp(double(mag), q);
+  const double r = double(mag) * Pow2(q);  // exact
   return neg ? -r : r;
 }
 
