@@ -60,6 +60,7 @@ from approxjax._src.tools.characterize import (  # noqa: E402
     format_table,
     plot_errors,
 )
+from approxjax._src.tools.decompose import Decomposition, RankResidual, decompose  # noqa: E402
 from approxjax._src.tools.lut_files import (  # noqa: E402
     load_approxtrain,
     load_lut,
@@ -90,6 +91,9 @@ __all__ = [
     "alm_soa",
     "approximate",
     "characterize",
+    "decompose",
+    "Decomposition",
+    "RankResidual",
     "conv_general_dilated",
     "conv_transpose",
     "cpu_kernel_variant",

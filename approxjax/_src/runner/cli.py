@@ -62,6 +62,11 @@ def _characterize(args: argparse.Namespace) -> int:
     mults = [load_multiplier(spec, args.mantissa_bits) for spec in args.multipliers]
     results = [characterize.characterize(m) for m in mults]
     print(characterize.format_table(results))
+    from approxjax._src.tools.decompose import decompose
+
+    print("\nrank (exact) and the best rank-r approximation's relative error per entry:")
+    for m in mults:
+        print(decompose(m))
     if args.plot:
         characterize.plot_errors(mults, args.plot)
         print(f"plot: {args.plot} (one row per multiplier)")
