@@ -15,7 +15,13 @@ from approxjax._src.runner.config import SPEC_HELP
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every default."""
+    """--help shows every default (an option whose help states its own, or
+    that has none, shows no "(default: None)")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _demo(args: argparse.Namespace) -> int:
