@@ -19,3 +19,40 @@ settings.load_profile("ci")
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)
+
+
+# The tests left out of the fast development subset (pytest -m "not slow"):
+# those that took 9 s or more each on a 2-core machine (pytest --durations,
+# full suite, 2026-12-02): whole sweeps and CLI runs in subprocesses,
+# notebooks, multi-device subprocesses, and the largest property and
+# reference sweeps. CI runs them all.
+SLOW = {
+    "test_any_arithmetic_any_dimension_numbers",
+    "test_gradients_run_each_gemm_under_its_arithmetic",
+    "test_convolution_under_an_arithmetic",
+    "test_modules_and_policies_take_an_arithmetic",
+    "test_against_reference",  # test_conv and test_dot_general: hypothesis sweeps
+    "test_implicit_im2col_both_streams_and_weight_gradient",
+    "test_exact_table_equals_xla_convolution",
+    "test_streamed_operand_packed_once",
+    "test_large_gemms_bit_exact_in_k_order",
+    "test_long_contractions_sum_in_blocks",
+    "test_gradients_follow_the_approximate_backward_rule",
+    "test_gradients_are_bit_exact_sequential_gemms",
+    "test_characterize_cli_and_plot",
+    "test_sweep_formats_and_arithmetic_specs",
+    "test_sweep_end_to_end_and_resume",
+    "test_new_run_refuses_a_folder_with_another_run",
+    "test_resume_refuses_another_runs_checkpoints",
+    "test_models_run_under_a_multiplier",
+    "test_notebook_executes",
+}
+# Every test of these runs in or after a multi-device subprocess.
+SLOW_MODULES = {"test_sharding.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if name in SLOW or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
