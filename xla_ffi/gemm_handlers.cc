@@ -108,6 +108,21 @@ ffi::Error CheckFacts(const char* target, ffi::Span<const int64_t> lud,
   return ffi::Error::Success();
 }
 
+// The checks both GEMM handlers make once their shapes are known: the
+// table's facts, the noise operand, the arithmetic, and the kernels of the
+// chosen instruction-set variant.
+ffi::Error CheckTablesAndKernels(const char* target, ffi::Span<const int64_t> lud,
+                                 ffi::Span<const int64_t> fd,
+                                 ffi::Span<const int64_t> nd, int m,
+                                 const ArithmeticSpec& arithmetic,
+                                 const GemmOptions& options,
+                                 const KernelTable** kernels) {
+  if (auto e = CheckFacts(target, lud, fd, m); e.failure()) return e;
+  if (auto e = CheckNoise(target, lud, nd); e.failure()) return e;
+  if (auto e = CheckArithmetic(target, arithmetic); e.failure()) return e;
+  return KernelsFor(options.variant, target, kernels);
+}
+
 ffi::Future Failed(ffi::Error error) {
   ffi::Promise promise;
   ffi::Future future(promise);
@@ -144,17 +159,11 @@ ffi::Future ApproxGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> lhs,
         e.failure()) {
       return Failed(e);
     }
-    if (auto e = CheckFacts(target, lut.dimensions(), facts.dimensions(), shape.m);
-        e.failure()) {
-      return Failed(e);
-    }
-    if (auto e = CheckNoise(target, lut.dimensions(), noise.dimensions());
-        e.failure()) {
-      return Failed(e);
-    }
-    if (auto e = CheckArithmetic(target, arithmetic); e.failure()) return Failed(e);
     const KernelTable* kernels;
-    if (auto e = KernelsFor(options.variant, target, &kernels); e.failure()) {
+    if (auto e = CheckTablesAndKernels(target, lut.dimensions(), facts.dimensions(),
+                                       noise.dimensions(), shape.m, arithmetic,
+                                       options, &kernels);
+        e.failure()) {
       return Failed(e);
     }
     auto p = std::make_unique<Problem>();
@@ -196,18 +205,11 @@ ffi::Future ApproxConvGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         e.failure()) {
       return Failed(e);
     }
-    if (auto e = CheckFacts(target, lut.dimensions(), facts.dimensions(),
-                            p->geometry.gemm.m);
-        e.failure()) {
-      return Failed(e);
-    }
-    if (auto e = CheckNoise(target, lut.dimensions(), noise.dimensions());
-        e.failure()) {
-      return Failed(e);
-    }
-    if (auto e = CheckArithmetic(target, arithmetic); e.failure()) return Failed(e);
     const KernelTable* kernels;
-    if (auto e = KernelsFor(options.variant, target, &kernels); e.failure()) {
+    if (auto e = CheckTablesAndKernels(target, lut.dimensions(), facts.dimensions(),
+                                       noise.dimensions(), p->geometry.gemm.m,
+                                       arithmetic, options, &kernels);
+        e.failure()) {
       return Failed(e);
     }
     p->conv = true;

@@ -167,6 +167,18 @@ class Format:
         return f"Format({self.name})"
 
 
+def _mx_element(exponent_bits: int, mantissa_bits: int) -> Format:
+    """An OCP MX element format (FP6, FP4): no inf, no NaN, overflow saturates."""
+    return Format(
+        exponent_bits=exponent_bits,
+        mantissa_bits=mantissa_bits,
+        has_inf=False,
+        nan="none",
+        overflow="saturate",
+        name=f"e{exponent_bits}m{mantissa_bits}",
+    )
+
+
 _PRESETS = {
     "float32": Format(exponent_bits=8, mantissa_bits=23, name="float32"),
     "tf32": Format(exponent_bits=8, mantissa_bits=10, name="tf32"),
@@ -176,30 +188,9 @@ _PRESETS = {
         exponent_bits=4, mantissa_bits=3, has_inf=False, nan="single", overflow="nan", name="e4m3"
     ),
     "e5m2": Format(exponent_bits=5, mantissa_bits=2, name="e5m2"),
-    "e2m3": Format(
-        exponent_bits=2,
-        mantissa_bits=3,
-        has_inf=False,
-        nan="none",
-        overflow="saturate",
-        name="e2m3",
-    ),  # fmt: skip
-    "e3m2": Format(
-        exponent_bits=3,
-        mantissa_bits=2,
-        has_inf=False,
-        nan="none",
-        overflow="saturate",
-        name="e3m2",
-    ),  # fmt: skip
-    "e2m1": Format(
-        exponent_bits=2,
-        mantissa_bits=1,
-        has_inf=False,
-        nan="none",
-        overflow="saturate",
-        name="e2m1",
-    ),  # fmt: skip
+    "e2m3": _mx_element(2, 3),
+    "e3m2": _mx_element(3, 2),
+    "e2m1": _mx_element(2, 1),
 }
 _ALIASES = {
     "fp32": "float32",

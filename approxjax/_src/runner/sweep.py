@@ -178,25 +178,25 @@ def _fresh_noise(mult: Arith | None, stacked: bool, step: int) -> Arith | None:
     return Arithmetic._from(mult.multiplier, fold(mult.key, step), mult.spec)
 
 
-def _specs(cfg: SweepConfig) -> list[str]:
-    """The sweep's arithmetic specs: the multipliers, then one ``exact+FORMAT``
-    per format (float32 itself is the baseline, not repeated)."""
+def _specs(cfg: SweepConfig) -> list[tuple[str, str]]:
+    """The sweep's arithmetic specs with the flag that named each: the
+    multipliers, then one ``exact+FORMAT`` per format (float32 itself is the
+    baseline, not repeated)."""
     from approxjax._src.arithmetic.formats import get
 
     formats = [f.strip() for f in cfg.formats]
-    return [s.strip() for s in cfg.multipliers] + [
-        f"exact+{f}" for f in formats if not get(f).is_float32
+    return [("--multipliers", s.strip()) for s in cfg.multipliers] + [
+        ("--formats", f"exact+{f}") for f in formats if not get(f).is_float32
     ]
 
 
 def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Arith]]:
     loaded, names = [], {}
-    for spec in _specs(cfg):
-        flag = "--formats" if spec.startswith("exact+") and spec[6:] in cfg.formats else None
+    for flag, spec in _specs(cfg):
         try:
             mult = load_arithmetic(spec, key_seed=cfg.seed)
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-            raise ConfigError(f"{flag or '--multipliers'} {spec!r}: {e}") from e
+            raise ConfigError(f"{flag} {spec!r}: {e}") from e
         if mult is None:
             raise ConfigError(
                 f"--multipliers {spec!r} is float32 itself (the baseline every sweep trains)"
