@@ -24,7 +24,15 @@ from approxjax._src.arithmetic.arithmetic import (  # noqa: E402
     Arithmetic,
     stack,  # noqa: E402
 )
-from approxjax._src.arithmetic.catalog import alm_soa, drum, get, mbm, mitchell, truncated  # noqa: E402
+from approxjax._src.arithmetic.catalog import (  # noqa: E402
+    alm_soa,
+    drum,
+    get,
+    lowblock,
+    mbm,
+    mitchell,
+    truncated,
+)
 from approxjax._src.arithmetic.multipliers import Multiplier, significands  # noqa: E402
 from approxjax._src.flax.modules import (  # noqa: E402
     Conv,
@@ -60,7 +68,13 @@ from approxjax._src.tools.characterize import (  # noqa: E402
     format_table,
     plot_errors,
 )
-from approxjax._src.tools.decompose import Decomposition, RankResidual, decompose  # noqa: E402
+from approxjax._src.tools.decompose import (  # noqa: E402
+    Decomposition,
+    RankResidual,
+    SurrogateResidual,
+    decompose,
+    surrogate,
+)
 from approxjax._src.tools.lut_files import (  # noqa: E402
     load_approxtrain,
     load_lut,
@@ -109,6 +123,7 @@ __all__ = [
     "get",
     "load_approxtrain",
     "load_lut",
+    "lowblock",
     "mbm",
     "mitchell",
     "multiply",
@@ -119,6 +134,8 @@ __all__ = [
     "save_lut",
     "significands",
     "stack",
+    "surrogate",
+    "SurrogateResidual",
     "truncated",
     "using",
 ]

@@ -12,6 +12,7 @@ from approxjax._src.arithmetic.reference import (
     dot_general_bound,
     mantissa_index,
     multiply,
+    native_bound,
     products,
     sequential_dot_general,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "dot_general_bound",
     "mantissa_index",
     "multiply",
+    "native_bound",
     "products",
     "sequential_dot_general",
 ]

@@ -46,6 +46,12 @@ SLOW = {
     "test_resume_refuses_another_runs_checkpoints",
     "test_models_run_under_a_multiplier",
     "test_notebook_executes",
+    "test_native_dot_general_within_bound",
+    "test_operand_formats_natively",
+    "test_native_convolution_and_its_gradients",
+    "test_gradients_follow_the_lut_rules",
+    "test_large_gemm_within_bound",
+    "test_sweep_fast_mode_records_methods_and_residuals",
 }
 # Every test of these runs in or after a multi-device subprocess.
 SLOW_MODULES = {"test_sharding.py"}

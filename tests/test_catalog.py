@@ -32,6 +32,7 @@ C_MODELS = [
     ),
     ("drum.c", "drum_mul", ["-DDRUM_K=3"], lambda m: ax.drum(m, 3)),
     ("alm_soa.c", "alm_soa_mul", ["-DALM_SOA_W=2"], lambda m: ax.alm_soa(m, 2)),
+    ("lowblock.c", "lowblock_mul", ["-DLOWBLOCK_K=2"], lambda m: ax.lowblock(m, min(2, m))),
 ]
 
 
@@ -47,7 +48,7 @@ def _exact(m):
 
 @pytest.mark.parametrize("m", [0, 1, 3, 7, 10])
 def test_every_constructor_builds_valid_tables(m):
-    for name in ("truncated", "mitchell", "mbm", "alm_soa") + (("drum",) if m else ()):
+    for name in ("truncated", "mitchell", "mbm", "alm_soa", "lowblock") + (("drum",) if m else ()):
         mult = ax.get(name, m)
         assert mult.mantissa_bits == m and mult.lut.shape == (1 << m, 1 << m)
         assert np.all(np.isfinite(mult.lut)) and np.all(np.asarray(mult.lut) > 0)
@@ -241,7 +242,8 @@ def test_stack_names_and_get_errors():
     s = ax.stack([ax.mitchell(7), ax.mbm(7), ax.get("drum7:k=4")])
     assert s.names == ("mitchell7", "mbm7", "drum7:k=4")
     assert s[1].name == "mbm7"
-    with pytest.raises(ValueError, match="known: alm_soa, drum, mbm, mitchell, truncated"):
+    known = "known: alm_soa, drum, lowblock, mbm, mitchell, truncated"
+    with pytest.raises(ValueError, match=known):
         ax.get("booth7")
     with pytest.raises(ValueError, match="needs its mantissa bits"):
         ax.get("mitchell")

@@ -204,6 +204,9 @@ def test_new_run_refuses_a_folder_with_another_run(tmp_path):
         (("--multipliers", "mitchell5+acc_rounding=up"), "rounding must be one of"),
         (("--multipliers", "exact"), "'exact' is float32 itself"),
         (("--multipliers", "exact+bf16", "--formats", "bf16"), "are the same multiplier"),
+        (("--method", "native"), "--method native: method='native': mitchell5 has no exact"),
+        (("--method", "fast", "--surrogate-rank", "0"), "--surrogate-rank must be an integer"),
+        (("--multipliers", "lowblock5+acc=bf16", "--method", "native"), "cannot simulate product"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, argv, message):
@@ -270,6 +273,31 @@ def test_sweep_multiplier_specs(tmp_path):
     assert specs.describe(a)["adder"] == "loa4" and specs.describe(a)["accumulator"] == "float32"
     noisy = specs.load_arithmetic("exact+bf16+acc_rounding=stochastic", key_seed=3)
     assert noisy.multiplier is None and noisy.key is not None
+
+
+def test_sweep_fast_mode_records_methods_and_residuals(tmp_path):
+    """--method fast: exact low-rank tables natively as they are, the others
+    by their surrogates, and results.json says which, with the residual."""
+    cfg = experiment_config.SweepConfig(
+        model="mlp",
+        multipliers=["lowblock5", "mitchell5"],
+        method="fast",
+        surrogate_rank=3,
+        epochs=1,
+        train_limit=128,
+        out_dir=str(tmp_path / "out"),
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    assert list(res["runs"]) == ["float32", "lowblock5:k=2[native]", "mitchell5~r3[native]"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = {m["spec"]: m for m in saved["multipliers"]}
+    assert record["lowblock5"]["runs_as"] == "native" and record["lowblock5"]["rank"] == 2
+    assert record["lowblock5"]["surrogate"] is None
+    residual = record["mitchell5"]["surrogate"]
+    assert record["mitchell5"]["rank"] == 3 and residual["of"] == "mitchell5"
+    again = ax.surrogate(ax.mitchell(5), rank=3).metadata["surrogate"]
+    assert residual == json.loads(json.dumps(again))
+    assert saved["config"]["method"] == "fast"
 
 
 def test_sweep_formats_and_arithmetic_specs(tmp_path):

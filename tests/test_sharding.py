@@ -111,6 +111,16 @@ def test_sweep_by_data_mesh(report):
     assert r["logits_sharding"] == "P('sweep', 'data')"
 
 
+def test_native_path_is_ordinary_xla_under_sharding(report):
+    r = report["native"]
+    assert r["custom_calls"] == 0
+    assert _kinds(r["collectives"]) == ["all-reduce"]  # the weight gradient's sum
+    assert r["input_sharding"] == "P('data',)"
+    # Local shards: the same dots on fewer rows; the weight gradient sums shards.
+    assert r["forward_max_diff"] < 1e-5 and r["input_grad_max_diff"] < 1e-5
+    assert r["weight_grad_max_diff"] < 1e-4
+
+
 def test_shard_map_varying_axes_and_replicated_cotangents(report):
     r = report["shard_map"]
     assert r["forward_equal"] and r["input_grad_equal"]

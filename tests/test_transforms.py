@@ -229,8 +229,10 @@ def test_multiplier_is_a_pytree_passed_as_data(rng):
     f(ax.mitchell(4))  # another name: its own program, so reports name it right
     assert traces == ["truncated4", "mitchell4"]
     leaves, treedef = jax.tree_util.tree_flatten(ax.truncated(4))
-    assert [x.shape for x in leaves] == [(16, 16), (ax.truncated(4).facts.shape[0],)]
-    assert leaves[1].dtype == np.uint32  # the table's facts travel with it
+    facts = ax.truncated(4).facts.shape[0]
+    # The table, its facts and its exact rank-1 factors (u, v) travel with it.
+    assert [x.shape for x in leaves] == [(16, 16), (facts,), (1, 16), (1, 16)]
+    assert leaves[1].dtype == np.uint32
     assert jax.tree_util.tree_unflatten(treedef, leaves).name == "truncated4"
 
 

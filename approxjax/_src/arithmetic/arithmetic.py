@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +98,20 @@ class CAdder:
 Adder = LOA | CAdder
 
 
+# How a GEMM runs (approxjax.dot_general's method=; approxjax._src.ops.native).
+Method = Literal["auto", "lut", "native"]
+METHODS = ("auto", "lut", "native")
+
+
+def check_method(value: Any, what: str = "method") -> str | None:
+    """``value`` as a method (None: each arithmetic's own)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in METHODS:
+        raise ValueError(f"{what} must be 'auto', 'lut' or 'native'; got {value!r}")
+    return value
+
+
 def _format(value: Any, what: str) -> Format | None:
     if value is None:
         return None
@@ -122,6 +136,7 @@ class GemmSpec:
     adder: Adder | None
     has_multiplier: bool
     mantissa_bits: int | None
+    method: str = "auto"
 
     @property
     def default_sums(self) -> bool:
@@ -160,6 +175,11 @@ class Arithmetic:
       adder: None (exact addition), ``LOA(bits)`` or an adder from C.
       key: a ``jax.random`` key, needed by stochastic rounding (a leaf: pass
         a new key per step for fresh noise).
+      method: how GEMMs under it run: ``"auto"``, ``"lut"`` (the kernel) or
+        ``"native"`` (a few XLA dots of transformed operands, for a table with
+        low-rank factors; see :func:`approxjax.dot_general`). A call's own
+        ``method=`` overrides it; a :class:`~approxjax.Policy` that maps layers
+        to arithmetics sets it per layer.
 
     Raises:
       ValueError: an unknown format or rounding, stochastic rounding without a
@@ -187,6 +207,7 @@ class Arithmetic:
         accumulator_rounding: str = "nearest_even",
         adder: Adder | None = None,
         key: jax.Array | None = None,
+        method: str = "auto",
     ):
         if multiplier is not None and not isinstance(multiplier, Multiplier):
             raise TypeError(
@@ -207,6 +228,7 @@ class Arithmetic:
             adder=adder,
             has_multiplier=multiplier is not None,
             mantissa_bits=None if multiplier is None else multiplier.mantissa_bits,
+            method=check_method(method, "Arithmetic(method=...)"),
         )
         if isinstance(adder, CAdder) and spec.accumulator is not None:
             raise ValueError(
@@ -249,6 +271,7 @@ class Arithmetic:
             accumulator_rounding=s.accumulator_rounding,
             adder=s.adder,
             key=self.key,
+            method=s.method,
         )
         fields.update(changes)
         return Arithmetic(**fields)
@@ -271,6 +294,8 @@ class Arithmetic:
             parts.append(f"acc {acc}{rounding}")
         if s.adder is not None:
             parts.append(f"adder {s.adder.name}")
+        if s.method != "auto":
+            parts.append(s.method)
         return base + (f"[{', '.join(parts)}]" if parts else "")
 
     @property

@@ -62,7 +62,8 @@ def truncated(m: int, *, truncate_result: bool = False) -> Multiplier:
     """
     sig = 1.0 + _fractions(check_mantissa_bits(m))
     name = _param_name("truncated", m, trunc=truncate_result)
-    return Multiplier(_table(np.outer(sig, sig), m, truncate_result), name=name)
+    factors = None if truncate_result else (sig[None], sig[None])
+    return Multiplier(_table(np.outer(sig, sig), m, truncate_result), name=name, factors=factors)
 
 
 def mitchell(
@@ -170,7 +171,9 @@ def drum(m: int, k: int | None = None) -> Multiplier:
     if drop > 0:
         i = ((i >> drop) << drop) | (1 << drop)
     sig = 1.0 + i / float(1 << m)
-    return Multiplier(np.outer(sig, sig).astype(np.float32), name=f"drum{m}:k={k}")
+    return Multiplier(
+        np.outer(sig, sig).astype(np.float32), name=f"drum{m}:k={k}", factors=(sig[None], sig[None])
+    )
 
 
 def alm_soa(m: int, w: int | None = None) -> Multiplier:
@@ -201,12 +204,43 @@ def alm_soa(m: int, w: int | None = None) -> Multiplier:
     return Multiplier(p.astype(np.float32), name=f"alm_soa{m}:w={w}")
 
 
+def lowblock(m: int, k: int | None = None) -> Multiplier:
+    """A regular-error design: the exact significand product without the
+    partial products of the low ``k`` fraction bits of both operands.
+
+    The error sits in one regular block of the partial-product array, the
+    idea of Yu et al., "Toward Efficient Retraining: A Large-Scale
+    Approximate Neural Network Framework With Cross-Layer Optimization",
+    IEEE TVLSI 2024 (designs whose errors GEMM libraries can simulate), on
+    float significands; dropping low-order partial-product cells is the
+    broken-array multiplier's saving (H. R. Mahdiani et al., IEEE TCAS-I
+    57(4), 2010). With fractions ``x = i / 2**m`` and ``y = j / 2**m`` and
+    their low parts ``xl = (i mod 2**k) / 2**m``, ``yl`` likewise, the product
+    is ``(1 + x)(1 + y) - xl * yl``: never above the exact one, and rank 2
+    (``[1 + x, -xl] . [1 + y, yl]``), so ``method="native"`` runs it as two
+    float32 GEMMs. ``k = 0`` is exact (rank 1).
+
+    Args:
+      m: mantissa bits, 0 to 12.
+      k: dropped low bits of each operand, ``0 <= k <= m`` (default ``m // 2``).
+    """
+    m = check_mantissa_bits(m)
+    k = _check_int_param("k", m // 2 if k is None else k, 0, m, "lowblock")
+    i = np.arange(1 << m, dtype=np.int64)
+    sig = 1.0 + i / float(1 << m)
+    low = (i & ((1 << k) - 1)) / float(1 << m)
+    table = np.outer(sig, sig) - np.outer(low, low)
+    factors = (np.stack([sig, -low]), np.stack([sig, low])) if k else (sig[None], sig[None])
+    return Multiplier(table.astype(np.float32), name=f"lowblock{m}:k={k}", factors=factors)
+
+
 CATALOG = {
     "truncated": truncated,
     "mitchell": mitchell,
     "mbm": mbm,
     "drum": drum,
     "alm_soa": alm_soa,
+    "lowblock": lowblock,
 }
 
 _OPTION_ALIASES = {"lsb": "force_lowest_bit", "trunc": "truncate_result"}

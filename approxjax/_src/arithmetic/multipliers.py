@@ -16,9 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from approxjax._src.arithmetic import lowrank
 from approxjax._src.kernels import ffi
 
 MAX_MANTISSA_BITS = 12
+# Concrete tables up to this m are searched for exact factors of rank up to
+# AUTO_RANK when they are made (a few ms at m = 8); larger ones on request
+# (Multiplier.factored).
+AUTO_FACTOR_BITS = 8
+AUTO_RANK = 4
 
 
 def _mantissa_bits_of_shape(shape: tuple[int, ...]) -> int:
@@ -92,6 +98,13 @@ class Multiplier:
       metadata: provenance kept with the table and written by
         :func:`approxjax.save_lut` (source hash, parameters, ...); not part of
         the pytree.
+      factors: ``(u, v)``, each of shape ``(r, 2**m)``, with ``lut[i, j] ==
+        sum_t u[t, i] * v[t, j]`` (checked: to float32 rounding, first pair
+        positive), for the native path (``method="native"``, see
+        :func:`approxjax.decompose`). Default: for a concrete table with
+        ``m <= 8``, exact factors of rank up to 4 if the table has them
+        (found and verified exactly when the multiplier is made); otherwise
+        none (:meth:`factored` finds them for larger tables).
 
     Raises:
       TypeError: the table is not a real numeric array.
@@ -109,13 +122,14 @@ class Multiplier:
       2
     """
 
-    __slots__ = ("lut", "facts", "mantissa_bits", "names", "metadata")
+    __slots__ = ("lut", "facts", "factors", "mantissa_bits", "names", "metadata")
 
     def __init__(
         self,
         lut: Any,
         name: str | Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        factors: tuple[Any, Any] | None = None,
     ):
         if isinstance(lut, jax.core.Tracer):
             m = _mantissa_bits_of_shape(tuple(lut.shape))
@@ -124,13 +138,23 @@ class Multiplier:
             table = lut.astype(jnp.float32)
             table = jnp.where(table == 0, jnp.float32(0), table)  # -0.0 -> +0.0, as below
             facts = ffi.analyze(table)
+            if factors is not None:
+                factors = tuple(jnp.asarray(f, jnp.float32) for f in factors)
         else:
             host = _validated_table(lut)
             m = _mantissa_bits_of_shape(host.shape)
             table = jnp.asarray(host)
             facts = _concrete_facts(host)
+            if factors is not None:
+                if host.ndim != 2:
+                    raise ValueError("factors are given for one table, not a stack")
+                factors = _as_leaves(lowrank.check_factors(host, *factors))
+            elif host.ndim == 2 and m <= AUTO_FACTOR_BITS:
+                found = lowrank.exact_factors(host, AUTO_RANK)
+                factors = _as_leaves(found) if found is not None and found.usable else None
         self.lut = table
         self.facts = facts
+        self.factors = factors
         self.mantissa_bits = m
         self.names = _names(name, table.shape[:-2], m)
         self.metadata = dict(metadata or {})
@@ -139,6 +163,43 @@ class Multiplier:
     def name(self) -> str:
         """The multiplier's name (the names joined by '+' for a stack)."""
         return "+".join(self.names)
+
+    @property
+    def rank(self) -> int | None:
+        """The rank of the factors the native path uses (None: no factors)."""
+        return None if self.factors is None else int(self.factors[0].shape[-2])
+
+    def factored(self, max_rank: int = AUTO_RANK) -> Multiplier:
+        """This multiplier with exact factors of the smallest rank up to
+        ``max_rank`` (found and verified exactly; seconds for ``m = 12``).
+
+        Raises:
+          ValueError: the table has no exact decomposition of rank up to
+            ``max_rank``, or one the native path cannot use (the message says
+            which), or this is a stack or a traced table.
+        """
+        if self.batch_shape:
+            raise ValueError(f"factored takes one multiplier; {self.name} is a stack")
+        if isinstance(self.lut, jax.core.Tracer):
+            raise ValueError(f"{self.name}: a traced table cannot be factored (before jit, it can)")
+        lowrank.check_rank("max_rank", max_rank)
+        host = np.asarray(self.lut)
+        found = lowrank.exact_factors(host, max_rank)
+        if found is None:
+            raise ValueError(
+                f"{self.name} has no exact decomposition of rank <= {max_rank} "
+                "(approxjax.decompose reports the residuals of low-rank approximations; "
+                "approxjax.surrogate makes an approximate one, explicitly)"
+            )
+        if not found.usable:
+            raise ValueError(
+                f"{self.name} has exact rank {found.rank}, but its factors cannot run natively "
+                f"(first pair not positive everywhere, or float32 error {found.float32_error:.3g})"
+            )
+        out = Multiplier._unchecked(self.lut, self.facts, self.mantissa_bits, self.names)
+        out.factors = _as_leaves(found)
+        out.metadata = dict(self.metadata)
+        return out
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -158,7 +219,8 @@ class Multiplier:
         if not -n <= i < n:
             raise IndexError(f"multiplier index {i} out of range for a stack of {n}")
         names = self.names if len(self.names) != n else (self.names[i],)
-        return Multiplier._unchecked(self.lut[i], self.facts[i], self.mantissa_bits, names)
+        factors = None if self.factors is None else tuple(f[i] for f in self.factors)
+        return Multiplier._unchecked(self.lut[i], self.facts[i], self.mantissa_bits, names, factors)
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.batch_shape))
@@ -166,21 +228,29 @@ class Multiplier:
         return f"Multiplier({self.name!r}, m={self.mantissa_bits}{stack})"
 
     @classmethod
-    def _unchecked(cls, lut: Any, facts: Any, m: int, names: tuple[str, ...]) -> Multiplier:
+    def _unchecked(
+        cls, lut: Any, facts: Any, m: int, names: tuple[str, ...], factors: Any = None
+    ) -> Multiplier:
         obj = object.__new__(cls)
         obj.lut = lut
         obj.facts = facts
+        obj.factors = factors
         obj.mantissa_bits = m
         obj.names = names
         obj.metadata = {}
         return obj
 
     def tree_flatten(self):
-        return (self.lut, self.facts), (self.mantissa_bits, self.names)
+        return (self.lut, self.facts, self.factors), (self.mantissa_bits, self.names)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls._unchecked(children[0], children[1], aux[0], tuple(aux[1]))
+        factors = None if children[2] is None else tuple(children[2])
+        return cls._unchecked(children[0], children[1], aux[0], tuple(aux[1]), factors)
+
+
+def _as_leaves(found: lowrank.Factors) -> tuple[jax.Array, jax.Array]:
+    return jnp.asarray(found.u, jnp.float32), jnp.asarray(found.v, jnp.float32)
 
 
 _analyze_jit = jax.jit(ffi.analyze)
@@ -237,4 +307,13 @@ def stack(multipliers: Sequence[Multiplier]) -> Multiplier:
     lut = jnp.stack([x.lut for x in multipliers])
     facts = jnp.stack([x.facts for x in multipliers])
     names = tuple(x.name for x in multipliers)
-    return Multiplier._unchecked(lut, facts, bits.pop(), names)
+    factors = None
+    if all(x.factors is not None for x in multipliers):
+        # Ranks padded with zero terms to the largest: one program for all.
+        r = max(x.rank for x in multipliers)
+        pad = [((0, r - x.rank), (0, 0)) for x in multipliers]
+        factors = tuple(
+            jnp.stack([jnp.pad(x.factors[s], p) for x, p in zip(multipliers, pad, strict=True)])
+            for s in (0, 1)
+        )
+    return Multiplier._unchecked(lut, facts, bits.pop(), names, factors)

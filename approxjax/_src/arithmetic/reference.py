@@ -161,6 +161,48 @@ def dot_general_bound(
     return accumulation_bound(np.abs(p).sum(-1), p.shape[-1]).reshape(shape)
 
 
+def _gamma(n: int) -> float:
+    return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+
+
+def native_bound(lhs, rhs, dimension_numbers, multiplier) -> np.ndarray:
+    """Largest difference between the native path's result
+    (:mod:`approxjax._src.ops.native`) and the LUT kernel's, per output.
+
+    With the float32 factors' error ``eps`` (their largest relative error
+    against the table), the exact products' ``P = sum_k |p_k|`` and the
+    terms' ``T = sum_k sum_t |A_t[k] B_t[k]|``: each term product and the r
+    dots of K terms, then their sum in order, are within ``gamma(K + r) T``
+    of the exact sum of the terms, which is within ``eps P`` of the exact
+    sum of the products, which the kernel's float32 sum is within
+    ``gamma(K - 1) P`` of. So the bound is ``gamma(K + r) T + (gamma(K - 1)
+    + eps) P``, for products in float32's normal range (the native path does
+    not flush those below ``2**-126``; the LUT kernel does).
+    """
+    from approxjax._src.arithmetic.lowrank import float32_error
+
+    u, v = (np.asarray(f, np.float32) for f in multiplier.factors)
+    lut = np.asarray(multiplier.lut, np.float64)
+    m = multiplier.mantissa_bits
+    eps = float32_error(lut, u, v)
+    a, b, shape = canonical(jnp.asarray(lhs), jnp.asarray(rhs), dimension_numbers)
+    p = np.asarray(products(lhs, rhs, dimension_numbers, multiplier.lut), np.float64)
+    k, r = p.shape[-1], u.shape[0]
+
+    def magnitudes(x, f):  # |A_t| per term: 2**e |f_t[i]|, 0 for zeros and subnormals
+        x = np.asarray(x, np.float32)
+        bits = x.view(np.uint32)
+        e = ((bits >> 23) & 0xFF).astype(np.int64)
+        i = ((bits & 0x7FFFFF) >> (23 - m)).astype(np.int64)
+        scale = np.where(e > 0, np.ldexp(1.0, e - 127), 0.0)
+        return np.abs(f.astype(np.float64)[:, i]) * scale  # (r, ...)
+
+    ta, tb = magnitudes(a, u), magnitudes(b, v)
+    terms = np.einsum("tgmk,tgkn->gmn", ta, tb)
+    bound = _gamma(k + r) * terms + (_gamma(max(k - 1, 0)) + eps) * np.abs(p).sum(-1)
+    return bound.reshape(shape)
+
+
 def sequential_dot_general(
     lhs: jax.Array, rhs: jax.Array, dimension_numbers: Sequence, lut_or_arithmetic
 ) -> np.ndarray:

@@ -3,7 +3,7 @@
 ``approxjax.Dense``, ``DenseGeneral``, ``Conv``, ``ConvTranspose``, ``Einsum`` and
 ``MultiHeadDotProductAttention`` are the ``flax.linen`` classes themselves,
 subclassed: same constructor arguments, defaults, parameter names and shapes
-(a checkpoint trained with plain Flax loads unchanged), plus three fields:
+(a checkpoint trained with plain Flax loads unchanged), plus these fields:
 
 * ``multiplier``: ``"context"`` (default: the multiplier or policy of the
   innermost :func:`approxjax.using`, exact when there is none), a
@@ -12,7 +12,9 @@ subclassed: same constructor arguments, defaults, parameter names and shapes
 * ``input_grad_multiplier`` and ``weight_grad_multiplier``: ``"forward"``, a
   Multiplier or None, as in :func:`approxjax.dot_general`;
 * ``kernel_options``: :class:`~approxjax.KernelOptions` (how the kernels
-  compute; None: the defaults).
+  compute; None: the defaults);
+* ``method``: ``"auto"``, ``"lut"`` or ``"native"`` (see
+  :func:`approxjax.dot_general`), or None: each arithmetic's own.
 
 They inject the approximate ops into Flax's own hooks (``dot_general``,
 ``conv_general_dilated``, the attention einsums); ``Einsum`` and
@@ -84,13 +86,14 @@ def resolve(multiplier: Any, input_grad: Any = FORWARD, weight_grad: Any = FORWA
 class _Settings:
     """A module's multiplier fields; compared by identity (never cached on)."""
 
-    __slots__ = ("multiplier", "input_grad", "weight_grad", "options")
+    __slots__ = ("multiplier", "input_grad", "weight_grad", "options", "method")
 
     def __init__(self, module):
         self.multiplier = module.multiplier
         self.input_grad = module.input_grad_multiplier
         self.weight_grad = module.weight_grad_multiplier
         self.options = module.kernel_options
+        self.method = module.method
 
     def choice(self) -> GemmMultipliers:
         return resolve(self.multiplier, self.input_grad, self.weight_grad)
@@ -100,7 +103,7 @@ class ApproxDotGeneral(_Settings):
     """A ``lax.dot_general``-compatible callable that reads the multiplier when traced."""
 
     def __call__(self, *args, **kwargs):
-        return _ChosenDotGeneral(self.choice(), self.options)(*args, **kwargs)
+        return _ChosenDotGeneral(self.choice(), self.options, self.method)(*args, **kwargs)
 
 
 class ApproxConv(_Settings):
@@ -117,15 +120,17 @@ class ApproxConv(_Settings):
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
             options=self.options,
+            method=self.method,
         )
 
 
 class _ChosenDotGeneral:
     """A ``lax.dot_general``-compatible callable with its multipliers already chosen."""
 
-    def __init__(self, choice: GemmMultipliers, options=None):
+    def __init__(self, choice: GemmMultipliers, options=None, method=None):
         self.choice = choice
         self.options = options
+        self.method = method
 
     def __call__(
         self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **unused
@@ -149,6 +154,7 @@ class _ChosenDotGeneral:
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
             options=self.options,
+            method=self.method,
         )
 
 
@@ -160,7 +166,7 @@ def _einsum_fn(settings: _Settings):
 
     def einsum(subscripts, *operands, **kwargs):
         kwargs.pop("precision", None)
-        dot = _ChosenDotGeneral(settings.choice(), settings.options)
+        dot = _ChosenDotGeneral(settings.choice(), settings.options, settings.method)
         return jnp.einsum(subscripts, *operands, _dot_general=dot, **kwargs)
 
     return einsum
@@ -190,11 +196,13 @@ def _approx_module(base, doc: str, hooks=(), call=None):
             "input_grad_multiplier": Any,
             "weight_grad_multiplier": Any,
             "kernel_options": Any,
+            "method": Any,
         },
         "multiplier": CONTEXT,
         "input_grad_multiplier": FORWARD,
         "weight_grad_multiplier": FORWARD,
         "kernel_options": None,
+        "method": None,
         "__post_init__": __post_init__,
     }
     if call is not None:
@@ -288,6 +296,7 @@ def _conv_transpose_call(self, inputs):
             padding_lax,
             multiplier=policy,
             options=_Settings(self).options,
+            method=_Settings(self).method,
             **conv_kwargs,
         )
     if self.padding == "CIRCULAR":

@@ -53,7 +53,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
 
-from approxjax._src.arithmetic.arithmetic import salted
+from approxjax._src.arithmetic.arithmetic import check_method, salted
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.interpret.policy import GemmMultipliers, Operation, Policy, as_policy
 from approxjax._src.kernels.options import KernelOptions, check_options
@@ -336,10 +336,12 @@ class _Evaluator:
         analysis: _Analysis,
         choices: dict[tuple, GemmMultipliers],
         options: KernelOptions | None,
+        method: str | None = None,
     ):
         self.analysis = analysis
         self.choices = choices
         self.options = options
+        self.method = method
 
     def eval(self, jaxpr, consts, args, key=()):
         env: dict[Any, Any] = {}
@@ -366,7 +368,7 @@ class _Evaluator:
             choice = self.choices.get(key)
             if choice is None or choice.exact:
                 return _bind(eqn, invals)
-            return _approximate_op(eqn, invals, choice, self.options)
+            return _approximate_op(eqn, invals, choice, self.options, self.method)
         subs = _subprograms(eqn)
         if not subs or not any(self.analysis.has_targets.get(key + (s[0], s[1])) for s in subs):
             return _bind(eqn, invals)
@@ -439,13 +441,16 @@ class _Evaluator:
         return list(mapped(*invals))
 
 
-def _approximate_op(eqn, invals, choice: GemmMultipliers, options: KernelOptions | None):
+def _approximate_op(
+    eqn, invals, choice: GemmMultipliers, options: KernelOptions | None, method: str | None
+):
     p = eqn.params
     grads = dict(
         multiplier=choice.forward,
         input_grad_multiplier=choice.input_grad,
         weight_grad_multiplier=choice.weight_grad,
         options=options,
+        method=method,
     )
     if eqn.primitive.name == "dot_general":
         return dot_general(
@@ -514,6 +519,7 @@ def approximate(
     static_argnums: int | Sequence[int] = (),
     report: list[OperationRecord] | None = None,
     options: KernelOptions | None = None,
+    method: str | None = None,
 ) -> Callable[..., Any]:
     """Wraps ``fn`` so that its dot_general and convolution products are approximate.
 
@@ -529,6 +535,9 @@ def approximate(
         exact): to check a policy. Under ``jit`` it is extended when the
         function is traced, not on every call.
       options: how the kernels compute (:class:`~approxjax.KernelOptions`).
+      method: ``"auto"``, ``"lut"`` or ``"native"`` for every operation (see
+        :func:`approxjax.dot_general`); None: each arithmetic's own (a policy
+        that maps layers to ``Arithmetic(..., method=...)`` sets it per layer).
 
     Returns:
       A function with ``fn``'s signature.
@@ -539,6 +548,7 @@ def approximate(
     """
     policy = as_policy(multiplier_or_policy)
     options = check_options(options)
+    method = check_method(method)
     static = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
 
     @functools.wraps(fn)
@@ -564,7 +574,8 @@ def approximate(
         policy.check_indices(len(analysis.ops))
         choices, records, used = _choose(policy, analysis)
         policy.check_rules_used(used, [r.path for r in records] + [r.scope for r in records])
-        out = _Evaluator(analysis, choices, options).eval(closed.jaxpr, closed.consts, flat)
+        evaluator = _Evaluator(analysis, choices, options, method)
+        out = evaluator.eval(closed.jaxpr, closed.consts, flat)
         if report is not None:
             report.extend(records)
         del tree
@@ -586,9 +597,13 @@ def conv_transpose(
     *,
     multiplier: Multiplier | Policy | None,
     options: KernelOptions | None = None,
+    method: str | None = None,
     **kw,
 ):
     """``lax.conv_transpose`` with its products approximate (through :func:`approximate`)."""
     return approximate(
-        lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw), multiplier, options=options
+        lambda a, b: lax.conv_transpose(a, b, strides, padding, **kw),
+        multiplier,
+        options=options,
+        method=method,
     )(lhs, rhs)

@@ -43,6 +43,8 @@ from jax import lax
 
 from approxjax._src.arithmetic.arithmetic import (
     Arithmetic,
+    Method,
+    check_method,
     convert_operands,
     fold_in_key,
     kernel_attribute,
@@ -50,6 +52,7 @@ from approxjax._src.arithmetic.arithmetic import (
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
+from approxjax._src.ops import native
 from approxjax._src.ops.checks import check_multiplier, check_operand
 from approxjax._src.ops.dot_general import GradMultiplier
 from approxjax._src.ops.gemm import (
@@ -101,6 +104,7 @@ def conv_general_dilated(
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
     options: KernelOptions | None = None,
+    method: Method | None = None,
 ) -> jax.Array:
     """``jax.lax.conv_general_dilated`` with every product through a simulated multiplier.
 
@@ -112,6 +116,9 @@ def conv_general_dilated(
     on approximate products. ``options`` (:class:`~approxjax.KernelOptions`)
     choose how the kernels compute, including whether the CPU reads the
     patches in place (``conv="implicit"``, the default there) or builds them.
+    ``method`` is :func:`approxjax.dot_general`'s: natively, the transformed
+    operands go through XLA's own convolution (all three GEMMs of the
+    convolution run natively or none does).
 
     Raises:
       TypeError: operands are not float32/bfloat16/float16.
@@ -123,25 +130,114 @@ def conv_general_dilated(
     check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
     check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
     options = check_options(options)
+    method = check_method(method)
     if lhs.ndim != rhs.ndim or lhs.ndim < 2:
         raise ValueError(
             f"lhs and rhs need one rank >= 2; got shapes {tuple(lhs.shape)} and {tuple(rhs.shape)}"
         )
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    conv_args = (
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+    )
     if multiplier is None:
-        return lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dimension_numbers,
-            feature_group_count,
-            batch_group_count,
-            precision,
-            out_dtype,
+        return lax.conv_general_dilated(lhs, rhs, *conv_args, precision, out_dtype)
+    parts = gemm_parts(multiplier, input_grad_multiplier, weight_grad_multiplier, method)
+
+    def natively(lhs, rhs):
+        return _conv_natively(conv_args, parts, lhs, rhs).astype(out_dtype)
+
+    def by_tables(lhs, rhs):
+        return _conv_by_tables(lhs, rhs, conv_args, out_dtype, options, parts)
+
+    return native.by_platform(*_conv_natives(parts, method), natively, by_tables, lhs, rhs)
+
+
+def _conv_natives(parts, method) -> tuple[bool, bool]:
+    """Whether the convolution runs natively on the CPU, and elsewhere: where
+    every GEMM with a multiplier does (one custom_vjp computes all three)."""
+    (ig_mode, wg_mode), specs, _, natives = parts
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, specs=specs, natives=natives)
+    used = [pick(config, (0, 1, 2), i) for i in range(3)]
+    tabled = [(spec, nat) for spec, _, nat in used if spec is not None and spec.has_multiplier]
+    out = tuple(
+        any(nat[p] for _, nat in tabled) and all(nat[p] for _, nat in tabled) for p in (0, 1)
+    )
+    mixed = [any(nat[p] for _, nat in tabled) and not out[p] for p in (0, 1)]
+    forced = method == "native" or any(spec.method == "native" for spec, _ in tabled)
+    if forced and any(mixed):
+        raise ValueError(
+            "method='native' for a convolution needs all three of its GEMMs (forward, "
+            "input and weight gradient) native or exact; one of them runs by the table"
         )
+    return out
+
+
+def _conv_natively(conv_args, parts, lhs, rhs):
+    """The convolution as XLA convolutions of transformed operands, with the
+    gradient rules of the LUT path (input gradient: products of g and the
+    kernel; weight gradient: products of the input and g), each a sum of
+    terms of transposed convolutions (vjp of the bilinear convolution)."""
+    (ig_mode, wg_mode), specs, tables, natives = parts
+    config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, specs=specs, natives=natives)
+
+    def conv(x, w):
+        return lax.conv_general_dilated(
+            x, w, *conv_args, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32
+        )
+
+    def terms(op, a, b, tables, i):
+        spec, leaves, _ = pick(config, tables, i)
+        if spec is None:
+            return op(a, b)
+        lut, facts, key, factors = leaves
+        key = fold_in_key(key, i) if spec.stochastic else None
+        a, b, _ = convert_operands(a, b, spec, key)
+        if not spec.has_multiplier:
+            return op(a, b)
+        return native.term_sum(op, a, b, factors, spec.mantissa_bits)
+
+    @jax.custom_vjp
+    def f(x, w, tables):
+        return terms(conv, x, w, tables, 0)
+
+    def fwd(x, w, tables):
+        return f(x, w, tables), (x, w, tables)
+
+    def bwd(residuals, g):
+        x, w, tables = residuals
+
+        def dx_of(gg, ww):
+            return jax.vjp(lambda xx: conv(xx, ww), x)[1](gg)[0]
+
+        def dw_of(xx, gg):
+            return jax.vjp(lambda ww: conv(xx, ww), w)[1](gg)[0]
+
+        dx = terms(dx_of, g, w, tables, 1)
+        dw = terms(dw_of, x, g, tables, 2)
+        return dx, dw, zero_cotangents(tables)
+
+    f.defvjp(fwd, bwd)
+    x, w = ffi.same_varying_axes(lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+    return f(x, w, tables)
+
+
+def _conv_by_tables(lhs, rhs, conv_args, out_dtype, options, parts):
+    """The convolution as GEMMs of patches by the LUT kernels (see the module docstring)."""
+    (
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+    ) = conv_args
     n = lhs.ndim - 2
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     # Channels last: x (N, *S, C), w (*K, I, O); patches then come out as
@@ -238,9 +334,7 @@ def conv_general_dilated(
 
         patches.defvjp(lambda xc: (patches(xc), xc), lambda xc, g: jax.vjp(sliced, xc)[1](g))
 
-    (ig_mode, wg_mode), specs, luts = gemm_parts(
-        multiplier, input_grad_multiplier, weight_grad_multiplier
-    )
+    (ig_mode, wg_mode), specs, luts, _ = parts
     config = GemmConfig(input_grad=ig_mode, weight_grad=wg_mode, specs=specs, options=options)
     x = x.astype(jnp.float32)
     w = w.astype(jnp.float32)
@@ -311,7 +405,7 @@ def _implicit_conv(materialized, geometry, x, b, luts):
 
 
 def _conv_gemm(x, w, chosen, config, kernel, strides, dilation, transpose_lhs):
-    spec, (lut, facts, key) = chosen
+    spec, (lut, facts, key, _), _ = chosen
     role = 2 if transpose_lhs else 0  # the weight gradient's noise, or the forward's (as bmm)
     key = fold_in_key(key, role) if spec.stochastic else None
     _, _, noise = convert_operands(x, w, spec, key)  # no operand format here: the seed

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from approxjax._src.arithmetic.arithmetic import Arithmetic
+from approxjax._src.arithmetic.arithmetic import Arithmetic, Method, check_method
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
@@ -39,6 +39,7 @@ def dot_general(
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
     options: KernelOptions | None = None,
+    method: Method | None = None,
 ) -> jax.Array:
     """``jax.lax.dot_general`` with every product through a simulated multiplier.
 
@@ -64,6 +65,12 @@ def dot_general(
       weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
       options: how the kernels compute (:class:`~approxjax.KernelOptions`;
         None: the defaults); never changes a result.
+      method: ``"lut"`` (the LUT kernel), ``"native"`` (for a multiplier with
+        low-rank factors, ``Multiplier.rank``: r XLA dots of transformed
+        operands; results within :func:`approxjax.reference.native_bound` of
+        the kernel's, gradients by the same rules), ``"auto"`` (native where
+        it can run and was measured faster) or None: each arithmetic's own
+        (``Arithmetic(method=...)``; a bare Multiplier's is ``"auto"``).
 
     Returns:
       The product, shaped like ``lax.dot_general``'s (batch, lhs free, rhs free).
@@ -71,7 +78,9 @@ def dot_general(
     Raises:
       TypeError: an operand is not float32/bfloat16/float16, or a multiplier is
         not a Multiplier or an Arithmetic.
-      ValueError: malformed dimension numbers or mismatched sizes.
+      ValueError: malformed dimension numbers or mismatched sizes;
+        ``method="native"`` for a multiplier without factors (the message
+        names the rank found) or an arithmetic that rounds its sums.
     """
     lhs = check_operand("lhs", lhs)
     rhs = check_operand("rhs", rhs)
@@ -80,6 +89,7 @@ def dot_general(
     check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
     check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
     options = check_options(options)
+    method = check_method(method)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
     if multiplier is None:
         if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
@@ -90,8 +100,8 @@ def dot_general(
         return lax.dot_general(
             lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=out_dtype
         )
-    (ig_mode, wg_mode), specs, tables = gemm_parts(
-        multiplier, input_grad_multiplier, weight_grad_multiplier
+    (ig_mode, wg_mode), specs, tables, natives = gemm_parts(
+        multiplier, input_grad_multiplier, weight_grad_multiplier, method
     )
 
     (lc, rc), (lb, rb) = dimension_numbers
@@ -117,6 +127,7 @@ def dot_general(
         input_grad=ig_mode,
         weight_grad=wg_mode,
         specs=specs,
+        natives=natives,
         transpose_a=ta,
         transpose_b=tb,
         options=options,

@@ -37,6 +37,7 @@ from approxjax._src.arithmetic.arithmetic import (
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import DEFAULT, KernelOptions
+from approxjax._src.ops import native
 
 GradMode = Literal["forward", "exact", "own"]
 Specs = tuple[GemmSpec | None, GemmSpec | None, GemmSpec | None]
@@ -46,19 +47,22 @@ Specs = tuple[GemmSpec | None, GemmSpec | None, GemmSpec | None]
 class GemmConfig:
     """Static part of an approximate GEMM: the arithmetic of the forward pass
     and both gradients (None: exact), which gradients reuse the forward one,
-    and whether the operands are stored transposed."""
+    whether each runs natively (on the CPU, elsewhere: see
+    :mod:`approxjax._src.ops.native`), and whether the operands are stored
+    transposed."""
 
     input_grad: GradMode
     weight_grad: GradMode
     specs: Specs = (None, None, None)
+    natives: tuple[tuple[bool, bool], ...] = ((False, False),) * 3
     transpose_a: bool = False
     transpose_b: bool = False
     options: KernelOptions = DEFAULT
 
 
 def split(value: Any) -> tuple[GemmSpec | None, tuple | None]:
-    """The static spec and the leaves (lut, facts, key) of a multiplier
-    argument (a Multiplier, an Arithmetic or None)."""
+    """The static spec and the leaves (lut, facts, key, factors) of a
+    multiplier argument (a Multiplier, an Arithmetic or None)."""
     arith = as_arithmetic(value)
     if arith is None:
         return None, None
@@ -67,6 +71,7 @@ def split(value: Any) -> tuple[GemmSpec | None, tuple | None]:
         None if mult is None else mult.lut,
         None if mult is None else mult.facts,
         arith.key,
+        None if mult is None else mult.factors,
     )
     return arith.spec, leaves
 
@@ -83,18 +88,24 @@ def grad_split(value: Any) -> tuple[GradMode, GemmSpec | None, tuple | None]:
 
 
 def pick(config: GemmConfig, tables: tuple, i: int):
-    """(spec, leaves) of GEMM ``i`` (0 forward, 1 input gradient, 2 weight gradient)."""
-    mode = "own" if i == 0 else (config.input_grad if i == 1 else config.weight_grad)
-    j = {"forward": 0, "own": i, "exact": None}[mode]
+    """(spec, leaves, natives) of GEMM ``i`` (0 forward, 1 input gradient, 2
+    weight gradient)."""
+    j = _source(config, i)
     if j is None:
-        return None, None
-    return config.specs[j], tables[j]
+        return None, None, (False, False)
+    return config.specs[j], tables[j], config.natives[j]
+
+
+def _source(config: GemmConfig, i: int) -> int | None:
+    """Whose arithmetic GEMM ``i`` uses (None: exact)."""
+    mode = "own" if i == 0 else (config.input_grad if i == 1 else config.weight_grad)
+    return {"forward": 0, "own": i, "exact": None}[mode]
 
 
 def zero_cotangents(tables: tuple) -> tuple:
-    """Tables, facts and keys are not differentiated."""
+    """Tables, facts, keys and factors are not differentiated."""
     return tuple(
-        None if t is None else tuple(None if x is None or _int(x) else jnp.zeros_like(x) for x in t)
+        None if t is None else jax.tree.map(lambda x: None if _int(x) else jnp.zeros_like(x), t)
         for t in tables
     )
 
@@ -125,19 +136,45 @@ def one_table():
     return jnp.asarray(_ONE[0]), jnp.asarray(_ONE[1])
 
 
-def bmm(a, b, spec, leaves, transpose_a=False, transpose_b=False, options=DEFAULT, role=0):
+def bmm(
+    a,
+    b,
+    spec,
+    leaves,
+    transpose_a=False,
+    transpose_b=False,
+    options=DEFAULT,
+    role=0,
+    natives=(False, False),
+):
     """One batched GEMM under an arithmetic (None: exact), not differentiated.
     ``role`` (0 forward, 1 input gradient, 2 weight gradient) is folded into
-    the stochastic key: the three GEMMs of one operation draw independent noise."""
+    the stochastic key: the three GEMMs of one operation draw independent
+    noise. ``natives``: whether it runs natively on the CPU and elsewhere."""
     if spec is None:
         return exact_bmm(a, b, transpose_a, transpose_b)
-    lut, facts, key = leaves
+    lut, facts, key, factors = leaves
     key = fold_in_key(key, role) if spec.stochastic else None
     a, b, noise = convert_operands(a, b, spec, key)
     if not spec.has_multiplier and spec.default_sums:
         return exact_bmm(a, b, transpose_a, transpose_b)  # IEEE products, float32 sums
     if not spec.has_multiplier:
         lut, facts = one_table()
+    if any(natives):
+        m = spec.mantissa_bits
+
+        def natively(a, b):
+            return native.native_bmm(a, b, factors, m, transpose_a, transpose_b)
+
+        def by_table(a, b):
+            return _kernel_bmm(a, b, lut, facts, noise, transpose_a, transpose_b, options, spec)
+
+        return native.by_platform(*natives, natively, by_table, a, b)
+    return _kernel_bmm(a, b, lut, facts, noise, transpose_a, transpose_b, options, spec)
+
+
+def _kernel_bmm(a, b, lut, facts, noise, transpose_a, transpose_b, options, spec):
+    """The GEMM by the LUT kernel (``approxjax_gemm``)."""
     return ffi.gemm(
         a,
         b,
@@ -155,8 +192,10 @@ def bmm(a, b, spec, leaves, transpose_a=False, transpose_b=False, options=DEFAUL
 def approx_bmm(config: GemmConfig, a, b, tables):
     """``a @ b`` under the forward arithmetic; ``tables`` holds the forward,
     input-gradient and weight-gradient leaves (None where unused)."""
-    spec, leaves = pick(config, tables, 0)
-    return bmm(a, b, spec, leaves, config.transpose_a, config.transpose_b, config.options)
+    spec, leaves, natives = pick(config, tables, 0)
+    return bmm(
+        a, b, spec, leaves, config.transpose_a, config.transpose_b, config.options, 0, natives
+    )
 
 
 def _approx_bmm_fwd(config, a, b, tables):
@@ -168,11 +207,11 @@ def _approx_bmm_bwd(config, residuals, g):
     ta, tb, opts = config.transpose_a, config.transpose_b, config.options
     # dA = g (G,M,N) @ B^T: b is stored (K, N) = (out cols, contraction), or
     # (N, K) when transposed. Products keep their operand order (g, b).
-    spec, leaves = pick(config, tables, 1)
-    da = bmm(g, b, spec, leaves, transpose_b=not tb, options=opts, role=1)
+    spec, leaves, natives = pick(config, tables, 1)
+    da = bmm(g, b, spec, leaves, transpose_b=not tb, options=opts, role=1, natives=natives)
     # dB = A^T @ g: a is stored (M, K) = (contraction, out rows), or (K, M).
-    spec, leaves = pick(config, tables, 2)
-    db = bmm(a, g, spec, leaves, transpose_a=not ta, options=opts, role=2)
+    spec, leaves, natives = pick(config, tables, 2)
+    db = bmm(a, g, spec, leaves, transpose_a=not ta, options=opts, role=2, natives=natives)
     # Cotangents in the operands' stored layouts.
     da = jnp.swapaxes(da, 1, 2) if ta else da
     db = jnp.swapaxes(db, 1, 2) if tb else db
@@ -182,9 +221,29 @@ def _approx_bmm_bwd(config, residuals, g):
 approx_bmm.defvjp(_approx_bmm_fwd, _approx_bmm_bwd)
 
 
-def gemm_parts(multiplier, input_grad_multiplier, weight_grad_multiplier):
-    """The modes, specs and leaves of a GEMM's three multiplier arguments."""
+def gemm_parts(multiplier, input_grad_multiplier, weight_grad_multiplier, method=None):
+    """The modes, specs, leaves and native choices of a GEMM's three
+    multiplier arguments; ``method`` (None: each arithmetic's own) as
+    :func:`approxjax._src.ops.native.choose` says.
+
+    Raises:
+      ValueError: ``method="native"`` (given, or an arithmetic's) where the
+        native path cannot run.
+    """
     spec, leaves = split(multiplier)
     ig_mode, ig_spec, ig_leaves = grad_split(input_grad_multiplier)
     wg_mode, wg_spec, wg_leaves = grad_split(weight_grad_multiplier)
-    return (ig_mode, wg_mode), (spec, ig_spec, wg_spec), (leaves, ig_leaves, wg_leaves)
+    natives = []
+    values = (multiplier, input_grad_multiplier, weight_grad_multiplier)
+    for value, s in zip(values, (spec, ig_spec, wg_spec), strict=True):
+        arith = None if isinstance(value, str) else as_arithmetic(value)
+        if arith is None or s is None:
+            natives.append((False, False))
+        else:
+            natives.append(native.choose(method or s.method, s, arith.multiplier))
+    return (
+        (ig_mode, wg_mode),
+        (spec, ig_spec, wg_spec),
+        (leaves, ig_leaves, wg_leaves),
+        tuple(natives),
+    )

@@ -23,7 +23,7 @@ def _approx_multiply(spec, a, b, leaves):
 def _products(spec: GemmSpec, a, b, leaves):
     """Elementwise products under an arithmetic: operands converted, the
     table's (or IEEE) products, rounded to the product format if any."""
-    lut, facts, key = leaves
+    lut, facts, key, _ = leaves
     a, b, _ = convert_operands(a, b, spec, key)
     p = a * b if lut is None else ffi.multiply(a, b, lut, facts)
     if spec.product is not None:

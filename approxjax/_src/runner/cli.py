@@ -111,6 +111,8 @@ def _sweep(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_existing=args.on_existing,
         mesh=args.mesh,
+        method=args.method,
+        surrogate_rank=args.surrogate_rank,
     )
     show = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
     results = run_sweep(cfg, log=lambda msg: print(msg, flush=True), show_progress=show)
@@ -202,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--formats",
         help="comma-separated operand formats run with IEEE products and float32 sums, e.g. "
         "fp32,bf16,fp16,e4m3,e5m2 (which format does this model need?)",
+    )
+    sweep.add_argument(
+        "--method", choices=["auto", "lut", "native", "fast"], default="auto",
+        help="how GEMMs run: auto (native for exact low-rank tables where measured faster), "
+        "lut (the kernel), native (r XLA dots; an error for tables without exact factors), "
+        "fast (native, each table without exact factors replaced by its best low-rank "
+        "surrogate; results.json records each one's residual)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--surrogate-rank", type=int, default=2, help="rank of --method fast's surrogates (1-16)"
     )
     sweep.add_argument("--epochs", type=int, default=3, help="training epochs (>= 1)")
     sweep.add_argument("--batch-size", type=int, default=64, help="examples per step (>= 1)")

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("train", "inference", "finetune")
+# How GEMMs run (approxjax.dot_general's method=, and "fast": native, with a
+# low-rank surrogate standing in for each table without exact factors).
+METHODS = ("auto", "lut", "native", "fast")
 GEMMS = ("forward", "input_grad", "weight_grad")
 ON_EXISTING = ("refuse", "move")
 # The --multipliers options (parsed by approxjax._src.runner.specs.load_arithmetic).
@@ -49,6 +52,8 @@ class SweepConfig:
     resume: bool = False
     on_existing: str = "refuse"  # refuse | move (an output folder holding another run)
     mesh: str = "auto"  # "auto", "none", or e.g. "sweep=4,data=2"
+    method: str = "auto"  # auto | lut | native | fast
+    surrogate_rank: int = 2  # the rank of --method fast's surrogates
 
 
 # Fields that do not change what a run computes: a resumed run may differ in them.
@@ -133,6 +138,16 @@ def validate(cfg: SweepConfig) -> None:
             re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"--exact-layer {pattern!r} is not a regular expression: {e}") from e
+    if cfg.method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}; got {cfg.method!r}")
+    if (
+        isinstance(cfg.surrogate_rank, bool)
+        or not isinstance(cfg.surrogate_rank, int)
+        or not 1 <= cfg.surrogate_rank <= 16
+    ):
+        raise ConfigError(
+            f"--surrogate-rank must be an integer from 1 to 16; got {cfg.surrogate_rank!r}"
+        )
     if cfg.on_existing not in ON_EXISTING:
         raise ConfigError(
             f"--on-existing must be one of {', '.join(ON_EXISTING)}; got {cfg.on_existing!r}"

@@ -111,4 +111,27 @@ def describe(arith) -> dict:
         "accumulator": s.accumulator.name if s.accumulator else "float32",
         "accumulator_rounding": s.accumulator_rounding,
         "adder": None if s.adder is None else s.adder.name,
+        **_native(a),
+    }
+
+
+def _native(a) -> dict:
+    """How its GEMMs run on this process's default backend (the runner applies
+    one arithmetic to every approximate layer), the factors' rank, and a
+    surrogate's residual (None for a table of its own)."""
+    import jax
+
+    from approxjax._src.ops.native import choose
+
+    mult = a.multiplier
+    try:
+        cpu, other = choose(a.spec.method, a.spec, mult)
+    except ValueError as e:
+        return {"method": a.spec.method, "runs_as": f"error: {e}"}
+    native = cpu if jax.default_backend() == "cpu" else other
+    return {
+        "method": a.spec.method,
+        "runs_as": "native" if native else ("lut" if mult is not None else "xla"),
+        "rank": None if mult is None else mult.rank,
+        "surrogate": None if mult is None else mult.metadata.get("surrogate"),
     }

@@ -207,8 +207,33 @@ def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Arith]]:
                 f"({mult.name})"
             )
         names[mult.name] = spec
-        loaded.append((spec, mult))
+        loaded.append((spec, _with_method(mult, cfg, flag, spec)))
     return loaded
+
+
+def _with_method(mult: Arith, cfg: SweepConfig, flag: str, spec: str) -> Arith:
+    """The arithmetic as ``--method`` runs it: its method set (``fast``:
+    native, the table replaced by its surrogate where it has no exact factors)."""
+    from approxjax._src.arithmetic.arithmetic import as_arithmetic
+    from approxjax._src.ops.native import choose
+    from approxjax._src.tools.decompose import surrogate
+
+    if cfg.method == "auto":
+        return mult
+    arith = as_arithmetic(mult)
+    table = arith.multiplier
+    method = "native" if cfg.method == "fast" else cfg.method
+    if cfg.method == "fast" and table is not None and table.factors is None:
+        try:
+            table = surrogate(table, cfg.surrogate_rank)
+        except ValueError as e:
+            raise ConfigError(f"{flag} {spec!r}: --method fast: {e}") from e
+    try:
+        out = arith.replace(multiplier=table, method=method)
+        choose(method, out.spec, table)  # method="native" where it cannot run: now
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{flag} {spec!r}: --method {cfg.method}: {e}") from e
+    return out
 
 
 def _group_label(mult: Arith) -> str:
