@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from approxjax._src.arithmetic.lowrank import float32_error
+
 # The kernels sum products in blocks of this many k before adding the block
 # sums in order (kSumBlock in xla_ffi/approx_multiply.h).
 SUM_BLOCK = 4096
@@ -179,8 +181,6 @@ def native_bound(lhs, rhs, dimension_numbers, multiplier) -> np.ndarray:
     + eps) P``, for products in float32's normal range (the native path does
     not flush those below ``2**-126``; the LUT kernel does).
     """
-    from approxjax._src.arithmetic.lowrank import float32_error
-
     u, v = (np.asarray(f, np.float32) for f in multiplier.factors)
     lut = np.asarray(multiplier.lut, np.float64)
     m = multiplier.mantissa_bits

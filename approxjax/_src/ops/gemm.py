@@ -90,16 +90,11 @@ def grad_split(value: Any) -> tuple[GradMode, GemmSpec | None, tuple | None]:
 def pick(config: GemmConfig, tables: tuple, i: int):
     """(spec, leaves, natives) of GEMM ``i`` (0 forward, 1 input gradient, 2
     weight gradient)."""
-    j = _source(config, i)
+    mode = "own" if i == 0 else (config.input_grad if i == 1 else config.weight_grad)
+    j = {"forward": 0, "own": i, "exact": None}[mode]
     if j is None:
         return None, None, (False, False)
     return config.specs[j], tables[j], config.natives[j]
-
-
-def _source(config: GemmConfig, i: int) -> int | None:
-    """Whose arithmetic GEMM ``i`` uses (None: exact)."""
-    mode = "own" if i == 0 else (config.input_grad if i == 1 else config.weight_grad)
-    return {"forward": 0, "own": i, "exact": None}[mode]
 
 
 def zero_cotangents(tables: tuple) -> tuple:

@@ -24,7 +24,7 @@ Method choice (``method=``): ``"lut"`` the kernel; ``"native"`` this path
 (a ``ValueError`` where it cannot run); ``"auto"`` this path where the table
 has factors, the arithmetic is plain float32 sums, and it was measured
 faster: on a GPU (cuBLAS against our LUT kernel) for every rank; on the CPU
-for ranks 2 to :data:`CPU_AUTO_MAX_RANK` by m (rank 1 runs as fast through
+for ranks 2 to :func:`cpu_auto_max_rank` of m (rank 1 runs as fast through
 the CPU kernel's own separable path, in the kernel's summation order). The
 choice between the CPU and the other platforms is made when XLA lowers the
 program for its platform (``lax.platform_dependent``).
@@ -37,8 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from approxjax._src.arithmetic import lowrank
-
 # The largest rank that "auto" runs natively on the CPU, by m (measured at
 # 1024^3 in benchmarks/bench_native.py: the LUT kernel costs 3-4x XLA's dot up
 # to m = 7, 8x at m = 8, 25x at m = 10; the native path r x dot plus ~0.1x).
@@ -48,9 +46,6 @@ _CPU_AUTO = {7: 2, 8: 6}
 def cpu_auto_max_rank(m: int) -> int:
     """The largest rank "auto" runs natively on the CPU for tables of m bits."""
     return _CPU_AUTO[7] if m <= 7 else _CPU_AUTO.get(m, 16)
-
-
-CPU_AUTO_MAX_RANK = {m: cpu_auto_max_rank(m) for m in range(13)}
 
 
 def transform(x: jax.Array, factor: jax.Array, m: int, first: bool) -> jax.Array:
@@ -100,34 +95,23 @@ def why_not_native(spec, multiplier) -> str | None:
         )
     if multiplier.factors is not None:
         return None
-    return f"{multiplier.name} {_rank_found(multiplier)}"
-
-
-def _rank_found(multiplier) -> str:
-    """What is known of a factorless multiplier's exact rank, for messages."""
     if isinstance(multiplier.lut, jax.core.Tracer) or multiplier.batch_shape:
         return (
-            "has no factors (a traced or stacked table is not searched: make it with "
-            "Multiplier.factored() before jit/stack)"
+            f"{multiplier.name} has no factors (a traced or stacked table is not searched: "
+            "make it with Multiplier.factored() before jit/stack)"
         )
     if multiplier.mantissa_bits > 10:
         return (
-            "has no factors (tables above m = 8 are searched on request: "
+            f"{multiplier.name} has no factors (tables above m = 8 are searched on request: "
             "Multiplier.factored(max_rank))"
         )
-    found = lowrank.exact_factors(np.asarray(multiplier.lut), 16)
-    if found is None:
-        return (
-            "has no exact decomposition of rank <= 16 (approxjax.surrogate makes a "
-            "low-rank stand-in, explicitly)"
-        )
-    if not found.usable:
-        return (
-            f"has exact rank {found.rank}, but its factors cannot run natively (first pair "
-            f"not positive everywhere, or float32 error {found.float32_error:.3g})"
-        )
+    try:  # the rank found, in the words of Multiplier.factored
+        rank = multiplier.factored(16).rank
+    except ValueError as e:
+        return str(e)
     return (
-        f"has exact rank {found.rank} > 4: make it with Multiplier.factored(max_rank={found.rank})"
+        f"{multiplier.name} has exact rank {rank} > 4: make it with "
+        f"Multiplier.factored(max_rank={rank})"
     )
 
 

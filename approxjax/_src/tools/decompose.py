@@ -23,6 +23,7 @@ import numpy as np
 
 from approxjax._src.arithmetic.lowrank import balanced, best_factors, check_rank, exact_factors
 from approxjax._src.arithmetic.multipliers import Multiplier, significands
+from approxjax._src.arithmetic.reference import products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,19 +203,11 @@ class SurrogateResidual:
     gemm_vs_own: float | None
 
 
-def _sample_gemm(table: np.ndarray, m: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum_k table[i(a), j(b)] * 2**(ea + eb) * signs, exactly (float64): the
-    table's rule for normal operands."""
-
-    def parts(x):
-        frac, exp = np.frexp(np.abs(x))  # |x| = frac 2**exp, frac in [0.5, 1)
-        index = np.floor((2 * frac - 1) * (1 << m)).astype(np.int64)
-        return np.sign(x) * np.ldexp(1.0, exp - 1), index
-
-    sa, ia = parts(a)
-    sb, ib = parts(b)
-    products = table[ia[:, :, None], ib[None, :, :]]  # (M, K, N)
-    return np.einsum("mk,mkn,kn->mn", sa, products, sb)
+def _sample_gemm(table: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sample GEMM's simulated products under ``table`` (the reference
+    rule), summed exactly (float64)."""
+    p = products(a, b, (((1,), (0,)), ((), ())), np.asarray(table, np.float32))
+    return np.asarray(p, np.float64).sum(-1)[0]
 
 
 def surrogate(multiplier: Multiplier, rank: int = 2) -> Multiplier:
@@ -258,11 +251,11 @@ def surrogate(multiplier: Multiplier, rank: int = 2) -> Multiplier:
     positive = lut > 0
     rel = np.abs(table.astype(np.float64) - lut)[positive] / lut[positive]
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((64, 256))
-    b = rng.standard_normal((256, 64))
-    g_l = _sample_gemm(lut, m, a, b)
-    g_s = _sample_gemm(table.astype(np.float64), m, a, b)
-    g_x = _sample_gemm(exact, m, a, b)
+    a = rng.standard_normal((64, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 64)).astype(np.float32)
+    g_l = _sample_gemm(lut, a, b)
+    g_s = _sample_gemm(table, a, b)
+    g_x = _sample_gemm(exact, a, b)
     diff = float(np.linalg.norm(g_s - g_l))
     own_gemm = float(np.linalg.norm(g_l - g_x))
     residual = SurrogateResidual(
