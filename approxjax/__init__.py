@@ -5,7 +5,9 @@ multiplier described by a lookup table of significand products (see
 :mod:`approxjax.reference` for the exact rule), computed by C++ (CPU) and CUDA
 kernels registered as XLA FFI custom calls. An :class:`Arithmetic` adds
 operand formats (FP8, BF16, FP16, custom; :mod:`approxjax.formats`), product
-rounding, the accumulator's format and rounding, and approximate adders.
+rounding, the accumulator's format and rounding, and approximate adders. An
+:class:`IntegerMultiplier` (:mod:`approxjax.integer`: the catalog, and
+:func:`from_c` with ``bits=``) multiplies integer operand codes.
 
 The public API is what this module exports (``__all__``) and the namespaces
 :mod:`approxjax.nn` (Flax modules), :mod:`approxjax.reference` (the pure-JAX
@@ -18,7 +20,7 @@ from approxjax._src import extension_check as _extension_check
 
 _extension_check.check()
 
-from approxjax import formats, nn, reference  # noqa: E402
+from approxjax import formats, integer, nn, reference  # noqa: E402
 from approxjax._src.arithmetic.arithmetic import (  # noqa: E402
     LOA,
     Arithmetic,
@@ -33,6 +35,7 @@ from approxjax._src.arithmetic.catalog import (  # noqa: E402
     mitchell,
     truncated,
 )
+from approxjax._src.arithmetic.integer import IntegerMultiplier  # noqa: E402
 from approxjax._src.arithmetic.multipliers import Multiplier, significands  # noqa: E402
 from approxjax._src.flax.modules import (  # noqa: E402
     Conv,
@@ -95,6 +98,7 @@ __all__ = [
     "DenseGeneral",
     "Einsum",
     "GemmMultipliers",
+    "IntegerMultiplier",
     "KernelOptions",
     "MultiHeadDotProductAttention",
     "Multiplier",
@@ -121,6 +125,7 @@ __all__ = [
     "from_c",
     "from_function",
     "get",
+    "integer",
     "load_approxtrain",
     "load_lut",
     "lowblock",

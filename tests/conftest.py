@@ -27,6 +27,7 @@ def rng():
 # notebooks, multi-device subprocesses, and the largest property and
 # reference sweeps. CI runs them all.
 SLOW = {
+    "test_gemm_matches_reference",
     "test_any_arithmetic_any_dimension_numbers",
     "test_gradients_run_each_gemm_under_its_arithmetic",
     "test_convolution_under_an_arithmetic",

@@ -8,6 +8,9 @@
 //   approxjax_conv_gemm  the same GEMM with the patches of a padded input as
 //                        lhs, read in place (implicit im2col; shapes.h)
 //   approxjax_multiply   out[..., n] = approx(a[..., n], b[..., n])
+//   approxjax_int_gemm   out[..., M, N] = sum_k lut[..., a[..., M, K],
+//                        b[..., K, N]] in int32 (integer multipliers;
+//                        integer_gemm.cc)
 //   approxjax_analyze_lut  facts[..., FactsWords(m)] of lut[..., 2**m, 2**m]
 //
 // The GEMMs take their kernel choices as the dictionary attribute "options"
@@ -26,6 +29,7 @@ namespace approxjax {
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxConvGemmCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(IntegerGemmCpu);
 
 // Name of the default kernel variant on this CPU ("Avx2", "Baseline", ...).
 const char* CpuKernelName();

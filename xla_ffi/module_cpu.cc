@@ -64,6 +64,7 @@ NB_MODULE(_approxjax_cpu, m) {
         EncapsulateFfiHandler(approxjax::ApproxConvGemmCpu);
     d["approxjax_multiply"] =
         EncapsulateFfiHandler(approxjax::ApproxMultiplyCpu);
+    d["approxjax_int_gemm"] = EncapsulateFfiHandler(approxjax::IntegerGemmCpu);
     d["approxjax_analyze_lut"] = EncapsulateFfiHandler(approxjax::AnalyzeLutCpu);
     return d;
   });

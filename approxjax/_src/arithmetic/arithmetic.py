@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from approxjax._src.arithmetic.formats import Format, check_rounding, convert, get
+from approxjax._src.arithmetic.integer import IntegerMultiplier, stack_integer
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.arithmetic.multipliers import stack as stack_multipliers
 from approxjax._src.kernels.options import ArithmeticAttribute
@@ -378,8 +379,9 @@ def as_arithmetic(value: Any) -> Arithmetic | None:
 
 
 def stack(items: Sequence[Multiplier | Arithmetic]) -> Multiplier | Arithmetic:
-    """A stack for ``jax.vmap`` sweeps: of multipliers with one m, or of
-    arithmetics that share their formats and modes and differ in tables.
+    """A stack for ``jax.vmap`` sweeps: of multipliers with one m, of
+    arithmetics that share their formats and modes and differ in tables, or
+    of integer multipliers with the same widths and signedness.
 
     Raises:
       ValueError: an empty list, different m, or arithmetics that differ in
@@ -388,6 +390,8 @@ def stack(items: Sequence[Multiplier | Arithmetic]) -> Multiplier | Arithmetic:
     items = list(items)
     if items and all(isinstance(x, Multiplier) for x in items):
         return stack_multipliers(items)
+    if items and any(isinstance(x, IntegerMultiplier) for x in items):
+        return stack_integer(items)
     if not items:
         raise ValueError("stack needs at least one multiplier")
     arith = [as_arithmetic(x) for x in items]

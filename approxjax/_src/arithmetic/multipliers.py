@@ -156,7 +156,7 @@ class Multiplier:
         self.facts = facts
         self.factors = factors
         self.mantissa_bits = m
-        self.names = _names(name, table.shape[:-2], m)
+        self.names = names_of(name, table.shape[:-2], f"lut{m}")
         self.metadata = dict(metadata or {})
 
     @property
@@ -266,10 +266,13 @@ def _concrete_facts(table: np.ndarray) -> jax.Array:
     return jnp.asarray(facts)
 
 
-def _names(name: str | Sequence[str] | None, batch: tuple[int, ...], m: int) -> tuple[str, ...]:
+def names_of(
+    name: str | Sequence[str] | None, batch: tuple[int, ...], base: str
+) -> tuple[str, ...]:
+    """The names of a multiplier or a stack: ``name`` (one, or one per member
+    of the stack), or ``base`` numbered."""
     if name is None:
         count = int(np.prod(batch)) if batch else 1
-        base = f"lut{m}"
         return (base,) if count == 1 else tuple(f"{base}[{i}]" for i in range(count))
     if isinstance(name, str):
         return (name,)

@@ -142,6 +142,27 @@ def dot_general(
     return total.reshape(shape).astype(out_dtype)
 
 
+def integer_multiply(a: jax.Array, b: jax.Array, multiplier) -> jax.Array:
+    """Products of integer operand codes under an integer multiplier:
+    ``table[a mod 2**bits_a, b mod 2**bits_b]`` (bit patterns index the
+    table), int32, broadcast like ``a * b``. Codes are taken as they are (the
+    kernels' callers check their range)."""
+    ia = jnp.asarray(a).astype(jnp.int32) & ((1 << multiplier.bits[0]) - 1)
+    ib = jnp.asarray(b).astype(jnp.int32) & ((1 << multiplier.bits[1]) - 1)
+    ia, ib = jnp.broadcast_arrays(ia, ib)
+    return multiplier.table[ia, ib]
+
+
+def integer_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, multiplier) -> jax.Array:
+    """``lax.dot_general`` of integer codes with every product from the
+    multiplier's table, summed exactly in int32 (the reference model of
+    ``approxjax.dot_general`` under an IntegerMultiplier; memory
+    ``O(G * M * N * K)``, for tests)."""
+    a, b, shape = canonical(jnp.asarray(lhs), jnp.asarray(rhs), dimension_numbers)
+    p = integer_multiply(a[:, :, None, :], jnp.swapaxes(b, 1, 2)[:, None, :, :], multiplier)
+    return p.sum(axis=3, dtype=jnp.int32).reshape(shape)
+
+
 def accumulation_bound(abs_products_sum: np.ndarray | jax.Array, k: int) -> np.ndarray:
     """Largest difference between two float32 sums of the same ``k`` exact terms.
 

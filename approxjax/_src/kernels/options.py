@@ -34,7 +34,10 @@ class KernelOptions:
         GEMM of transformed operands (no tables).
       compact: 16-bit per-tile tables where every entry is bfloat16-exact.
       planes: build compact tables by word permutes (AVX-512BW).
-      codes: build compact tables by byte permutes (AVX-512 VBMI).
+      codes: build compact tables by byte permutes (AVX-512 VBMI); for
+        integer multipliers, build 16-bit per-tile tables from byte planes
+        by byte permutes.
+      pairs: integer multipliers: sum two k per instruction (AVX-512 VNNI).
       prepack: pack the streamed operand once per call.
       huge_pages: ask Linux for 2 MiB pages under large outputs.
       conv: convolutions read their patches in place (``"implicit"``; CPU
@@ -56,6 +59,7 @@ class KernelOptions:
     compact: bool = True
     planes: bool = True
     codes: bool = True
+    pairs: bool = True
     prepack: bool = True
     huge_pages: bool = True
     conv: Literal["auto", "implicit", "patches"] = "auto"
@@ -69,7 +73,16 @@ class KernelOptions:
             raise ValueError(f"variant must be one of {sorted(_VARIANTS)}; got {self.variant!r}")
         if self.conv not in ("auto", "implicit", "patches"):
             raise ValueError(f"conv must be 'auto', 'implicit' or 'patches'; got {self.conv!r}")
-        for name in ("separable", "compact", "planes", "codes", "prepack", "huge_pages", "check"):
+        for name in (
+            "separable",
+            "compact",
+            "planes",
+            "codes",
+            "pairs",
+            "prepack",
+            "huge_pages",
+            "check",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
 

@@ -17,11 +17,13 @@ import numpy as np
 from jax import lax
 
 from approxjax._src.arithmetic.arithmetic import Arithmetic, Method, check_method
+from approxjax._src.arithmetic.integer import IntegerMultiplier
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers, check_multiplier, check_operand
 from approxjax._src.ops.gemm import GemmConfig, approx_bmm, gemm_parts
+from approxjax._src.ops.integer_gemm import integer_dot_general
 
 GradMultiplier = Multiplier | Arithmetic | None | Literal["forward"]
 
@@ -35,7 +37,7 @@ def dot_general(
     precision: Any = None,
     preferred_element_type: Any = None,
     *,
-    multiplier: Multiplier | Arithmetic | None = None,
+    multiplier: Multiplier | Arithmetic | IntegerMultiplier | None = None,
     input_grad_multiplier: GradMultiplier = "forward",
     weight_grad_multiplier: GradMultiplier = "forward",
     options: KernelOptions | None = None,
@@ -59,7 +61,10 @@ def dot_general(
       multiplier: the forward multiplier (a :class:`~approxjax.Multiplier` or
         an :class:`~approxjax.Arithmetic`); ``None`` means exact float32 and
         uses XLA's own dot (and then the gradient multipliers must be left
-        alone).
+        alone). An :class:`~approxjax.IntegerMultiplier` takes integer
+        arrays of operand codes instead and returns the exact int32 sums of
+        its table's products (``preferred_element_type`` may cast them; see
+        :mod:`approxjax._src.ops.integer_gemm`).
       input_grad_multiplier: multiplier of ``d lhs = g @ rhs^T``: ``"forward"``,
         a Multiplier or Arithmetic, or ``None`` for exact.
       weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
@@ -82,6 +87,22 @@ def dot_general(
         ``method="native"`` for a multiplier without factors (the message
         names the rank found) or an arithmetic that rounds its sums.
     """
+    if isinstance(multiplier, IntegerMultiplier):
+        if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
+            raise ValueError(
+                "integer operand codes have no gradient: leave the gradient multipliers alone "
+                "(quantized layers choose their gradient estimators)"
+            )
+        if method not in (None, "auto", "lut"):
+            raise ValueError(f"integer multipliers run by their tables; got method={method!r}")
+        return integer_dot_general(
+            lhs,
+            rhs,
+            dimension_numbers,
+            multiplier,
+            options=options,
+            preferred_element_type=preferred_element_type,
+        )
     lhs = check_operand("lhs", lhs)
     rhs = check_operand("rhs", rhs)
     dimension_numbers = check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)

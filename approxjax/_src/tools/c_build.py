@@ -150,6 +150,29 @@ def integer_kind(bits_a: int, bits_b: int, signed_a: bool, signed_b: bool) -> Mo
     )
 
 
+FLOAT_TYPES = frozenset({"float", "double", "long double", "_Float16", "half"})
+
+
+def return_type(source: str, function: str) -> str | None:
+    """The declared return type of ``function`` in ``source`` (qualifiers and
+    ``static``/``inline``/``extern "C"`` dropped), or None where no definition
+    is found by this simple scan (the compiler then has the last word)."""
+    pattern = re.compile(
+        r"(?:^|[;}\n])\s*((?:[A-Za-z_][\w]*\s+|\*\s*)*?)"
+        + re.escape(function)
+        + r"\s*\([^;{)]*\)\s*\{"
+    )
+    m = pattern.search(source)
+    if m is None:
+        return None
+    words = [
+        w
+        for w in m.group(1).replace("*", " * ").split()
+        if w not in {"static", "inline", "extern", '"C"', "const", "volatile", "__inline__"}
+    ]
+    return " ".join(words) or None
+
+
 def cache_dir() -> Path:
     """Where compiled models are kept (``$APPROXJAX_CACHE_DIR`` or the XDG cache)."""
     base = os.environ.get("APPROXJAX_CACHE_DIR")

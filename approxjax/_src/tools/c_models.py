@@ -10,6 +10,7 @@ the exponents fixed, and checked against the table on other exponents and signs.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -73,8 +74,10 @@ def from_function(
 def from_c(
     source_or_path: str | os.PathLike,
     function: str,
-    m: int,
+    m: int | None = None,
     *,
+    bits: int | tuple[int, int] | None = None,
+    signed: bool | tuple[bool, bool] = True,
     name: str | None = None,
     cxx: bool | None = None,
     flags: Sequence[str] = (),
@@ -84,7 +87,25 @@ def from_c(
     timeout: float = 60.0,
     hint: str = "validate='warn' or validate=False",
 ) -> Multiplier:
-    """A multiplier from a C or C++ functional model ``float function(float, float)``.
+    """A multiplier from a C or C++ functional model: a float model
+    ``float function(float, float)`` with ``m`` mantissa bits, or an integer
+    model (with ``bits=``, see below).
+
+    **Integer models** (``bits=8``, ``bits=(8, 4)``, ``signed=True`` or a
+    pair): a function of two integer operands returning their integer
+    product, with whatever integer types the file uses (EvoApproxLib's
+    ``uint16_t mul8u_XXX(uint8_t A, uint8_t B)``, ``int16_t
+    mul8s_XXX(int8_t, int8_t)``, ``uint64_t f(const uint64_t B, const
+    uint64_t A)``, ...): it is called with every pair of operand values (two's
+    complement values for signed operands; the first parameter is the lhs
+    operand, the table's row, whatever its name), compiled with
+    ``-DINT_BITS_A=<a> -DINT_BITS_B=<b>``, and tabulated exhaustively in a
+    child process into an :class:`~approxjax.IntegerMultiplier` (operands of
+    up to 12 bits). Hardware figures in the file's header comments
+    (EvoApproxLib's ``PDK45_PWR = 0.363 mW``, ``PDK45_AREA = 635.0 um2``,
+    ``PDK45_DELAY = 1.37 ns``) become its ``cost`` (``power_mW``,
+    ``area_um2``, ``delay_ns``), and the error figures the header reports
+    (``MAE``, ``WCE%``, ...) its ``metadata["reported"]``.
 
     The model is compiled with the system compiler (``CC``/``CXX`` or cc/c++),
     with ``-DAPPROXJAX_M=<m>`` so that it can know the mantissa width, cached
@@ -110,25 +131,41 @@ def from_c(
       timeout: seconds the model may run, for the table and for the validation.
       hint: how the caller turns validation off (for the error message).
 
+      bits: integer operand widths (an int, or a pair): makes an integer model.
+      signed: whether integer operands are signed (a bool, or a pair).
+
     Raises:
       ValueError: the source does not compile (with the compiler's message), it
         lacks the function, the model crashes, exits or hangs (naming the
         operands), returns NaN, inf or a negative product for positive
         operands, or (with validate=True) depends on more than the mantissas
-        (with the worst case found).
+        (with the worst case found); an integer model's product outside
+        int32, or widths outside 2..12.
+      TypeError: neither or both of ``m`` and ``bits``; a function declared to
+        return a float type given ``bits`` (or an integer type given ``m``).
     """
-    m = check_mantissa_bits(m)
+    if (m is None) == (bits is None):
+        raise TypeError(
+            "from_c takes m (mantissa bits of a float model float f(float, float)) or bits= "
+            f"(operand widths of an integer model), exactly one; got m={m!r}, bits={bits!r}"
+        )
     text, path = c_build.read_source(source_or_path)
-    if cxx is None:
-        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
-    model = c_build.build(
-        text,
-        function,
-        c_build.FLOAT_MULTIPLIER,
-        cxx=cxx,
-        flags=[f"-DAPPROXJAX_M={m}", *flags],
-        include_dir=path.resolve().parent if path is not None else None,
-    )
+    declared = c_build.return_type(text, function)
+    if bits is not None:
+        if declared is not None and declared in c_build.FLOAT_TYPES:
+            raise TypeError(
+                f"{function} returns {declared}: an integer model returns an integer product "
+                "(for a float model pass m instead of bits=)"
+            )
+        return _integer_from_c(text, path, function, bits, signed, name, cxx, flags, timeout)
+    if declared is not None and declared not in c_build.FLOAT_TYPES:
+        raise TypeError(
+            f"{function} returns {declared}: a float model returns float "
+            "(for an integer model pass bits= instead of m)"
+        )
+    m = check_mantissa_bits(m)
+    kind = c_build.FLOAT_MULTIPLIER
+    model, provenance = _build(text, path, function, kind, cxx, flags, [f"-DAPPROXJAX_M={m}"])
     side = 1 << m
     sig = significands(m)
     table = model.table(
@@ -138,17 +175,7 @@ def from_c(
         describe=lambda i, j: f"{function}({float(sig[i])!r}, {float(sig[j])!r})",
     )
     table = _check_table(table.astype(np.float64), m, f"C model {function}")
-    mult = Multiplier(
-        table,
-        name=name or f"{function}{m}",
-        metadata={
-            "source": "c_model",
-            "function": function,
-            "source_hash": model.digest,
-            "flags": list(flags),
-            "path": str(path) if path else None,
-        },
-    )
+    mult = Multiplier(table, name=name or f"{function}{m}", metadata=provenance)
     if validate:
         report = check_mantissa_only(model, mult, samples=samples, seed=seed, timeout=timeout)
         if report is not None:
@@ -158,6 +185,102 @@ def from_c(
             else:
                 raise ValueError(msg + f" (pass {hint} to accept it)")
     return mult
+
+
+def _build(text, path, function, kind, cxx, flags, defines):
+    """The model compiled with ``kind``'s driver, ``defines`` and the user's
+    ``flags`` (C++ by the file's suffix unless ``cxx`` says), and its
+    provenance for the multiplier's metadata."""
+    if cxx is None:
+        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
+    include = path.resolve().parent if path is not None else None
+    model = c_build.build(
+        text, function, kind, cxx=cxx, flags=[*defines, *flags], include_dir=include
+    )
+    provenance = {
+        "source": "c_model",
+        "function": function,
+        "source_hash": model.digest,
+        "flags": list(flags),
+        "path": str(path) if path else None,
+    }
+    return model, provenance
+
+
+def _integer_from_c(text, path, function, bits, signed, name, cxx, flags, timeout):
+    from approxjax._src.arithmetic.integer import (
+        INT32_MAX,
+        MAX_TABLE_BITS,
+        IntegerMultiplier,
+        check_bits,
+        check_signed,
+        operand_values,
+    )
+
+    pair, sign = check_bits(bits), check_signed(signed)
+    if max(pair) > MAX_TABLE_BITS:
+        raise ValueError(
+            f"integer models of up to {MAX_TABLE_BITS} x {MAX_TABLE_BITS} bits are tabulated; "
+            f"bits={bits!r} would need a function model inside the kernel, which approxjax "
+            "does not have yet"
+        )
+    widths = [f"-DINT_BITS_A={pair[0]}", f"-DINT_BITS_B={pair[1]}"]
+    kind = c_build.integer_kind(*pair, *sign)
+    model, provenance = _build(text, path, function, kind, cxx, flags, widths)
+    va, vb = operand_values(pair[0], sign[0]), operand_values(pair[1], sign[1])
+    table = model.table(
+        1 << pair[0],
+        1 << pair[1],
+        timeout=timeout,
+        describe=lambda i, j: f"{function}({int(va[i])}, {int(vb[j])})",
+    )
+    big = np.abs(table) > INT32_MAX
+    if big.any():
+        i, j = (int(v) for v in np.argwhere(big)[0])
+        raise ValueError(
+            f"C model {function}({int(va[i])}, {int(vb[j])}) = {int(table[i, j])} does not fit "
+            "int32"
+        )
+    tag = "".join("s" if s else "u" for s in sign)
+    return IntegerMultiplier(
+        table,
+        bits=pair,
+        signed=sign,
+        name=name or function,
+        cost=header_cost(text),
+        metadata={**provenance, "signedness": tag, "reported": header_metrics(text)},
+    )
+
+
+_COST = re.compile(r"\b\w*?_?(PWR|POWER|AREA|DELAY)\s*=\s*([-+0-9.eE]+)\s*([A-Za-z0-9]+)?")
+_COST_NAMES = {"PWR": "power", "POWER": "power", "AREA": "area", "DELAY": "delay"}
+_METRIC = re.compile(r"^[\s*/#]*(MAE%|MAE|WCE%|WCE|WCRE%|EP%|MRE%|MSE)\s*=\s*([-+0-9.eE]+)", re.M)
+
+
+def header_cost(text: str) -> dict[str, float]:
+    """Hardware figures from a C model's comments: ``PDK45_PWR = 0.363 mW``
+    gives ``{"power_mW": 0.363}``; likewise ``_AREA`` (``area_um2``) and
+    ``_DELAY`` (``delay_ns``). The first of each kind counts."""
+    out: dict[str, float] = {}
+    for kind, value, unit in _COST.findall(text):
+        key = f"{_COST_NAMES[kind]}_{unit}" if unit else _COST_NAMES[kind]
+        if not any(k.startswith(_COST_NAMES[kind]) for k in out):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def header_metrics(text: str) -> dict[str, float]:
+    """The error figures a C model's header reports (``MAE = 1.0``, ``EP% = 37.5``)."""
+    out = {}
+    for key, value in _METRIC.findall(text):
+        try:
+            out.setdefault(key, float(value))
+        except ValueError:
+            continue
+    return out
 
 
 def check_mantissa_only(

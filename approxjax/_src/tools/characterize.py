@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from approxjax._src.arithmetic import reference
+from approxjax._src.arithmetic.integer import IntegerMultiplier
 from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.tools.integer_errors import characterize_integer, plot_integer_errors
 
 EXHAUSTIVE_MAX_BITS = 10
 RANDOM_PAIRS = 1 << 20
@@ -118,7 +120,10 @@ def _sample_pairs(samples: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) -> Characterization:
-    """Error metrics of a multiplier (see the module docstring).
+    """Error metrics of a multiplier (see the module docstring); of an
+    :class:`~approxjax.IntegerMultiplier`, the integer metrics (``mae``,
+    ``wce``, ``ep``, ``mre``, ``mse``, ...: an ``IntegerCharacterization``,
+    defined in :mod:`approxjax._src.tools.integer_errors`).
 
     Args:
       multiplier: a single multiplier.
@@ -128,6 +133,10 @@ def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) 
         values are left out.
       seed: seed for the random pairs.
     """
+    if isinstance(multiplier, IntegerMultiplier):
+        if samples is not None:
+            raise ValueError("samples apply to float multipliers; integer ones are exhaustive")
+        return characterize_integer(multiplier)
     if not isinstance(multiplier, Multiplier) or multiplier.batch_shape:
         raise TypeError("characterize takes one Multiplier (not a stack)")
     approx, exact, x, y = table_errors(multiplier, seed)
@@ -206,6 +215,7 @@ def _relative_errors(multiplier: Multiplier, seed: int = 0):
 def plot_errors(multipliers: Multiplier | Sequence[Multiplier], path: str | None = None):
     """Relative-error heat map and histogram, one row per multiplier.
 
+    Integer multipliers get their error ``A - a*b`` over the operand values.
     A multiplier whose table is exact on its own grid (``truncated(m)``: every
     entry is the exact product of the truncated significands) has no error
     there; its row shows the error on random full-precision significands
@@ -213,7 +223,10 @@ def plot_errors(multipliers: Multiplier | Sequence[Multiplier], path: str | None
 
     Returns the matplotlib figure (saved to ``path`` as one PNG when given).
     """
-    mults = [multipliers] if isinstance(multipliers, Multiplier) else list(multipliers)
+    single = isinstance(multipliers, (Multiplier, IntegerMultiplier))
+    mults = [multipliers] if single else list(multipliers)
+    if all(isinstance(m, IntegerMultiplier) for m in mults):
+        return plot_integer_errors(mults, path)
     plt = pyplot()
     fig, axes = plt.subplots(len(mults), 2, figsize=(11, 4.2 * len(mults)), squeeze=False)
     for (ax0, ax1), mult in zip(axes, mults, strict=True):

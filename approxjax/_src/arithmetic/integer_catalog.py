@@ -1,0 +1,189 @@
+"""Built-in integer multipliers, written by us from the cited papers.
+
+Every design is an unsigned core on operand magnitudes; a signed multiplier
+applies it to ``|a|`` and ``|b|`` and gives the product the sign of ``a * b``
+(sign-magnitude, as DRUM and most published signed designs of these families
+do). An ``n``-bit signed operand's magnitude needs all ``n`` bits (``|-128|``
+is 128), so the core runs at the full width. Each has a C twin in ``luts/``
+(``int_*.c``) that ``tests/test_integer.py`` builds with
+:func:`approxjax.from_c` and compares with the table entry by entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from approxjax._src.arithmetic.integer import (
+    MAX_TABLE_BITS,
+    IntegerMultiplier,
+    check_bits,
+    check_signed,
+    tabulate,
+)
+
+
+def _leading_one(x: np.ndarray) -> np.ndarray:
+    """Position of the leading one of each positive x (0 for x <= 1)."""
+    out = np.zeros(x.shape, np.int64)
+    y = x.copy()
+    for shift in (32, 16, 8, 4, 2, 1):
+        big = y >= (np.int64(1) << shift)
+        out = np.where(big, out + shift, out)
+        y = np.where(big, y >> shift, y)
+    return out
+
+
+def _make(
+    core: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    bits,
+    signed,
+    name: str,
+    paper: str,
+    **params,
+) -> IntegerMultiplier:
+    pair = check_bits(bits)
+    sign = check_signed(signed)
+    if max(pair) > MAX_TABLE_BITS:
+        raise ValueError(
+            f"integer tables hold operands of up to {MAX_TABLE_BITS} bits; got bits={bits!r}"
+        )
+
+    def fn(a, b):
+        a, b = np.broadcast_arrays(a, b)
+        mag = core(np.abs(a), np.abs(b))
+        return np.where((a < 0) != (b < 0), -mag, mag)
+
+    tag = "s" if sign[0] or sign[1] else "u"
+    width = f"{pair[0]}" if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+    extra = "".join(f"_{k[0]}{v}" for k, v in params.items())
+    return IntegerMultiplier(
+        tabulate(fn, pair, sign),
+        bits=pair,
+        signed=sign,
+        name=f"{name}{width}{tag}{extra}",
+        metadata={"source": "catalog", "design": name, "paper": paper, **params},
+    )
+
+
+def exact(bits=8, signed=True) -> IntegerMultiplier:
+    """The exact multiplier ``a * b``: the baseline of every comparison."""
+    return _make(lambda a, b: a * b, bits, signed, "exact", "exact product")
+
+
+def _check_count(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]; got {value}")
+    return int(value)
+
+
+def _array_core(a_bits: int, b_bits: int, hbl: int, vbl: int):
+    """The array multiplier keeping partial-product bits a_i b_j with
+    j >= hbl and i + j >= vbl, summed exactly."""
+
+    def core(a, b):
+        out = np.zeros(np.broadcast(a, b).shape, np.int64)
+        for j in range(hbl, b_bits):
+            bj = (b >> j) & 1
+            for i in range(max(0, vbl - j), a_bits):
+                out += (((a >> i) & 1) & bj) << (i + j)
+        return out
+
+    return core
+
+
+def broken_array(bits=8, hbl: int = 0, vbl: int = 4, signed=False) -> IntegerMultiplier:
+    """The broken-array multiplier (BAM; Mahdiani, Ahmadi, Fakhraie, Lucas,
+    IEEE TCAS-I 57(4), 2010): the array multiplier without the partial-product
+    bits ``a_i b_j`` of the rows below the horizontal break line (``j < hbl``)
+    and of the columns right of the vertical break line (``i + j < vbl``);
+    the kept bits are summed exactly. ``hbl = 0`` is :func:`truncated`.
+    """
+    a_bits, b_bits = check_bits(bits)
+    hbl = _check_count("hbl", hbl, 0, b_bits)
+    vbl = _check_count("vbl", vbl, 0, a_bits + b_bits)
+    core = _array_core(a_bits, b_bits, hbl, vbl)
+    return _make(core, bits, signed, "bam", "Mahdiani et al., IEEE TCAS-I 2010", hbl=hbl, vbl=vbl)
+
+
+def truncated(bits=8, k: int = 4, signed=False) -> IntegerMultiplier:
+    """The truncated array multiplier: the partial-product bits of the ``k``
+    least significant columns (``i + j < k``) are not generated (Schulte and
+    Swartzlander, VLSI Signal Processing 1993, without their correction
+    constant); ``broken_array(bits, hbl=0, vbl=k)``."""
+    a_bits, b_bits = check_bits(bits)
+    k = _check_count("k", k, 0, a_bits + b_bits)
+    core = _array_core(a_bits, b_bits, 0, k)
+    return _make(core, bits, signed, "truncated", "Schulte and Swartzlander 1993", k=k)
+
+
+def drum(bits=8, k: int = 4, signed=True) -> IntegerMultiplier:
+    """DRUM, the dynamic-range unbiased multiplier (Hashemi, Bahar, Reda,
+    ICCAD 2015): each magnitude keeps ``k`` bits from its leading one, the
+    lowest kept bit forced to 1 when bits were dropped (unbiasing), and the
+    two are multiplied exactly. Magnitudes below ``2**k`` are exact."""
+    k = _check_count("k", k, 2, max(check_bits(bits)))
+
+    def reduce(x):
+        t = _leading_one(x)
+        drop = np.maximum(t - (k - 1), 0)
+        cut = ((x >> drop) << drop) | np.where(drop > 0, np.int64(1) << drop, 0)
+        return np.where(drop > 0, cut, x)
+
+    return _make(
+        lambda a, b: reduce(a) * reduce(b), bits, signed, "drum", "Hashemi et al. 2015", k=k
+    )
+
+
+def mitchell(bits=8, signed=True) -> IntegerMultiplier:
+    """Mitchell's logarithmic multiplier (Mitchell, IRE Trans. Electronic
+    Computers, 1962): with ``a = 2**ta (1 + xa)``, ``b = 2**tb (1 + xb)``,
+    the product is ``2**(ta+tb) (1 + xa + xb)`` if ``xa + xb < 1``, else
+    ``2**(ta+tb+1) (xa + xb)``; in integers, with ``ra = a - 2**ta``, these
+    are ``2**(ta+tb) + ra 2**tb + rb 2**ta`` and twice ``ra 2**tb + rb 2**ta``
+    (exact: no bit is lost). Zero operands give 0; never above the exact
+    product."""
+
+    def core(a, b):
+        ta, tb = _leading_one(a), _leading_one(b)
+        ra, rb = a - (np.int64(1) << ta), b - (np.int64(1) << tb)
+        frac = (ra << tb) + (rb << ta)  # (xa + xb) 2**(ta+tb)
+        base = np.int64(1) << (ta + tb)
+        out = np.where(frac < base, base + frac, 2 * frac)
+        return np.where((a == 0) | (b == 0), 0, out)
+
+    return _make(core, bits, signed, "mitchell", "Mitchell 1962")
+
+
+def kulkarni(bits=8, signed=False) -> IntegerMultiplier:
+    """The underdesigned multiplier of Kulkarni, Gupta and Ercegovac (VLSI
+    Design 2011): 2 x 2-bit blocks that give ``3 * 3 = 7`` (three output
+    bits) and every other product exactly, composed into wider multipliers
+    by exact addition of the shifted block products (an odd width gets a
+    zero top bit)."""
+    a_bits, b_bits = check_bits(bits)
+
+    def core(a, b):
+        out = np.zeros(np.broadcast(a, b).shape, np.int64)
+        for i in range((a_bits + 1) // 2):
+            da = (a >> (2 * i)) & 3
+            for j in range((b_bits + 1) // 2):
+                db = (b >> (2 * j)) & 3
+                block = np.where((da == 3) & (db == 3), 7, da * db)
+                out += block << (2 * (i + j))
+        return out
+
+    return _make(core, bits, signed, "kulkarni", "Kulkarni et al., VLSI Design 2011")
+
+
+CATALOG = {
+    "exact": exact,
+    "truncated": truncated,
+    "bam": broken_array,
+    "drum": drum,
+    "mitchell": mitchell,
+    "kulkarni": kulkarni,
+}

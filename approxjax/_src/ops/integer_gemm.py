@@ -1,0 +1,143 @@
+"""Integer ``dot_general``: every product of two operand codes looked up in an
+integer multiplier's table, summed exactly in int32.
+
+The operands are arrays of codes (int8/uint8/int16/uint16, or any integer
+type whose values are within the multiplier's code range). They reach the
+``approxjax_int_gemm`` kernel as uint16 table indices (the codes' bit
+patterns) laid out as batched GEMMs ``(G, M, K)`` and ``(G, K, N)``; a code
+outside its operand's range becomes index 65535, which the kernel rejects,
+so an out-of-range code under ``jit`` is an error when the program runs (and
+one in a concrete array, a ``ValueError`` before anything runs). The kernel
+builds per-tile tables from the operand with fewer rows per table row, so
+the product is computed as ``out`` or as ``(rhs^T lut^T lhs^T)^T``,
+whichever amortises its tables better (the sums are exact, so both give the
+same bits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from approxjax._src.arithmetic.integer import INT32_MAX, IntegerMultiplier
+from approxjax._src.arithmetic.reference import canonical
+from approxjax._src.kernels.options import KernelOptions, check_options
+from approxjax._src.ops.checks import check_dimension_numbers
+
+INT_GEMM_TARGET = "approxjax_int_gemm"
+_VARIANTS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
+_GEMMS = {"auto": 0, "tables": 1, "gathers": 2}
+
+
+def check_codes(name: str, x: Any, mult: IntegerMultiplier, operand: int) -> jax.Array:
+    """``x`` as an integer array of codes within the multiplier's range.
+
+    Raises:
+      TypeError: ``x`` is not an integer array (floats are quantized first).
+      ValueError: a concrete ``x`` holds a code outside the range (naming it).
+    """
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        x = jnp.asarray(x)
+    dtype = jnp.dtype(x.dtype)
+    if not jnp.issubdtype(dtype, jnp.integer) or dtype.itemsize > 4:
+        raise TypeError(
+            f"{name} must hold integer operand codes (int8, uint8, int16, uint16) for the "
+            f"integer multiplier {mult.name}; got {dtype} (quantize float operands first, "
+            "or use a float approxjax.Multiplier)"
+        )
+    lo, hi = mult.code_range(operand)
+    if not isinstance(x, jax.core.Tracer):
+        host = np.asarray(x).astype(np.int64)
+        bad = (host < lo) | (host > hi)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name}{list(where)} = {int(host[where])} is outside the "
+                f"{mult.bits[operand]}-bit {'signed' if mult.signed[operand] else 'unsigned'} "
+                f"code range [{lo}, {hi}] of {mult.name}"
+            )
+    return x
+
+
+def _indices(x: jax.Array, bits: int, lo: int, hi: int) -> jax.Array:
+    """Table indices (bit patterns) of codes; 65535 for an out-of-range code."""
+    wide = x.astype(jnp.int32)
+    ok = (wide >= lo) & (wide <= hi)
+    return jnp.where(ok, wide & ((1 << bits) - 1), 0xFFFF).astype(jnp.uint16)
+
+
+def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
+    shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], table.shape[:-2])
+    out = jax.ShapeDtypeStruct((*shape, a.shape[-2], b.shape[-1]), jnp.int32)
+    call = jax.ffi.ffi_call(INT_GEMM_TARGET, out, vmap_method="expand_dims")
+    return call(
+        a, b, table, variant=np.int64(variant), gemm=np.int64(gemm), pairs=pairs, bytes=bytes_
+    )
+
+
+def int_bmm(
+    a: jax.Array, b: jax.Array, table: jax.Array, options: KernelOptions, swap: bool
+) -> jax.Array:
+    """``out[g] = sum_k table[a[g, :, k], b[g, k, :]]`` for index arrays
+    ``(G, M, K)`` and ``(G, K, N)``; with ``swap``, computed as the transpose
+    of ``b^T`` against ``a^T`` under ``table^T``."""
+    opts = dict(
+        variant=_VARIANTS[options.variant],
+        gemm=_GEMMS[options.gemm],
+        pairs=options.pairs,
+        bytes_=options.codes,
+    )
+    if not swap:
+        return _raw_int_gemm(a, b, table[None], **opts)
+    bt, at = jnp.swapaxes(b, -1, -2), jnp.swapaxes(a, -1, -2)
+    out = _raw_int_gemm(bt, at, jnp.swapaxes(table, -1, -2)[None], **opts)
+    return jnp.swapaxes(out, -1, -2)
+
+
+def integer_dot_general(
+    lhs: Any,
+    rhs: Any,
+    dimension_numbers,
+    mult: IntegerMultiplier,
+    *,
+    options: KernelOptions | None = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``lax.dot_general`` of operand codes under an integer multiplier (see
+    the module docstring); int32 unless ``preferred_element_type`` says
+    otherwise.
+
+    Raises:
+      TypeError: a float operand.
+      ValueError: a code out of range (concrete operands), malformed
+        dimension numbers, a stack of multipliers (vmap over it), or a
+        contraction long enough for the int32 sums to overflow
+        (``K * max|entry| >= 2**31``).
+    """
+    if mult.batch_shape:
+        raise ValueError(
+            f"{mult.name} is a stack of {mult.batch_shape} multipliers: map over it with jax.vmap"
+        )
+    lhs = check_codes("lhs", lhs, mult, 0)
+    rhs = check_codes("rhs", rhs, mult, 1)
+    options = check_options(options)
+    dimension_numbers = check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    k = int(np.prod([lhs.shape[d] for d in dimension_numbers[0][0]], dtype=np.int64))
+    if k * mult.bound > INT32_MAX:
+        raise ValueError(
+            f"{k} products of {mult.name} (entries up to {mult.bound}) may overflow the int32 "
+            f"sums; contractions of up to {INT32_MAX // max(mult.bound, 1)} are exact"
+        )
+    a = _indices(lhs, mult.bits[0], *mult.code_range(0))
+    b = _indices(rhs, mult.bits[1], *mult.code_range(1))
+    a, b, shape = canonical(a, b, dimension_numbers)  # (G, M, K), (G, K, N)
+    m, n = a.shape[1], b.shape[2]
+    # Tables are built per k over the columns and shared by the rows: build
+    # them from the side whose table rows are fewer per output row.
+    swap = m << mult.bits[1] < n << mult.bits[0]
+    out = int_bmm(a, b, mult.table, options, swap)
+    out = out.reshape(shape)
+    return out if preferred_element_type is None else out.astype(preferred_element_type)

@@ -1,0 +1,119 @@
+"""Integer LUT GEMMs (IntegerMultiplier): against XLA's float32 dot and its int8 dot.
+
+Usage: python benchmarks/bench_integer.py [--record] [--repeats N] [--size N]
+
+1. A size^3 GEMM of random 8-bit codes under 8 x 8-bit tables: mitchell8s
+   (signed, entries in int16), exact8u (unsigned, entries up to 65025: held
+   as int16 with a bias) and drum8u_k6; the ratio to jnp.dot of float32
+   operands of the same shape (target <= 3) and to XLA's int8 dot of the
+   same codes (int32 sums).
+2. A vmapped stack of 8 integer multipliers against one (target <= 8), at
+   size^3.
+3. Wider tables: 10 x 10 and 12 x 12 bits (int32 entries; 12 bits: a 64 MiB
+   table) at 256 x 128 x 256 and 1024 x 128 x 1024 (K bounded by the int32 sums).
+All timed in the same run, alternately (bench_gemm.time_pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import approxjax as ax
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_gemm import record, time_pair  # noqa: E402
+
+DN = (((1,), (0,)), ((), ()))
+
+
+def _codes(rng, mult, operand, shape):
+    lo, hi = mult.code_range(operand)
+    wide = mult.bits[operand] > 8
+    dtype = [[np.uint8, np.int8], [np.uint16, np.int16]][wide][mult.signed[operand]]
+    return jnp.asarray(rng.integers(lo, hi + 1, shape).astype(dtype))
+
+
+def _call(fn, *args):
+    return lambda: fn(*args)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    n = args.size
+    fa = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+    fb = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b))
+    int_dot = jax.jit(lambda a, b: jax.lax.dot_general(a, b, DN, preferred_element_type=jnp.int32))
+    rows = []
+    print(f"GEMM {n}^3 of 8-bit codes (ms)", flush=True)
+    print(f"{'multiplier':<14} {'lut':>8} {'f32 dot':>8} {'int8 dot':>9} {'lut/f32':>8} "
+          f"{'lut/int8':>9}", flush=True)  # fmt: skip
+    for mult in [
+        ax.integer.mitchell(8, signed=True),
+        ax.integer.exact(8, signed=False),
+        ax.integer.drum(8, 6, signed=False),
+    ]:
+        a, b = _codes(rng, mult, 0, (n, n)), _codes(rng, mult, 1, (n, n))
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult))
+        lut, f32 = time_pair(_call(fn, a, b), _call(dot, fa, fb), args.repeats)
+        lut2, i8 = time_pair(_call(fn, a, b), _call(int_dot, a, b), args.repeats)
+        rows.append([mult.name, f"{n}^3", f"{lut:.1f}", f"{f32:.1f}", f"{i8:.2f}",
+                     f"{lut / f32:.2f}", f"{lut2 / i8:.1f}"])  # fmt: skip
+        print(f"{mult.name:<14} {lut:>8.1f} {f32:>8.1f} {i8:>9.2f} {lut / f32:>8.2f} "
+              f"{lut2 / i8:>9.1f}", flush=True)  # fmt: skip
+
+    designs = [ax.integer.drum(8, k, signed=True) for k in (3, 4, 5, 6)]
+    designs += [ax.integer.mitchell(8), ax.integer.exact(8), ax.integer.kulkarni(8, signed=True)]
+    designs += [ax.integer.broken_array(8, 2, 6, signed=True)]
+    stack = ax.stack(designs)
+    a, b = _codes(rng, designs[0], 0, (n, n)), _codes(rng, designs[0], 1, (n, n))
+    many = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, DN, multiplier=mm)))
+    one = jax.jit(lambda mm: ax.dot_general(a, b, DN, multiplier=mm))
+    t_many, t_one = time_pair(
+        lambda: many(stack), lambda: one(designs[0]), max(3, args.repeats // 3)
+    )
+    print(f"\nstack of {len(designs)} at {n}^3: {t_many:.1f} ms, one {t_one:.1f} ms, "
+          f"ratio {t_many / t_one:.2f} (target <= {len(designs)})", flush=True)  # fmt: skip
+    stack_row = [f"stack of {len(designs)} (vmap)", f"{n}^3", f"{t_many:.1f}", "",
+                 "", f"{t_many / t_one:.2f} x one", ""]  # fmt: skip
+
+    wide_rows = []
+    print("\nwide tables (ms)", flush=True)
+    for bits, shape in [(10, (256, 128, 256)), (10, (1024, 128, 1024)),
+                        (12, (256, 128, 256)), (12, (1024, 128, 1024))]:  # fmt: skip
+        mult = ax.integer.truncated(bits, bits, signed=False)
+        m, k, nn = shape
+        a, b = _codes(rng, mult, 0, (m, k)), _codes(rng, mult, 1, (k, nn))
+        ga = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+        gb = jnp.asarray(rng.standard_normal((k, nn)), jnp.float32)
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult))
+        lut, f32 = time_pair(_call(fn, a, b), _call(dot, ga, gb), max(3, args.repeats // 3))
+        label = f"{m}x{k}x{nn}"
+        wide_rows.append([mult.name, label, f"{lut:.1f}", f"{f32:.2f}", "", f"{lut / f32:.1f}", ""])
+        print(f"{mult.name:<22} {label:<14} {lut:>8.1f} {f32:>8.2f} {lut / f32:>8.1f}", flush=True)
+    if args.record:
+        record(
+            "bench_integer.py",
+            "Integer LUT GEMMs of random codes (approxjax_int_gemm), against jnp.dot of float32 "
+            "operands of the same shape and XLA's int8 dot of the same codes, timed "
+            "alternately with each; targets lut/f32 <= 3 at 1024^3 and a stack of 8 <= 8x one.",
+            ["multiplier", "shape", "lut ms", "f32 dot ms", "int8 dot ms", "lut/f32",
+             "lut/int8"],
+            rows + [stack_row] + wide_rows,
+        )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Integer multipliers: the catalog and its C twins, from_c on integer models,
+characterization, and the integer LUT GEMM against the reference model."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import approxjax as ax
+from approxjax._src.tools import c_models
+
+LUTS = Path(__file__).resolve().parents[1] / "luts"
+MATMUL = (((1,), (0,)), ((), ()))
+
+
+def codes(rng, mult, operand, shape):
+    """Random codes of an operand, never all zero."""
+    lo, hi = mult.code_range(operand)
+    wide = mult.bits[operand] > 8
+    dtype = [[np.uint8, np.int8], [np.uint16, np.int16]][wide][mult.signed[operand]]
+    x = rng.integers(lo, hi + 1, shape)
+    x.flat[0] = hi  # never all zero
+    return x.astype(dtype)
+
+
+# --- the catalog -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, source, function, flags",
+    [
+        (lambda: ax.integer.exact(8, signed=True), "int_exact.c", "exact_imul", []),
+        (lambda: ax.integer.exact((8, 4), signed=False), "int_exact.c", "exact_imul", []),
+        (lambda: ax.integer.truncated(8, 5), "int_array.c", "array_imul", ["-DBAM_VBL=5"]),
+        (
+            lambda: ax.integer.broken_array(8, hbl=2, vbl=6, signed=True),
+            "int_array.c",
+            "array_imul",
+            ["-DBAM_HBL=2", "-DBAM_VBL=6"],
+        ),
+        (lambda: ax.integer.drum(8, 4, signed=True), "int_drum.c", "drum_imul", ["-DDRUM_K=4"]),
+        (
+            lambda: ax.integer.drum((6, 8), 3, signed=False),
+            "int_drum.c",
+            "drum_imul",
+            ["-DDRUM_K=3"],
+        ),
+        (lambda: ax.integer.mitchell(8, signed=True), "int_mitchell.c", "mitchell_imul", []),
+        (lambda: ax.integer.mitchell((8, 4), signed=False), "int_mitchell.c", "mitchell_imul", []),
+        (lambda: ax.integer.kulkarni(8, signed=False), "int_kulkarni.c", "kulkarni_imul", []),
+        (lambda: ax.integer.kulkarni(7, signed=True), "int_kulkarni.c", "kulkarni_imul", []),
+    ],
+)
+def test_catalog_equals_its_c_twin(make, source, function, flags):
+    mult = make()
+    twin = ax.from_c(LUTS / source, function, bits=mult.bits, signed=mult.signed, flags=flags)
+    assert twin.bits == mult.bits and twin.signed == mult.signed
+    np.testing.assert_array_equal(np.asarray(twin.table), np.asarray(mult.table))
+
+
+def test_catalog_designs_by_their_definitions():
+    v = np.arange(256)
+    np.testing.assert_array_equal(ax.integer.exact(8, signed=False).table, np.outer(v, v))
+    # truncated: k columns of partial products dropped; error at most their sum
+    t = ax.integer.truncated(8, 4)
+    err = t.exact_table() - np.asarray(t.table)
+    assert err.min() == 0 and err.max() == 1 + 2 * 2 + 3 * 4 + 4 * 8
+    # Kulkarni: 3 x 3 = 7 in every pair of digits
+    k = ax.integer.kulkarni(8)
+    assert int(k.table[255, 255]) == 255 * 255 - 2 * 85 * 85
+    assert int(k.table[3, 3]) == 7 and int(k.table[2, 3]) == 6
+    # Mitchell never overestimates a magnitude; exact on powers of two
+    mi = ax.integer.mitchell(8, signed=True)
+    tab = np.asarray(mi.table, np.int64)
+    assert (np.abs(tab) <= np.abs(mi.exact_table())).all()
+    assert int(ax.reference.integer_multiply(-64, 5, mi)) == -320
+    # DRUM: magnitudes below 2**k are exact; signed is sign-magnitude
+    d = ax.integer.drum(8, 4, signed=True)
+    small = np.asarray(
+        ax.reference.integer_multiply(np.arange(-15, 16)[:, None], np.arange(-15, 16), d)
+    )
+    np.testing.assert_array_equal(small, np.outer(np.arange(-15, 16), np.arange(-15, 16)))
+    assert int(ax.reference.integer_multiply(-100, 7, d)) == -int(
+        ax.reference.integer_multiply(100, 7, d)
+    )
+
+
+def test_catalog_bad_parameters():
+    with pytest.raises(ValueError, match="operand widths must be 2 to 16"):
+        ax.integer.exact(1)
+    with pytest.raises(ValueError, match="integer tables hold operands of up to 12"):
+        ax.integer.exact(13)
+    with pytest.raises(ValueError, match=r"vbl must be in \[0, 16\]"):
+        ax.integer.broken_array(8, 0, 17)
+    with pytest.raises(TypeError, match="k must be an int"):
+        ax.integer.drum(8, 2.5)
+
+
+# --- the type ----------------------------------------------------------------
+
+
+def test_integer_multiplier_validation():
+    v = np.arange(16)
+    with pytest.raises(TypeError, match="float table"):
+        ax.IntegerMultiplier(np.outer(v, v).astype(np.float32), bits=4)
+    with pytest.raises(ValueError, match=r"shape \(16, 256\); got \(16, 16\)"):
+        ax.IntegerMultiplier(np.outer(v, v), bits=(4, 8))
+    with pytest.raises(ValueError, match="fit int32"):
+        ax.IntegerMultiplier(np.full((4, 4), 2**40), bits=2)
+    with pytest.raises(ValueError, match="cost"):
+        ax.IntegerMultiplier(np.outer(v, v), bits=4, cost={"power_mW": -1})
+    with pytest.raises(TypeError, match="signed must be a bool"):
+        ax.IntegerMultiplier(np.outer(v, v), bits=4, signed="yes")
+    m = ax.IntegerMultiplier(np.outer(v, v), bits=4, signed=False, cost={"power_mW": 0.1})
+    assert m.cost == {"power_mW": 0.1} and m.bound == 225
+    # a float multiplier and integer codes, or the reverse, fail clearly
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+        ax.dot_general(
+            np.ones((2, 2), np.int8), np.ones((2, 2), np.int8), MATMUL, multiplier=ax.mitchell(3)
+        )
+    with pytest.raises(TypeError, match="integer operand codes"):
+        ax.dot_general(np.ones((2, 2), np.float32), np.ones((2, 2), np.int8), MATMUL, multiplier=m)
+    with pytest.raises(TypeError, match="a Multiplier, an Arithmetic"):
+        ax.nn.Dense(4, multiplier=m).init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+# --- from_c on integer models ----------------------------------------------
+
+EVO_HEADER = """/***
+* This file contains a circuit of the kind EvoApproxLib ships (written here).
+* MAE% = 0.0015 %
+* MAE = 1.0
+* WCE% = 0.0046 %
+* WCE = 3.0
+* EP% = 37.50 %
+* PDK45_PWR = 0.363 mW
+* PDK45_AREA = 635.0 um2
+* PDK45_DELAY = 1.37 ns
+*/
+#include <stdint.h>
+"""
+
+
+def test_from_c_evoapprox_signatures():
+    src = EVO_HEADER + "int16_t mul8s_T(int8_t A, int8_t B) { return (int16_t)(A * B) & ~1; }\n"
+    m = ax.from_c(src, "mul8s_T", bits=8, signed=True)
+    assert m.cost == {"power_mW": 0.363, "area_um2": 635.0, "delay_ns": 1.37}
+    assert m.metadata["reported"]["MAE"] == 1.0 and m.metadata["reported"]["EP%"] == 37.5
+    va = m.values(0)
+    np.testing.assert_array_equal(np.asarray(m.table), (np.outer(va, va) & ~1))
+    # operands in the other order, 64-bit types
+    src = (
+        "#include <stdint.h>\n"
+        "uint64_t mul8u_S(const uint64_t B, const uint64_t A) { return A * B + (A == 255); }"
+    )
+    u = ax.from_c(src, "mul8u_S", bits=8, signed=False)
+    assert int(u.table[3, 255]) == 766 and u.cost == {}  # the first parameter is lhs
+    # unequal widths; C++
+    src = "#include <cstdint>\nuint32_t mul8x4(uint16_t A, uint16_t B) { return A * B; }"
+    w = ax.from_c(src, "mul8x4", bits=(8, 4), signed=(False, False), cxx=True)
+    assert w.table.shape == (256, 16) and int(w.table[200, 15]) == 3000
+
+
+@pytest.mark.slow
+def test_from_c_twelve_bits():
+    src = (
+        "#include <stdint.h>\n"
+        "uint32_t mul12u_X(uint16_t A, uint16_t B) { return (A * B) >> 2 << 2; }"
+    )
+    m = ax.from_c(src, "mul12u_X", bits=12, signed=False)
+    assert m.table.shape == (4096, 4096) and int(m.table[4095, 4095]) == (4095 * 4095) >> 2 << 2
+    assert ax.characterize(m).wce == 3
+
+
+def test_from_c_integer_errors():
+    with pytest.raises(TypeError, match="returns float: an integer model"):
+        ax.from_c("float f(float a, float b) { return a * b; }", "f", bits=8)
+    with pytest.raises(TypeError, match="returns int: a float model"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "f", 4)
+    with pytest.raises(TypeError, match="exactly one"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "f", 4, bits=8)
+    with pytest.raises(TypeError, match="exactly one"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "f")
+    with pytest.raises(ValueError, match="function model inside the kernel"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "f", bits=16)
+    with pytest.raises(ValueError, match="does not fit int32"):
+        ax.from_c("long long f(long long a, long long b) { return a * b << 20; }", "f", bits=8)
+    with pytest.raises(ax.CModelError, match=r"crashed .* at entry \[3, 0\] \(f\(3, 0\)\)"):
+        ax.from_c(
+            "#include <stdlib.h>\nint f(int a, int b) { if (a == 3) abort(); return a * b; }",
+            "f",
+            bits=4,
+            signed=False,
+        )
+    with pytest.raises(ax.CModelError, match="did not finish within 2 s"):
+        ax.from_c(
+            "int f(int a, int b) { while (a == -2) {} return a * b; }", "f", bits=4, timeout=2
+        )
+    with pytest.raises(ax.CModelError, match="no function 'g'"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "g", bits=4)
+
+
+def test_header_cost_parsing():
+    assert c_models.header_cost("// PDK45_PWR = 0.5 mW\n// PDK45_AREA = 10 um2") == {
+        "power_mW": 0.5,
+        "area_um2": 10.0,
+    }
+    assert c_models.header_cost("int f(int a) { return a; }") == {}
+
+
+# --- characterization -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mult",
+    [
+        ax.integer.mitchell(8, signed=True),
+        ax.integer.truncated(8, 6),
+        ax.integer.kulkarni((6, 4), signed=True),
+        ax.integer.drum(7, 3, signed=False),
+    ],
+    ids=lambda m: m.name,
+)
+def test_characterize_against_numpy(mult):
+    c = ax.characterize(mult)
+    va, vb = mult.values(0), mult.values(1)
+    exact = va[:, None] * vb[None, :]
+    e = np.asarray(mult.table, np.int64) - exact
+    out_range = 2.0 ** sum(mult.bits)
+    rel = np.abs(e) / np.maximum(np.abs(exact), 1)
+    assert c.exhaustive and c.count == e.size
+    assert c.mae == np.abs(e).mean() and c.mae_percent == pytest.approx(
+        100 * np.abs(e).mean() / out_range, rel=1e-15
+    )
+    assert c.wce == np.abs(e).max() and c.wce_percent == 100 * np.abs(e).max() / out_range
+    assert c.ep == 100 * np.count_nonzero(e) / e.size
+    assert c.mse == (e.astype(np.float64) ** 2).mean()
+    assert c.bias == e.mean()
+    assert c.mre == pytest.approx(100 * rel.mean(), rel=1e-12)
+    assert c.wcre_percent == pytest.approx(100 * rel.max(), rel=1e-15)
+    assert mult.name in str(c)
+
+
+def test_exact_multiplier_has_no_error_and_plot(tmp_path):
+    c = ax.characterize(ax.integer.exact(6))
+    assert (c.mae, c.wce, c.ep, c.mse, c.bias) == (0, 0, 0, 0, 0)
+    fig = ax.plot_errors([ax.integer.mitchell(6), ax.integer.drum(6, 3)], tmp_path / "int.png")
+    assert (tmp_path / "int.png").stat().st_size > 10_000 and len(fig.axes) >= 4
+
+
+# --- the integer GEMM ------------------------------------------------------------
+
+GEMM_MULTS = [
+    ax.integer.mitchell(8, signed=True),
+    ax.integer.exact(8, signed=False),
+    ax.integer.kulkarni((8, 4), signed=False),
+    ax.integer.drum(10, 4, signed=True),
+    ax.integer.truncated(4, 3, signed=True),
+]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    mult=st.sampled_from(GEMM_MULTS),
+    m=st.integers(1, 70),
+    k=st.integers(1, 90),
+    n=st.integers(1, 140),
+    batch=st.integers(1, 3),
+    layout=st.sampled_from(["mk,kn", "km,kn", "mk,nk", "bmk,bkn", "bkm,bnk"]),
+    seed=st.integers(0, 2**31),
+)
+def test_gemm_matches_reference(mult, m, k, n, batch, layout, seed):
+    rng = np.random.default_rng(seed)
+    lhs_spec, rhs_spec = layout.split(",")
+    sizes = dict(m=m, k=k, n=n, b=batch)
+    a = codes(rng, mult, 0, [sizes[c] for c in lhs_spec])
+    b = codes(rng, mult, 1, [sizes[c] for c in rhs_spec])
+    dn = ((( lhs_spec.index("k"),), (rhs_spec.index("k"),)),
+          (tuple(i for i, c in enumerate(lhs_spec) if c == "b"),
+           tuple(i for i, c in enumerate(rhs_spec) if c == "b")))  # fmt: skip
+    want = np.asarray(ax.reference.integer_dot_general(a, b, dn, mult))
+    got = ax.dot_general(a, b, dn, multiplier=mult)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(gemm="gathers"),
+        dict(gemm="tables", variant="baseline"),
+        dict(gemm="tables", variant="avx2"),
+        dict(gemm="tables", variant="avx512"),  # byte-permute builds, paired sweeps
+        dict(gemm="tables", variant="avx512", codes=False),  # word-permute builds
+        dict(gemm="tables", variant="avx512", pairs=False),  # one k at a time
+        dict(gemm="tables", variant="avx512", pairs=False, codes=False),
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_gemm_paths_and_variants(options):
+    variant = options.get("variant", "auto")
+    if variant in ("avx2", "avx512") and ax.cpu_kernel_variant() == "Baseline":
+        pytest.skip("this CPU has no vector variant")
+    if variant == "avx512" and ax.cpu_kernel_variant() != "Avx512":
+        pytest.skip("this CPU has no AVX-512")
+    rng = np.random.default_rng(1)
+    for mult in GEMM_MULTS[:4]:  # int16 entries, biased uint16 ones, 8x4 bits, int32 ones
+        a = codes(rng, mult, 0, (300, 77))
+        b = codes(rng, mult, 1, (77, 130))
+        want = np.asarray(ax.reference.integer_dot_general(a, b, MATMUL, mult))
+        got = ax.dot_general(a, b, MATMUL, multiplier=mult, options=ax.KernelOptions(**options))
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_exact_multiplier_equals_xla_int_dot():
+    rng = np.random.default_rng(2)
+    for signed in (True, False):
+        mult = ax.integer.exact(8, signed=signed)
+        a = codes(rng, mult, 0, (257, 300))
+        b = codes(rng, mult, 1, (300, 65))
+        got = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, MATMUL, multiplier=mult))(a, b)
+        want = jax.lax.dot_general(a, b, MATMUL, preferred_element_type=jnp.int32)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        # the other orientation (wide rhs: the kernel transposes the problem)
+        got = ax.dot_general(b.T, a.T, MATMUL, multiplier=mult)
+        want = jax.lax.dot_general(b.T, a.T, MATMUL, preferred_element_type=jnp.int32)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_vmap_over_a_stack_is_one_call():
+    rng = np.random.default_rng(3)
+    mults = [ax.integer.exact(8), ax.integer.mitchell(8), ax.integer.drum(8, 3)]
+    a = codes(rng, mults[0], 0, (40, 50))
+    b = codes(rng, mults[0], 1, (50, 30))
+    f = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, MATMUL, multiplier=mm)))
+    stacked = ax.stack(mults)
+    out = f(stacked)
+    for i, mm in enumerate(mults):
+        np.testing.assert_array_equal(
+            np.asarray(out[i]), np.asarray(ax.reference.integer_dot_general(a, b, MATMUL, mm))
+        )
+    hlo = f.lower(stacked).as_text()
+    assert hlo.count("approxjax_int_gemm") == 1
+    with pytest.raises(ValueError, match="share widths and signedness"):
+        ax.stack([ax.integer.exact(8), ax.integer.exact(8, signed=False)])
+    with pytest.raises(ValueError, match="map over it with jax.vmap"):
+        ax.dot_general(a, b, MATMUL, multiplier=stacked)
+
+
+def test_gemm_bad_input():
+    mult = ax.integer.mitchell(8)
+    a = np.ones((4, 5), np.int8)
+    with pytest.raises(
+        ValueError, match=r"rhs\[0, 1\] = 200 is outside the 8-bit signed code range"
+    ):
+        ax.dot_general(a, np.array([[1, 200]] * 5, np.int16), MATMUL, multiplier=mult)
+    traced = jax.jit(lambda a, b: ax.dot_general(a, b, MATMUL, multiplier=mult))
+    with pytest.raises(Exception, match="outside the multiplier's code range"):
+        traced(a, jnp.full((5, 2), -300, jnp.int16)).block_until_ready()
+    big = ax.integer.exact(12, signed=False)
+    with pytest.raises(ValueError, match="may overflow the int32 sums; contractions of up to 128"):
+        ax.dot_general(
+            np.ones((2, 200), np.uint16), np.ones((200, 2), np.uint16), MATMUL, multiplier=big
+        )
+    with pytest.raises(ValueError, match="no gradient"):
+        ax.dot_general(a, a.T, MATMUL, multiplier=mult, input_grad_multiplier=None)
+    with pytest.raises(ValueError, match="run by their tables"):
+        ax.dot_general(a, a.T, MATMUL, multiplier=mult, method="native")
+    # K = 0: zeros, no kernel error
+    out = ax.dot_general(
+        np.ones((3, 0), np.int8), np.ones((0, 2), np.int8), MATMUL, multiplier=mult
+    )
+    np.testing.assert_array_equal(np.asarray(out), np.zeros((3, 2), np.int32))

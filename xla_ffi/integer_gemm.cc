@@ -1,0 +1,373 @@
+// approxjax_int_gemm: out[g, m, n] = sum_k lut[g][a[g, m, k]][b[g, k, n]],
+// integer products of operand codes looked up in an int32 table and summed
+// exactly in int32 (the Python side bounds K * max|entry| below 2**31, and
+// this handler checks it again). Operands are table indices (uint16: the
+// operand code's bits, two's complement for signed codes); each leading
+// dimension of lhs, rhs and lut is out's or 1 (broadcast, numpy-style: a
+// stack of tables under vmap shares the operands without copies).
+//
+// Two inner paths (integer_kernels.h): per-tile tables (tab[k][i][c] =
+// lut[i][b[k, c]] for a block of 64 columns and as many k as fit 512 KiB,
+// then every row adds tab[k][a[r, k]][0..64) as one vector stream) for
+// tables of up to 256 x 256 entries and outputs with at least half as many
+// rows as the table, and gathers of each product from the LUT row of the
+// streamed element otherwise. Tables whose entries
+// fit 16 bits are held as int16 (entry - bias: bias 32768 for unsigned
+// entries above 32767), others as int32.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gemm_cpu.h"
+#include "gemm_kernels.h"
+#include "integer_kernels.h"
+#include "shapes.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace approxjax {
+namespace {
+
+constexpr int64_t kTableBudget = 512 * 1024;
+constexpr int64_t kMaxSide = 4096;  // 12-bit codes
+
+ffi::Future FailedWith(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(std::move(error));
+  return future;
+}
+
+ffi::Future DoneNow() {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetAvailable();
+  return future;
+}
+
+ffi::Error Invalid(const std::string& what) {
+  return ffi::Error::InvalidArgument("approxjax_int_gemm: " + what);
+}
+
+// The variant an option names (0: the float kernels' default, which
+// APPROXJAX_CPU_KERNEL may set), or false where this CPU lacks it.
+bool IntegerKernelsFor(int64_t variant, const IntegerKernelTable** out) {
+  std::string name = variant == 0 ? CpuKernelName()
+                     : variant == 1 ? "Baseline"
+                     : variant == 2 ? "Avx2"
+                     : variant == 3 ? "Avx512"
+                                    : "";
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw");
+  if (name == "Avx512" && avx512) {
+    *out = &IntegerKernelsAvx512();
+    return true;
+  }
+  if (name == "Avx2" && avx2) {
+    *out = &IntegerKernelsAvx2();
+    return true;
+  }
+#endif
+  if (name != "Baseline") return false;
+  *out = &IntegerKernelsBaseline();
+  return true;
+}
+
+enum class EntryType { kI16, kI32 };
+
+struct IntProblem {
+  const uint16_t* a = nullptr;
+  const uint16_t* b = nullptr;
+  int32_t* out = nullptr;
+  int64_t batch = 1, m_rows = 0, n_cols = 0, depth = 0, side_a = 0, side_b = 0;
+  std::vector<int64_t> lead;                  // out's leading dimensions
+  std::vector<int64_t> lead_a, lead_b, lead_l;  // the operands' (each d or 1)
+  int64_t tables_count = 1;
+  std::vector<EntryType> types;  // per table
+  std::vector<int32_t> biases;   // per table (16-bit tables: entry - bias)
+  std::vector<int16_t> t16;      // tables held as int16
+  std::vector<uint8_t> planes;   // their byte planes (cols <= 256)
+  const int32_t* lut = nullptr;
+  bool tables = true;
+  IntegerWays ways;
+  int64_t kb = 1, nblocks = 1, chunks = 1, chunk_rows = 0, units = 0;
+  const IntegerKernelTable* kernels = nullptr;
+};
+
+struct IntState {
+  std::unique_ptr<IntProblem> problem;
+  std::atomic<int64_t> next{0};
+  ffi::CountDownPromise done;
+};
+
+// Which matrix of an operand with leading dims `dims` batch member g reads.
+int64_t MatrixOf(int64_t g, const std::vector<int64_t>& lead,
+                 const std::vector<int64_t>& dims) {
+  int64_t at = 0, stride = 1;
+  for (size_t d = lead.size(); d-- > 0;) {
+    const int64_t i = g % lead[d];
+    g /= lead[d];
+    if (dims[d] != 1) at += i * stride;
+    stride *= dims[d];
+  }
+  return at;
+}
+
+// A worker's per-tile table, at a 64-byte boundary (whole cache lines per
+// table row), kept between calls.
+struct TableScratch {
+  std::vector<char> raw;
+  template <typename E>
+  E* Get(int64_t elems) {
+    raw.resize(static_cast<size_t>(elems) * sizeof(E) + 64);
+    const auto at = reinterpret_cast<uintptr_t>(raw.data());
+    return reinterpret_cast<E*>((at + 63) & ~uintptr_t{63});
+  }
+};
+
+template <typename E>
+void RunBlock(const IntProblem& p, const IntegerBlockKernels<E>& kern,
+              const E* lut, const uint8_t* planes, int32_t bias, int64_t g,
+              int64_t r0, int64_t rows, int64_t n0, int64_t ncols,
+              TableScratch& scratch) {
+  const int64_t ga = MatrixOf(g, p.lead, p.lead_a);
+  const int64_t gb = MatrixOf(g, p.lead, p.lead_b);
+  const uint16_t* a = p.a + (ga * p.m_rows + r0) * p.depth;
+  const uint16_t* b = p.b + gb * p.depth * p.n_cols + n0;
+  int32_t* out = p.out + (g * p.m_rows + r0) * p.n_cols + n0;
+  if (!p.tables) {
+    kern.gather(out, p.n_cols, rows, a, p.depth, p.depth, lut, p.side_b, b,
+                p.n_cols, ncols, true, bias);
+    return;
+  }
+  E* tab = scratch.Get<E>(p.kb * p.side_a * kIntCols);
+  for (int64_t k0 = 0; k0 < p.depth; k0 += p.kb) {
+    const int64_t kc = std::min(p.kb, p.depth - k0);
+    kern.build(tab, lut, planes, p.side_a, p.side_b, b + k0 * p.n_cols,
+               p.n_cols, kc, ncols, p.ways);
+    kern.sweep(out, p.n_cols, rows, a + k0, p.depth, kc, tab, p.side_a,
+               ncols, k0 == 0, bias, p.ways);
+  }
+}
+
+void RunUnit(const IntProblem& p, int64_t u) {
+  thread_local TableScratch scratch;
+  const int64_t g = u / (p.nblocks * p.chunks);
+  const int64_t rest = u % (p.nblocks * p.chunks);
+  const int64_t nb = rest / p.chunks, ch = rest % p.chunks;
+  const int64_t r0 = ch * p.chunk_rows;
+  const int64_t rows = std::min(p.chunk_rows, p.m_rows - r0);
+  const int64_t n0 = nb * kIntCols;
+  const int64_t ncols = std::min<int64_t>(kIntCols, p.n_cols - n0);
+  if (rows <= 0) return;
+  const int64_t size = p.side_a * p.side_b;
+  const int64_t gl = MatrixOf(g, p.lead, p.lead_l);
+  if (p.types[gl] == EntryType::kI16) {
+    const uint8_t* planes =
+        p.planes.empty() ? nullptr : p.planes.data() + gl * p.side_a * 512;
+    RunBlock(p, p.kernels->i16, p.t16.data() + gl * size, planes, p.biases[gl],
+             g, r0, rows, n0, ncols, scratch);
+  } else {
+    RunBlock(p, p.kernels->i32, p.lut + gl * size, nullptr, 0, g, r0, rows, n0,
+             ncols, scratch);
+  }
+}
+
+void IntWorker(const std::shared_ptr<IntState>& state) {
+  const IntProblem& p = *state->problem;
+  try {
+    for (int64_t u = state->next.fetch_add(1); u < p.units;
+         u = state->next.fetch_add(1)) {
+      RunUnit(p, u);
+    }
+  } catch (const std::bad_alloc&) {
+    state->done.CountDown(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                                     "approxjax_int_gemm: out of memory"));
+    return;
+  }
+  state->done.CountDown();
+}
+
+// The largest index of n codes (a scan, so that no table is read out of range).
+uint16_t MaxIndex(const uint16_t* x, int64_t n) {
+  uint16_t hi = 0;
+  for (int64_t e = 0; e < n; ++e) hi = x[e] > hi ? x[e] : hi;
+  return hi;
+}
+
+ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
+                        ffi::Buffer<ffi::U16> rhs, ffi::Buffer<ffi::S32> lut,
+                        ffi::ResultBuffer<ffi::S32> out, int64_t variant,
+                        int64_t gemm, bool pairs, bool bytes) {
+  try {
+    const auto ld = lhs.dimensions(), rd = rhs.dimensions(),
+               td = lut.dimensions(), od = out->dimensions();
+    const size_t rank = ld.size();
+    if (rank < 2 || rd.size() != rank || td.size() != rank || od.size() != rank) {
+      return FailedWith(Invalid("lhs, rhs, lut and out must have one rank >= 2; got " +
+                                DimsString(ld) + ", " + DimsString(rd) + ", " +
+                                DimsString(td) + ", " + DimsString(od)));
+    }
+    auto p = std::make_unique<IntProblem>();
+    int64_t count_a = 1, count_b = 1;
+    for (size_t d = 0; d + 2 < rank; ++d) {
+      const auto fits = [&](int64_t x) { return x == od[d] || x == 1; };
+      if (!fits(ld[d]) || !fits(rd[d]) || !fits(td[d])) {
+        return FailedWith(Invalid("leading dimensions of lhs " + DimsString(ld) +
+                                  ", rhs " + DimsString(rd) + " and lut " +
+                                  DimsString(td) + " must be those of out " +
+                                  DimsString(od) + " or 1"));
+      }
+      p->lead.push_back(od[d]);
+      p->lead_a.push_back(ld[d]);
+      p->lead_b.push_back(rd[d]);
+      p->lead_l.push_back(td[d]);
+      p->batch *= od[d];
+      count_a *= ld[d];
+      count_b *= rd[d];
+      p->tables_count *= td[d];
+    }
+    p->m_rows = ld[rank - 2];
+    p->depth = ld[rank - 1];
+    p->n_cols = rd[rank - 1];
+    p->side_a = td[rank - 2];
+    p->side_b = td[rank - 1];
+    if (rd[rank - 2] != p->depth || od[rank - 2] != p->m_rows ||
+        od[rank - 1] != p->n_cols) {
+      return FailedWith(Invalid("shapes do not chain: lhs " + DimsString(ld) +
+                                ", rhs " + DimsString(rd) + ", out " +
+                                DimsString(od)));
+    }
+    if (p->side_a < 1 || p->side_a > kMaxSide || p->side_b < 1 ||
+        p->side_b > kMaxSide) {
+      return FailedWith(Invalid("table sides must be 1..4096; got " + DimsString(td)));
+    }
+    if (!IntegerKernelsFor(variant, &p->kernels)) {
+      return FailedWith(Invalid("kernel variant " + std::to_string(variant) +
+                                " (1 baseline, 2 AVX2, 3 AVX-512) is not available "
+                                "on this CPU"));
+    }
+    if (gemm < 0 || gemm > 2) {
+      return FailedWith(Invalid("gemm must be 0 (auto), 1 (tables) or 2 (gathers); got " +
+                                std::to_string(gemm)));
+    }
+    const int64_t out_elems = p->batch * p->m_rows * p->n_cols;
+    if (out_elems == 0) return DoneNow();
+    p->out = out->typed_data();
+    if (p->depth == 0) {
+      std::fill(p->out, p->out + out_elems, 0);
+      return DoneNow();
+    }
+    p->a = lhs.typed_data();
+    p->b = rhs.typed_data();
+    p->lut = lut.typed_data();
+    const int64_t na = count_a * p->m_rows * p->depth;
+    const int64_t nbk = count_b * p->depth * p->n_cols;
+    if (MaxIndex(p->a, na) >= p->side_a || MaxIndex(p->b, nbk) >= p->side_b) {
+      return FailedWith(Invalid(
+          "an operand code is outside the multiplier's code range (its index "
+          "is outside the table " + DimsString(td) + ")"));
+    }
+    // Entry types, and the bound on the sums.
+    const int64_t size = p->side_a * p->side_b;
+    p->types.resize(p->tables_count);
+    p->biases.assign(p->tables_count, 0);
+    bool narrow = false;
+    for (int64_t g = 0; g < p->tables_count; ++g) {
+      const int32_t* t = p->lut + g * size;
+      int64_t lo = 0, hi = 0;
+      for (int64_t e = 0; e < size; ++e) {
+        lo = std::min<int64_t>(lo, t[e]);
+        hi = std::max<int64_t>(hi, t[e]);
+      }
+      if (p->depth * std::max(-lo, hi) > std::numeric_limits<int32_t>::max()) {
+        return FailedWith(Invalid(
+            "K = " + std::to_string(p->depth) + " sums of entries up to " +
+            std::to_string(std::max(-lo, hi)) + " may overflow int32"));
+      }
+      const bool fits = lo >= -32768 && hi <= 32767;
+      const bool fits_biased = lo >= 0 && hi <= 65535;
+      p->types[g] = fits || fits_biased ? EntryType::kI16 : EntryType::kI32;
+      p->biases[g] = fits ? 0 : fits_biased ? 32768 : 0;
+      narrow = narrow || p->types[g] != EntryType::kI32;
+    }
+    if (narrow) {
+      p->t16.resize(static_cast<size_t>(p->tables_count * size));
+      for (int64_t g = 0; g < p->tables_count; ++g) {
+        if (p->types[g] == EntryType::kI32) continue;
+        const int32_t* t = p->lut + g * size;
+        int16_t* d = p->t16.data() + g * size;
+        const int32_t bias = p->biases[g];
+        for (int64_t e = 0; e < size; ++e) d[e] = static_cast<int16_t>(t[e] - bias);
+      }
+      if (p->side_b <= 256) {
+        p->planes.assign(static_cast<size_t>(p->tables_count * p->side_a * 512), 0);
+        for (int64_t g = 0; g < p->tables_count; ++g) {
+          if (p->types[g] != EntryType::kI16) continue;
+          BytePlanes(p->t16.data() + g * size, p->side_a, p->side_b,
+                     p->planes.data() + g * p->side_a * 512);
+        }
+      }
+    }
+    // Tables where enough rows share them, else gathers.
+    // (measured: tables of more than 256 rows or columns, whose builds are
+    // gathers too, lose to gathers at 10 and 12 bits)
+    p->tables = gemm == 1 || (gemm == 0 && p->side_a <= 256 &&
+                              p->side_b <= 256 && 2 * p->m_rows >= p->side_a);
+    int64_t entry = 4;
+    for (EntryType t : p->types) entry = t == EntryType::kI32 ? 4 : std::min<int64_t>(entry, 2);
+    p->kb = std::max<int64_t>(1, kTableBudget / (p->side_a * kIntCols * entry));
+    p->ways = p->kernels->ways(pairs, bytes);
+    p->nblocks = (p->n_cols + kIntCols - 1) / kIntCols;
+    const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+    p->chunks = 1;
+    while (p->batch * p->nblocks * p->chunks < 2 * threads &&
+           p->m_rows / (2 * p->chunks) >= 128) {
+      p->chunks *= 2;
+    }
+    p->chunk_rows = (p->m_rows + p->chunks - 1) / p->chunks;
+    p->units = p->batch * p->nblocks * p->chunks;
+    const int64_t workers = std::min(threads, p->units);
+    auto state = std::make_shared<IntState>();
+    state->problem = std::move(p);
+    state->done = ffi::CountDownPromise(workers);
+    ffi::Future future(state->done);
+    for (int64_t w = 1; w < workers; ++w) {
+      pool.Schedule([state] { IntWorker(state); });
+    }
+    IntWorker(state);
+    return future;
+  } catch (const std::bad_alloc&) {
+    return FailedWith(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                                 "approxjax_int_gemm: out of memory"));
+  } catch (const std::exception& e) {
+    return FailedWith(ffi::Error::Internal(std::string("approxjax_int_gemm: ") + e.what()));
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IntegerGemmCpu, IntGemmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U16>>()  // lhs [..., M, K]
+                                  .Arg<ffi::Buffer<ffi::U16>>()  // rhs [..., K, N]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lut [..., A, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // out [..., M, N]
+                                  .Attr<int64_t>("variant")
+                                  .Attr<int64_t>("gemm")
+                                  // sum two k per instruction (VNNI)
+                                  .Attr<bool>("pairs")
+                                  // byte-permute table builds (VBMI)
+                                  .Attr<bool>("bytes"));
+
+}  // namespace approxjax
