@@ -37,6 +37,7 @@ from approxjax._src.arithmetic.catalog import (  # noqa: E402
 )
 from approxjax._src.arithmetic.integer import IntegerMultiplier  # noqa: E402
 from approxjax._src.arithmetic.multipliers import Multiplier, significands  # noqa: E402
+from approxjax._src.arithmetic.quantization import Quantized, QuantSpec  # noqa: E402
 from approxjax._src.flax.modules import (  # noqa: E402
     Conv,
     ConvTranspose,
@@ -104,6 +105,8 @@ __all__ = [
     "Multiplier",
     "OperationRecord",
     "Policy",
+    "QuantSpec",
+    "Quantized",
     "__version__",
     "adder_from_c",
     "alm_soa",

@@ -27,6 +27,8 @@ def rng():
 # notebooks, multi-device subprocesses, and the largest property and
 # reference sweeps. CI runs them all.
 SLOW = {
+    "test_lut_gradient_against_dense_numpy",
+    "test_training_under_policies_and_vmap",
     "test_gemm_matches_reference",
     "test_any_arithmetic_any_dimension_numbers",
     "test_gradients_run_each_gemm_under_its_arithmetic",

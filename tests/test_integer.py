@@ -122,10 +122,13 @@ def test_integer_multiplier_validation():
         ax.dot_general(
             np.ones((2, 2), np.int8), np.ones((2, 2), np.int8), MATMUL, multiplier=ax.mitchell(3)
         )
-    with pytest.raises(TypeError, match="integer operand codes"):
+    with pytest.raises(TypeError, match="integer operand codes for both"):
         ax.dot_general(np.ones((2, 2), np.float32), np.ones((2, 2), np.int8), MATMUL, multiplier=m)
-    with pytest.raises(TypeError, match="a Multiplier, an Arithmetic"):
-        ax.nn.Dense(4, multiplier=m).init(jax.random.key(0), jnp.ones((1, 3)))
+    with pytest.raises(TypeError, match="takes float multipliers"):
+        ax.dot_general(
+            np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), MATMUL,
+            multiplier=ax.mitchell(3), input_grad_multiplier=m,
+        )  # fmt: skip
 
 
 # --- from_c on integer models ----------------------------------------------

@@ -55,6 +55,7 @@ from approxjax._src.interpret.policy import (
     choose_in_context,
     current_path,
 )
+from approxjax._src.ops.checks import INTEGER_KINDS
 from approxjax._src.ops.conv import conv_general_dilated
 from approxjax._src.ops.dot_general import dot_general
 
@@ -75,10 +76,11 @@ def resolve(multiplier: Any, input_grad: Any = FORWARD, weight_grad: Any = FORWA
         path = current_path()
         choice, _ = multiplier.choose(Operation(path, path))
         return choice
-    if multiplier is None or isinstance(multiplier, (Multiplier, Arithmetic)):
+    if multiplier is None or isinstance(multiplier, (Multiplier, Arithmetic, *INTEGER_KINDS)):
         return GemmMultipliers(multiplier, input_grad, weight_grad)
     raise TypeError(
-        "multiplier must be 'context', a Multiplier, an Arithmetic, a Policy or None; "
+        "multiplier must be 'context', a Multiplier, an Arithmetic, an IntegerMultiplier, a "
+        "Quantized, a Policy or None; "
         f"got {multiplier!r}"
     )
 

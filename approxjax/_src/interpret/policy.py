@@ -57,7 +57,7 @@ import jax.numpy as jnp
 
 from approxjax._src.arithmetic.arithmetic import Arithmetic
 from approxjax._src.arithmetic.multipliers import Multiplier
-from approxjax._src.ops.checks import FORWARD, check_choice
+from approxjax._src.ops.checks import FORWARD, INTEGER_KINDS, check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +256,7 @@ def as_policy(value: Multiplier | Arithmetic | Policy | None) -> Policy:
     or a Policy."""
     if isinstance(value, Policy):
         return value
-    if value is None or isinstance(value, (Multiplier, Arithmetic)):
+    if value is None or isinstance(value, (Multiplier, Arithmetic, *INTEGER_KINDS)):
         if value is not None and value.batch_shape:
             raise ValueError(
                 f"{value!r} is a stack of multipliers; map over it with jax.vmap so that each "

@@ -10,9 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from approxjax._src.arithmetic.arithmetic import Arithmetic
+from approxjax._src.arithmetic.integer import IntegerMultiplier
 from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.arithmetic.quantization import Quantized
 
 FORWARD = "forward"
+INTEGER_KINDS = (IntegerMultiplier, Quantized)
 _ACCEPTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -31,8 +34,16 @@ def check_operand(name: str, x: Any) -> jax.Array:
 
 def check_choice(name: str, value: Any, allow_forward: bool) -> None:
     """A multiplier argument: a Multiplier, an Arithmetic, None (exact) or,
-    for gradients, "forward"."""
+    for gradients, "forward"; for the forward pass also an integer one (an
+    IntegerMultiplier or a Quantized, which chooses its own gradients)."""
     if value is None or isinstance(value, (Multiplier, Arithmetic)):
+        return
+    if isinstance(value, INTEGER_KINDS):
+        if allow_forward:
+            raise TypeError(
+                f"{name} takes float multipliers; got {value!r} (an integer multiplier's "
+                "gradients are chosen by approxjax.Quantized(..., gradient=...))"
+            )
         return
     if allow_forward and isinstance(value, str) and value == FORWARD:
         return
@@ -46,7 +57,7 @@ def check_choice(name: str, value: Any, allow_forward: bool) -> None:
 def check_multiplier(name: str, value: Any, allow_forward: bool) -> None:
     """check_choice, and one table per call (a stack is mapped with vmap)."""
     check_choice(name, value, allow_forward)
-    if isinstance(value, (Multiplier, Arithmetic)) and value.batch_shape:
+    if isinstance(value, (Multiplier, Arithmetic, *INTEGER_KINDS)) and value.batch_shape:
         raise ValueError(
             f"{name} is a stack of multipliers {value.batch_shape}; map over it with "
             "jax.vmap (in_axes=0) so each call sees one table"

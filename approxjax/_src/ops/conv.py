@@ -50,10 +50,11 @@ from approxjax._src.arithmetic.arithmetic import (
     kernel_attribute,
 )
 from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.arithmetic.quantization import Quantized
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops import native
-from approxjax._src.ops.checks import check_multiplier, check_operand
+from approxjax._src.ops.checks import INTEGER_KINDS, check_multiplier, check_operand
 from approxjax._src.ops.dot_general import GradMultiplier
 from approxjax._src.ops.gemm import (
     GemmConfig,
@@ -63,6 +64,7 @@ from approxjax._src.ops.gemm import (
     pick,
     zero_cotangents,
 )
+from approxjax._src.ops.quantized_gemm import quantized_conv
 
 
 def _pads(padding, lhs_spatial, rhs_spatial, strides, rhs_dilation):
@@ -127,6 +129,31 @@ def conv_general_dilated(
     lhs = check_operand("lhs", lhs)
     rhs = check_operand("rhs", rhs)
     check_multiplier("multiplier", multiplier, allow_forward=False)
+    if isinstance(multiplier, INTEGER_KINDS):
+        if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
+            raise ValueError(
+                "integer multipliers take no gradient multipliers: approxjax.Quantized(..., "
+                "gradient=...) chooses a quantized convolution's"
+            )
+        if batch_group_count != 1:
+            raise ValueError(
+                "batch_group_count > 1 (a weight-gradient convolution) is not supported under "
+                f"integer multipliers; got {batch_group_count}"
+            )
+        q = multiplier if isinstance(multiplier, Quantized) else Quantized(multiplier)
+        return quantized_conv(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            q,
+            options=check_options(options),
+            preferred_element_type=preferred_element_type,
+        )
     check_multiplier("input_grad_multiplier", input_grad_multiplier, allow_forward=True)
     check_multiplier("weight_grad_multiplier", weight_grad_multiplier, allow_forward=True)
     options = check_options(options)

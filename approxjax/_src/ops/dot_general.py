@@ -19,11 +19,18 @@ from jax import lax
 from approxjax._src.arithmetic.arithmetic import Arithmetic, Method, check_method
 from approxjax._src.arithmetic.integer import IntegerMultiplier
 from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.arithmetic.quantization import Quantized
 from approxjax._src.kernels import ffi
 from approxjax._src.kernels.options import KernelOptions, check_options
-from approxjax._src.ops.checks import check_dimension_numbers, check_multiplier, check_operand
+from approxjax._src.ops.checks import (
+    INTEGER_KINDS,
+    check_dimension_numbers,
+    check_multiplier,
+    check_operand,
+)
 from approxjax._src.ops.gemm import GemmConfig, approx_bmm, gemm_parts
 from approxjax._src.ops.integer_gemm import integer_dot_general
+from approxjax._src.ops.quantized_gemm import quantized_dot_general
 
 GradMultiplier = Multiplier | Arithmetic | None | Literal["forward"]
 
@@ -61,10 +68,12 @@ def dot_general(
       multiplier: the forward multiplier (a :class:`~approxjax.Multiplier` or
         an :class:`~approxjax.Arithmetic`); ``None`` means exact float32 and
         uses XLA's own dot (and then the gradient multipliers must be left
-        alone). An :class:`~approxjax.IntegerMultiplier` takes integer
-        arrays of operand codes instead and returns the exact int32 sums of
-        its table's products (``preferred_element_type`` may cast them; see
-        :mod:`approxjax._src.ops.integer_gemm`).
+        alone). An :class:`~approxjax.IntegerMultiplier` on integer arrays
+        of operand codes returns the exact int32 sums of its table's
+        products (``preferred_element_type`` may cast them; see
+        :mod:`approxjax._src.ops.integer_gemm`); on float operands it
+        quantizes them (an :class:`~approxjax.Quantized` with its defaults,
+        or the one given: scales, zero points, gradient estimator).
       input_grad_multiplier: multiplier of ``d lhs = g @ rhs^T``: ``"forward"``,
         a Multiplier or Arithmetic, or ``None`` for exact.
       weight_grad_multiplier: multiplier of ``d rhs = lhs^T @ g``, likewise.
@@ -87,20 +96,41 @@ def dot_general(
         ``method="native"`` for a multiplier without factors (the message
         names the rank found) or an arithmetic that rounds its sums.
     """
-    if isinstance(multiplier, IntegerMultiplier):
+    if isinstance(multiplier, INTEGER_KINDS):
         if not (isinstance(input_grad_multiplier, str) and isinstance(weight_grad_multiplier, str)):
             raise ValueError(
-                "integer operand codes have no gradient: leave the gradient multipliers alone "
-                "(quantized layers choose their gradient estimators)"
+                "integer multipliers take no gradient multipliers: integer codes have no "
+                "gradient, and approxjax.Quantized(..., gradient=...) chooses a quantized "
+                "GEMM's"
             )
         if method not in (None, "auto", "lut"):
             raise ValueError(f"integer multipliers run by their tables; got method={method!r}")
-        return integer_dot_general(
+        ints = [jnp.issubdtype(jnp.result_type(x), jnp.integer) for x in (lhs, rhs)]
+        if ints[0] != ints[1]:
+            raise TypeError(
+                f"lhs is {jnp.result_type(lhs)} and rhs {jnp.result_type(rhs)}: give integer "
+                "operand codes for both, or float operands for both (quantized)"
+            )
+        if isinstance(multiplier, IntegerMultiplier) and ints[0]:
+            return integer_dot_general(
+                lhs,
+                rhs,
+                dimension_numbers,
+                multiplier,
+                options=options,
+                preferred_element_type=preferred_element_type,
+            )
+        if isinstance(multiplier, IntegerMultiplier):  # float operands: quantized, STE
+            multiplier = Quantized(multiplier)
+        lhs = check_operand("lhs", lhs)
+        rhs = check_operand("rhs", rhs)
+        check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        return quantized_dot_general(
             lhs,
             rhs,
             dimension_numbers,
             multiplier,
-            options=options,
+            options=check_options(options),
             preferred_element_type=preferred_element_type,
         )
     lhs = check_operand("lhs", lhs)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from approxjax._src.arithmetic.integer import INT32_MAX, IntegerMultiplier
+from approxjax._src.arithmetic.integer import INT32_MAX, IntegerMultiplier, code_range
 from approxjax._src.arithmetic.reference import canonical
 from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers
@@ -97,6 +97,30 @@ def int_bmm(
     return jnp.swapaxes(out, -1, -2)
 
 
+def code_sums(qa, qb, table, bits, signed, bound: int, options: KernelOptions, name: str):
+    """``sum_k table[qa, qb]`` (int32, exact) for codes ``qa (G, M, K)`` and
+    ``qb (G, K, N)`` of the given widths and signedness.
+
+    Raises:
+      ValueError: the contraction is long enough for the int32 sums of
+        entries up to ``bound`` to overflow.
+    """
+    k = qa.shape[2]
+    if k * bound > INT32_MAX:
+        raise ValueError(
+            f"{k} products of {name} (entries up to {bound}) may overflow the int32 sums; "
+            f"contractions of up to {INT32_MAX // max(bound, 1)} are exact"
+        )
+    lo_a, hi_a = code_range(bits[0], signed[0])
+    lo_b, hi_b = code_range(bits[1], signed[1])
+    a = _indices(qa, bits[0], lo_a, hi_a)
+    b = _indices(qb, bits[1], lo_b, hi_b)
+    # Tables are built per k over the columns and shared by the rows: build
+    # them from the side whose table rows are fewer per output row.
+    swap = a.shape[1] << bits[1] < b.shape[2] << bits[0]
+    return int_bmm(a, b, table, options, swap)
+
+
 def integer_dot_general(
     lhs: Any,
     rhs: Any,
@@ -125,19 +149,7 @@ def integer_dot_general(
     rhs = check_codes("rhs", rhs, mult, 1)
     options = check_options(options)
     dimension_numbers = check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    k = int(np.prod([lhs.shape[d] for d in dimension_numbers[0][0]], dtype=np.int64))
-    if k * mult.bound > INT32_MAX:
-        raise ValueError(
-            f"{k} products of {mult.name} (entries up to {mult.bound}) may overflow the int32 "
-            f"sums; contractions of up to {INT32_MAX // max(mult.bound, 1)} are exact"
-        )
-    a = _indices(lhs, mult.bits[0], *mult.code_range(0))
-    b = _indices(rhs, mult.bits[1], *mult.code_range(1))
-    a, b, shape = canonical(a, b, dimension_numbers)  # (G, M, K), (G, K, N)
-    m, n = a.shape[1], b.shape[2]
-    # Tables are built per k over the columns and shared by the rows: build
-    # them from the side whose table rows are fewer per output row.
-    swap = m << mult.bits[1] < n << mult.bits[0]
-    out = int_bmm(a, b, mult.table, options, swap)
+    a, b, shape = canonical(lhs, rhs, dimension_numbers)  # (G, M, K), (G, K, N)
+    out = code_sums(a, b, mult.table, mult.bits, mult.signed, mult.bound, options, mult.name)
     out = out.reshape(shape)
     return out if preferred_element_type is None else out.astype(preferred_element_type)

@@ -1,0 +1,260 @@
+"""Quantization of float operands to integer codes, for integer multipliers.
+
+A float tensor ``x`` becomes codes ``q = clip(round(x / s) + z, qmin, qmax)``
+of the multiplier's operand width and signedness, and back ``x' = s (q -
+z)``. Scales ``s`` and zero points ``z`` come from the tensor itself, each
+time it is quantized (dynamic quantization), per tensor or per output
+channel, by one of three calibrations:
+
+* ``"minmax"``: the range of the values;
+* ``"percentile"``: the ``percentile``-th percentile of ``|x|`` (symmetric)
+  or the ``100 - p`` and ``p`` percentiles (asymmetric), clipping outliers;
+* ``"mse"``: the clipping range, among 32 fractions (0.35 to 1) of the
+  min-max one, whose quantize-dequantize error is least.
+
+Symmetric quantization has ``z = 0`` (signed codes: ``s = max|x| / qmax``;
+unsigned codes represent ``x >= 0`` only, negatives clip to 0); asymmetric
+quantization maps ``[min(x, 0), max(x, 0)]`` onto ``[qmin, qmax]`` with an
+integer ``z``. NaN or inf, or all zeros, in a concrete tensor is a
+``ValueError``; traced, all zeros gets ``s = 1`` (its codes are all ``z``,
+the products exact zeros) and NaN or inf give NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from approxjax._src.arithmetic.integer import code_range
+
+CALIBRATIONS = ("minmax", "percentile", "mse")
+_MSE_FRACTIONS = np.linspace(0.35, 1.0, 32, dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    """How one operand of a quantized GEMM is quantized (its width and
+    signedness are the multiplier's).
+
+    Attributes:
+      symmetric: zero point 0 (else an integer zero point from the range).
+      per_channel: one scale per output channel (the free dimensions of the
+        operand: a weight's output features) instead of one per tensor.
+      calibration: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+      percentile: for ``"percentile"``, in (50, 100].
+    """
+
+    symmetric: bool = True
+    per_channel: bool = False
+    calibration: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}; got {self.calibration!r}")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]; got {self.percentile!r}")
+        for name in ("symmetric", "per_channel"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+
+
+def check_quantizable(name: str, x) -> None:
+    """A concrete operand with NaN or inf, or all zeros (nothing to
+    calibrate a scale on), cannot be quantized: ValueError. (A traced one
+    cannot be checked: NaN and inf give NaN outputs, all zeros exact zeros.)"""
+    if isinstance(x, jax.core.Tracer):
+        return
+    host = np.asarray(x)
+    bad = ~np.isfinite(host)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}{list(where)} = {host[where]!r}: NaN and inf cannot be quantized to codes"
+        )
+    if host.size and not host.any():
+        raise ValueError(
+            f"{name} is all zeros: there is no range to calibrate its quantization scale on"
+        )
+
+
+def _range(x, axes, spec: QuantSpec, signed: bool):
+    """(lo, hi) of x over ``axes`` by the calibration (lo <= 0 <= hi); for
+    symmetric signed codes, of ``|x|`` (``lo = -hi``)."""
+    folded = spec.symmetric and signed
+    y = jnp.abs(x) if folded else x
+    if spec.calibration == "percentile" and spec.percentile < 100:
+        p = spec.percentile
+        hi = jnp.percentile(y, p, axis=axes, keepdims=True)
+        lo = -hi if folded else jnp.percentile(y, 100 - p, axis=axes, keepdims=True)
+    else:
+        hi = jnp.max(y, axis=axes, keepdims=True)
+        lo = -hi if folded else jnp.min(y, axis=axes, keepdims=True)
+    return jnp.minimum(lo, 0), jnp.maximum(hi, 0)
+
+
+def _params(lo, hi, bits, signed, symmetric):
+    qmin, qmax = code_range(bits, signed)
+    if symmetric:
+        top = hi if not signed else jnp.maximum(-lo, hi)
+        scale = top / qmax
+        zero = jnp.zeros_like(scale)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+        safe = jnp.where(scale > 0, scale, 1)
+        zero = jnp.clip(jnp.round(qmin - lo / safe), qmin, qmax)
+    scale = jnp.where(scale > 0, scale, 1.0)  # all zeros: any scale, codes z
+    return scale.astype(jnp.float32), zero.astype(jnp.int32)
+
+
+def quantize(x, scale, zero, bits: int, signed: bool):
+    """Codes of x (int32): ``clip(round(x / scale) + zero, qmin, qmax)``."""
+    qmin, qmax = code_range(bits, signed)
+    q = jnp.round(x / scale) + zero
+    return jnp.clip(q, qmin, qmax).astype(jnp.int32)
+
+
+def dequantize(q, scale, zero):
+    return (q - zero).astype(jnp.float32) * scale
+
+
+def calibrate(x, axes, bits: int, signed: bool, spec: QuantSpec):
+    """Scale and zero point of x over ``axes`` (keepdims), by ``spec``."""
+    x = jax.lax.stop_gradient(x.astype(jnp.float32))
+    lo, hi = _range(x, axes, spec, signed)
+    scale, zero = _params(lo, hi, bits, signed, spec.symmetric)
+    if spec.calibration != "mse":
+        return scale, zero
+    best = None
+    for frac in _MSE_FRACTIONS:
+        s, z = _params(lo * frac, hi * frac, bits, signed, spec.symmetric)
+        err = jnp.sum(
+            jnp.square(dequantize(quantize(x, s, z, bits, signed), s, z) - x),
+            axis=axes,
+            keepdims=True,
+        )
+        if best is None:
+            best = (err, s, z)
+        else:
+            better = err < best[0]
+            best = (
+                jnp.where(better, err, best[0]),
+                jnp.where(better, s, best[1]),
+                jnp.where(better, z, best[2]),
+            )
+    return best[1], best[2]
+
+
+GRADIENTS = ("ste", "float", "quantized", "lut")
+
+
+@jax.tree_util.register_pytree_node_class
+class Quantized:
+    """A quantized GEMM under an integer multiplier, for float operands:
+    ``multiplier=`` of ``dot_general``, the Flax modules, ``approximate`` and
+    a ``Policy``, like a float multiplier.
+
+    The forward pass quantizes both operands to codes of the multiplier's
+    widths (``lhs`` and ``rhs`` say how; the lhs is the activation, the rhs
+    the weight), sums ``table[qa, qb]`` exactly in int32 and dequantizes. With
+    zero points (asymmetric quantization) the multiplier sees the raw codes,
+    as integer hardware does, and the zero-point terms are exact:
+    ``sum (qa - za)(qb - zb) = sum table[qa, qb] - zb sum qa - za sum qb +
+    K za zb`` (the first sum approximate, the rest exact), times ``sa * sb``.
+
+    Gradients (``gradient``), all passing straight through the rounding and
+    zero outside the clipping range:
+
+    * ``"ste"``: the backward GEMMs in exact float32 on the dequantized
+      operands (the peers' straight-through estimator);
+    * ``"float"``: the same GEMMs through the float ``grad_multiplier``;
+    * ``"quantized"``: the gradient quantized (symmetric, per tensor) and
+      both backward GEMMs through the integer multiplier (needs signed
+      operands);
+    * ``"lut"``: the derivative of the approximate product itself,
+      estimated from the table: central differences of width
+      ``2 * smoothing`` codes along each operand, in value order, then the
+      best rank-``lut_rank`` approximation of each derivative table, so the
+      backward pass is ``lut_rank`` float32 GEMMs per operand (for the
+      exact multiplier it equals ``"ste"``).
+
+    Raises:
+      TypeError: ``multiplier`` is not an IntegerMultiplier, or
+        ``grad_multiplier`` not a float Multiplier/Arithmetic.
+      ValueError: an unknown gradient, ``"float"`` without a
+        ``grad_multiplier``, ``"quantized"`` on unsigned operands, per-channel
+        lhs scales, or ``lut_rank``/``smoothing`` out of range.
+    """
+
+    def __init__(
+        self,
+        multiplier,
+        *,
+        lhs: QuantSpec = QuantSpec(),  # noqa: B008 - frozen, hashable
+        rhs: QuantSpec = QuantSpec(per_channel=True),  # noqa: B008
+        gradient: str = "ste",
+        grad_multiplier=None,
+        lut_rank: int = 4,
+        smoothing: int = 1,
+    ):
+        from approxjax._src.arithmetic.arithmetic import Arithmetic
+        from approxjax._src.arithmetic.integer import IntegerMultiplier
+        from approxjax._src.arithmetic.multipliers import Multiplier
+
+        if not isinstance(multiplier, IntegerMultiplier):
+            raise TypeError(
+                f"Quantized takes an IntegerMultiplier; got {type(multiplier).__name__} "
+                "(a float Multiplier multiplies float operands directly)"
+            )
+        if not isinstance(lhs, QuantSpec) or not isinstance(rhs, QuantSpec):
+            raise TypeError("lhs and rhs must be approxjax.QuantSpec")
+        if lhs.per_channel:
+            raise ValueError("per-channel scales are for the rhs (weights); the lhs is per tensor")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}; got {gradient!r}")
+        if gradient == "float" and not isinstance(grad_multiplier, (Multiplier, Arithmetic)):
+            raise TypeError(
+                "gradient='float' needs grad_multiplier, a float Multiplier or Arithmetic; "
+                f"got {grad_multiplier!r}"
+            )
+        if gradient != "float" and grad_multiplier is not None:
+            raise ValueError("grad_multiplier is used by gradient='float' only")
+        if gradient == "quantized" and not all(multiplier.signed):
+            raise ValueError(
+                f"gradient='quantized' quantizes signed gradients: {multiplier.name} has "
+                f"unsigned operands (signed={multiplier.signed})"
+            )
+        for label, value in (("lut_rank", lut_rank), ("smoothing", smoothing)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+                raise ValueError(f"{label} must be an int in [1, 64]; got {value!r}")
+        self.multiplier = multiplier
+        self.grad_multiplier = grad_multiplier
+        self.lhs, self.rhs = lhs, rhs
+        self.gradient = gradient
+        self.lut_rank, self.smoothing = lut_rank, smoothing
+
+    @property
+    def name(self) -> str:
+        return f"{self.multiplier.name}/{self.gradient}"
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return self.multiplier.batch_shape
+
+    def __repr__(self) -> str:
+        return f"Quantized({self.multiplier!r}, gradient={self.gradient!r})"
+
+    def tree_flatten(self):
+        aux = (self.lhs, self.rhs, self.gradient, self.lut_rank, self.smoothing)
+        return (self.multiplier, self.grad_multiplier), aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        obj.multiplier, obj.grad_multiplier = children
+        obj.lhs, obj.rhs, obj.gradient, obj.lut_rank, obj.smoothing = aux
+        return obj

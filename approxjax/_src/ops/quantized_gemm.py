@@ -1,0 +1,288 @@
+"""Quantized GEMMs of float operands under an integer multiplier
+(:class:`~approxjax.Quantized`): fake quantization around the integer LUT
+GEMM, with the gradient estimators of its docstring.
+
+Operands arrive as batched GEMMs ``a (G, M, K)`` and ``b (G, K, N)``; ``a``
+is quantized per tensor, ``b`` per tensor or per output column ``n``.
+Every integer GEMM (forward, and the backward ones of ``"quantized"``)
+computes ``sum (qa - za)(qb - zb)`` exactly from the table's sum of raw-code
+products and the zero-point terms (:func:`int_matmul`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from approxjax._src.arithmetic.integer import code_range
+from approxjax._src.arithmetic.quantization import (
+    Quantized,
+    QuantSpec,
+    calibrate,
+    check_quantizable,
+    dequantize,
+    quantize,
+)
+from approxjax._src.arithmetic.reference import canonical
+from approxjax._src.kernels.options import DEFAULT, KernelOptions
+from approxjax._src.ops import gemm as float_gemm
+from approxjax._src.ops.integer_gemm import code_sums
+
+_PER_TENSOR = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """The static part of a quantized GEMM."""
+
+    bits: tuple[int, int]
+    signed: tuple[bool, bool]
+    bound: int
+    lhs: QuantSpec
+    rhs: QuantSpec
+    gradient: str
+    lut_rank: int
+    smoothing: int
+    grad_spec: Any  # GemmSpec of the float gradient multiplier, or None
+    options: KernelOptions = DEFAULT
+
+
+def int_matmul(qa, za, qb, zb, table, cfg: QuantConfig):
+    """``sum_k (qa - za)(qb - zb)`` in int32 for codes ``qa (G, M, K)`` and
+    ``qb (G, K, N)``: the table's sum of ``table[qa, qb]`` and exact
+    zero-point terms. ``za`` is per tensor; ``zb`` varies along n
+    (``(G, 1, N)``), along k (``(G, K, 1)``), or neither."""
+    k = qa.shape[2]
+    out = code_sums(qa, qb, table, cfg.bits, cfg.signed, cfg.bound, cfg.options, "the multiplier")
+    if zb.shape[-2] == 1:  # constant along k
+        out = out - jnp.sum(qa, axis=2, keepdims=True) * zb
+        zb_sum = k * zb
+    else:
+        out = out - lax.dot_general(qa, zb, (((2,), (1,)), ((0,), (0,))))
+        zb_sum = jnp.sum(zb, axis=1, keepdims=True)
+    return out - za * jnp.sum(qb, axis=1, keepdims=True) + za * zb_sum
+
+
+def _quantize_operands(cfg, a, b):
+    sa, za = calibrate(a, _PER_TENSOR, cfg.bits[0], cfg.signed[0], cfg.lhs)
+    axes_b = (1,) if cfg.rhs.per_channel else _PER_TENSOR
+    sb, zb = calibrate(b, axes_b, cfg.bits[1], cfg.signed[1], cfg.rhs)
+    qa = quantize(a, sa, za, cfg.bits[0], cfg.signed[0])
+    qb = quantize(b, sb, zb, cfg.bits[1], cfg.signed[1])
+    return (qa, sa, za), (qb, sb, zb)
+
+
+def _inside(x, s, z, bits, signed):
+    """1 where x quantizes without clipping (straight-through), else 0."""
+    lo, hi = code_range(bits, signed)
+    q = jnp.round(x / s) + z
+    return ((q >= lo) & (q <= hi)).astype(jnp.float32)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def quantized_bmm(cfg: QuantConfig, a, b, leaves):
+    (qa, sa, za), (qb, sb, zb) = _quantize_operands(cfg, a, b)
+    c = int_matmul(qa, za, qb, zb, leaves[0], cfg)
+    return c.astype(jnp.float32) * (sa * sb)
+
+
+def _fwd(cfg, a, b, leaves):
+    return quantized_bmm(cfg, a, b, leaves), (a, b, leaves)
+
+
+def _bwd(cfg, residuals, g):
+    a, b, leaves = residuals
+    (qa, sa, za), (qb, sb, zb) = _quantize_operands(cfg, a, b)
+    mask_a = _inside(a, sa, za, cfg.bits[0], cfg.signed[0])
+    mask_b = _inside(b, sb, zb, cfg.bits[1], cfg.signed[1])
+    if cfg.gradient == "lut":
+        da, db = _lut_gradients(cfg, g, qa, sa, za, qb, sb, zb, leaves[0])
+    elif cfg.gradient == "quantized":
+        da, db = _quantized_gradients(cfg, g, qa, sa, za, qb, sb, zb, leaves[0])
+    else:
+        xa, xb = dequantize(qa, sa, za), dequantize(qb, sb, zb)
+        spec, grad_leaves = (None, None) if cfg.gradient == "ste" else (cfg.grad_spec, leaves[1])
+        opts = cfg.options
+        da = float_gemm.bmm(g, xb, spec, grad_leaves, transpose_b=True, options=opts, role=1)
+        db = float_gemm.bmm(xa, g, spec, grad_leaves, transpose_a=True, options=opts, role=2)
+    return da * mask_a, db * mask_b, float_gemm.zero_cotangents(leaves)
+
+
+quantized_bmm.defvjp(_fwd, _bwd)
+
+
+def _quantized_gradients(cfg, g, qa, sa, za, qb, sb, zb, table):
+    """Both backward GEMMs through the integer multiplier: ``g`` quantized
+    (symmetric, per tensor) in the lhs role for ``da = g @ b^T`` and the rhs
+    role for ``db = a^T @ g``."""
+    sym = QuantSpec(calibration=cfg.lhs.calibration, percentile=cfg.lhs.percentile)
+    zero = jnp.zeros((1, 1, 1), jnp.int32)
+    # da = sum_n (g sb) (qb - zb): b's scales (per n: inside the sum) go with g.
+    gs = g * sb
+    s1, _ = calibrate(gs, _PER_TENSOR, cfg.bits[0], True, sym)
+    q1 = quantize(gs, s1, 0, cfg.bits[0], True)
+    # q1 (G,M,N) @ qb^T (G,N,K): qb's zero points vary along the contraction n.
+    qbt, zbt = jnp.swapaxes(qb, 1, 2), jnp.swapaxes(zb, 1, 2)
+    da = int_matmul(q1, zero, qbt, zbt, table, cfg).astype(jnp.float32) * s1
+    # db = sa sum_m (qa - za) g
+    s2, _ = calibrate(g, _PER_TENSOR, cfg.bits[1], True, sym)
+    q2 = quantize(g, s2, 0, cfg.bits[1], True)
+    db = int_matmul(jnp.swapaxes(qa, 1, 2), za, q2, zero, table, cfg)
+    return da, db.astype(jnp.float32) * (sa * s2)
+
+
+def derivative_factors(table, bits, signed, smoothing: int, rank: int):
+    """Low-rank factors of the table's derivatives along each operand:
+    ``(P, Q)`` with ``d table / d a [i, j] ~ sum_t P[i, t] Q[j, t]`` and
+    ``(P2, Q2)`` for ``d / d b``, indexed by bit patterns. Central
+    differences of width ``2 * smoothing`` codes in value order (one-sided
+    at the ends), then the best rank-``rank`` approximation (SVD)."""
+    va = np.arange(1 << bits[0])
+    vb = np.arange(1 << bits[1])
+    if signed[0]:
+        va = (va ^ (1 << (bits[0] - 1))) - (1 << (bits[0] - 1))
+    if signed[1]:
+        vb = (vb ^ (1 << (bits[1] - 1))) - (1 << (bits[1] - 1))
+    oa, ob = np.argsort(va), np.argsort(vb)  # value order -> bit pattern
+    ia, ib = np.argsort(oa), np.argsort(ob)  # bit pattern -> value order
+    t = table.astype(jnp.float32)[oa][:, ob]  # rows and columns by value
+
+    def diff(x, axis):
+        n = x.shape[axis]
+        hi = np.minimum(np.arange(n) + smoothing, n - 1)
+        lo = np.maximum(np.arange(n) - smoothing, 0)
+        step = jnp.asarray((hi - lo).astype(np.float32))
+        d = jnp.take(x, hi, axis=axis) - jnp.take(x, lo, axis=axis)
+        return d / (step[:, None] if axis == 0 else step[None, :])
+
+    out = []
+    for d in (diff(t, 0), diff(t, 1)):
+        u, s, vt = jnp.linalg.svd(d, full_matrices=False)
+        r = min(rank, s.shape[0])
+        out.append(((u[:, :r] * s[:r])[ia], vt[:r].T[ib]))
+    return out
+
+
+def _lut_gradients(cfg, g, qa, sa, za, qb, sb, zb, table):
+    """Gradients through the table's own derivatives (Quantized's docstring):
+    ``da[m, k] = sum_n g sb (D_a[qa, qb] - zb)`` and ``db[k, n] = sa sum_m g
+    (D_b[qa, qb] - za)``, each low-rank term one float32 GEMM."""
+    (p, q), (p2, q2) = derivative_factors(table, cfg.bits, cfg.signed, cfg.smoothing, cfg.lut_rank)
+    mask_a, mask_b = (1 << cfg.bits[0]) - 1, (1 << cfg.bits[1]) - 1
+    ia, ib = qa & mask_a, qb & mask_b
+    gs = g * sb  # (G,M,N), sb per n or per tensor
+    hp = lax.Precision.HIGHEST
+    da = jnp.zeros(qa.shape, jnp.float32)
+    db = jnp.zeros(qb.shape, jnp.float32)
+    for t in range(p.shape[1]):
+        # da += P_t[qa] * (gs @ Q_t[qb]^T)
+        da = da + p[:, t][ia] * jnp.einsum("gmn,gkn->gmk", gs, q[:, t][ib], precision=hp)
+        # db += Q2_t[qb] * (P2_t[qa]^T @ g)
+        db = db + q2[:, t][ib] * jnp.einsum("gmk,gmn->gkn", p2[:, t][ia], g, precision=hp)
+    da = da - jnp.sum(gs * zb, axis=2, keepdims=True)
+    db = (db - za * jnp.sum(g, axis=1, keepdims=True)) * sa
+    return da, db
+
+
+def _config(q: Quantized, options) -> tuple[QuantConfig, tuple]:
+    """The static config of ``q``'s GEMMs and their leaves (the table, the
+    float gradient multiplier's)."""
+    mult = q.multiplier
+    spec, grad_leaves = (
+        float_gemm.split(q.grad_multiplier) if q.gradient == "float" else (None, None)
+    )
+    cfg = QuantConfig(
+        bits=mult.bits,
+        signed=mult.signed,
+        bound=mult.bound,
+        lhs=q.lhs,
+        rhs=q.rhs,
+        gradient=q.gradient,
+        lut_rank=q.lut_rank,
+        smoothing=q.smoothing,
+        grad_spec=spec,
+        options=options or DEFAULT,
+    )
+    return cfg, (mult.table, grad_leaves)
+
+
+def quantized_dot_general(
+    lhs: Any,
+    rhs: Any,
+    dimension_numbers,
+    q: Quantized,
+    *,
+    options: KernelOptions | None = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``lax.dot_general`` of float operands quantized for an integer
+    multiplier (see :class:`~approxjax.Quantized`)."""
+    check_quantizable("lhs", lhs)
+    check_quantizable("rhs", rhs)
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    cfg, leaves = _config(q, options)
+    a, b, shape = canonical(lhs.astype(jnp.float32), rhs.astype(jnp.float32), dimension_numbers)
+    out = quantized_bmm(cfg, a, b, leaves)
+    return out.reshape(shape).astype(out_dtype)
+
+
+def quantized_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count: int,
+    q: Quantized,
+    *,
+    options: KernelOptions | None = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` under an integer multiplier: the input's
+    patches (``lax.conv_general_dilated_patches``, so the gradients flow
+    through XLA's own patch extraction) times the weight as a quantized
+    GEMM, one per feature group (depthwise and grouped convolutions batch
+    their groups in one kernel call). The input is quantized per tensor as
+    patches (min-max gives the input's own range; percentile and MSE
+    calibrations see each value as often as it occurs in the patches)."""
+    check_quantizable("lhs", lhs)
+    check_quantizable("rhs", rhs)
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    lhs_spec, rhs_spec, out_spec = dn
+    window = tuple(rhs.shape[d] for d in rhs_spec[2:])
+    patches = lax.conv_general_dilated_patches(
+        lhs.astype(jnp.float32),
+        window,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dn,
+    )
+    # patches: out's layout, features ordered (input channel, *window)
+    to_nsf = (out_spec[0], *out_spec[2:], out_spec[1])
+    patches = jnp.transpose(patches, to_nsf)
+    lead = patches.shape[:-1]
+    groups = feature_group_count
+    cg = rhs.shape[rhs_spec[1]]  # input channels per group
+    win = int(np.prod(window, dtype=np.int64))
+    out_ch = rhs.shape[rhs_spec[0]]
+    a = patches.reshape(-1, groups, cg * win).transpose(1, 0, 2)  # (G, N*P, Cg*win)
+    w = jnp.transpose(rhs.astype(jnp.float32), (rhs_spec[0], rhs_spec[1], *rhs_spec[2:]))
+    w = w.reshape(groups, out_ch // groups, cg * win).transpose(0, 2, 1)  # (G, Cg*win, Og)
+    cfg, leaves = _config(q, options)
+    out = quantized_bmm(cfg, a, w, leaves)  # (G, N*P, Og)
+    out = out.transpose(1, 0, 2).reshape(*lead, out_ch)
+    back = np.argsort(to_nsf)
+    return jnp.transpose(out, back).astype(out_dtype)

@@ -1,0 +1,332 @@
+"""Quantized GEMMs of float operands under integer multipliers: calibration,
+the exact integer sums with zero points, each gradient estimator against an
+independent NumPy computation, and the Flax/Policy/vmap integration."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import approxjax as ax
+from approxjax._src.arithmetic import quantization as qz
+from approxjax._src.ops.quantized_gemm import derivative_factors
+
+MATMUL = (((1,), (0,)), ((), ()))
+
+
+def operands(seed, m=12, k=40, n=9):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) * np.linspace(0.05, 0.5, n)).astype(np.float32)
+    return x, w
+
+
+def np_quantize(x, axis, bits, signed, symmetric):
+    """min-max quantization in NumPy (the definition in quantization.py)."""
+    qmin, qmax = ax.integer.code_range(bits, signed)
+    red = tuple(a for a in range(x.ndim) if a != axis) if axis is not None else None
+    lo = np.minimum(x.min(axis=red, keepdims=True), 0)
+    hi = np.maximum(x.max(axis=red, keepdims=True), 0)
+    if symmetric:
+        top = np.maximum(-lo, hi) if signed else hi
+        s = (top / qmax).astype(np.float32)
+        z = np.zeros_like(s, dtype=np.int64)
+    else:
+        s = ((hi - lo) / (qmax - qmin)).astype(np.float32)
+        z = np.clip(np.round(qmin - lo / s), qmin, qmax).astype(np.int64)
+    q = np.clip(np.round(x / s) + z, qmin, qmax).astype(np.int64)
+    return q, s, z
+
+
+def test_round_trip_and_per_channel_scales():
+    x, w = operands(0)
+    for bits, signed in ((8, True), (4, True), (8, False)):
+        for sym in (True, False):
+            if signed is False and sym:
+                continue
+            spec = ax.QuantSpec(symmetric=sym, per_channel=True)
+            s, z = qz.calibrate(jnp.asarray(w), (0,), bits, signed, spec)
+            q = qz.quantize(jnp.asarray(w), s, z, bits, signed)
+            qn, sn, zn = np_quantize(w, 1, bits, signed, sym)
+            np.testing.assert_array_equal(np.asarray(q), qn)
+            np.testing.assert_allclose(np.asarray(s), sn, rtol=1e-6)
+            back = np.asarray(qz.dequantize(q, s, z))
+            assert (np.abs(back - w) <= np.asarray(s) / 2 * (1 + 1e-5)).all()
+            assert s.shape == (1, w.shape[1])  # one scale per output channel
+    # unsigned symmetric codes hold x >= 0 only
+    s, z = qz.calibrate(jnp.asarray(x), (0, 1), 8, False, ax.QuantSpec())
+    assert int(z.item()) == 0 and float(s.item()) == pytest.approx(x.max() / 255)
+
+
+def test_calibrations():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(4096).astype(np.float32)
+    x[7] = 40.0  # an outlier
+    xs = jnp.asarray(x)
+    scale = {}
+    for cal in ("minmax", "percentile", "mse"):
+        s, z = qz.calibrate(xs, (0,), 8, True, ax.QuantSpec(calibration=cal, percentile=99.9))
+        scale[cal] = float(s[0])
+        err = np.mean((np.asarray(qz.dequantize(qz.quantize(xs, s, z, 8, True), s, z)) - x) ** 2)
+        scale[cal + "_err"] = err
+    assert scale["minmax"] == pytest.approx(40.0 / 127)
+    assert scale["percentile"] == pytest.approx(np.percentile(np.abs(x), 99.9) / 127, rel=1e-5)
+    assert scale["mse"] < scale["minmax"] and scale["mse_err"] < scale["minmax_err"]
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        ax.QuantSpec(calibration="kl")
+    with pytest.raises(ValueError, match="percentile must be in"):
+        ax.QuantSpec(calibration="percentile", percentile=30)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_forward_sums_with_zero_points(sym):
+    """The table sees raw codes; the zero-point terms are exact."""
+    x, w = operands(2)
+    mult = ax.integer.mitchell(8, signed=True)
+    q = ax.Quantized(mult, lhs=ax.QuantSpec(symmetric=sym), rhs=ax.QuantSpec(per_channel=True))
+    got = np.asarray(ax.dot_general(x, w, MATMUL, multiplier=q))
+    qa, sa, za = np_quantize(x, None, 8, True, sym)
+    qb, sb, zb = np_quantize(w, 1, 8, True, True)
+    table = np.asarray(mult.table, np.int64)
+    lut_sum = table[(qa & 255)[:, :, None], (qb & 255)[None, :, :]].sum(axis=1)
+    c = lut_sum - zb * qa.sum(1, keepdims=True) - za * qb.sum(0, keepdims=True)
+    c = c + x.shape[1] * za * zb
+    want = c.astype(np.float32) * (sa * sb).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+    # the exact multiplier gives sum (qa - za)(qb - zb) exactly
+    exact = ax.Quantized(ax.integer.exact(8), lhs=ax.QuantSpec(symmetric=sym))
+    got = np.asarray(ax.dot_general(x, w, MATMUL, multiplier=exact))
+    c = (qa - za) @ (qb - zb)
+    np.testing.assert_array_equal(got, c.astype(np.float32) * (sa * sb).astype(np.float32))
+
+
+def _grads(q, x, w, g):
+    _, vjp = jax.vjp(lambda x, w: ax.dot_general(x, w, MATMUL, multiplier=q), x, w)
+    return [np.asarray(t) for t in vjp(jnp.asarray(g))]
+
+
+def test_ste_and_float_gradients():
+    x, w = operands(3)
+    x[0, 0] = 100.0  # clips under a percentile calibration: no gradient there
+    g = np.random.default_rng(4).standard_normal((x.shape[0], w.shape[1])).astype(np.float32)
+    spec = ax.QuantSpec(calibration="percentile", percentile=99.0)
+    q = ax.Quantized(ax.integer.drum(8, 4), lhs=spec)
+    dx, dw = _grads(q, x, w, g)
+    s, z = qz.calibrate(jnp.asarray(x), (0, 1), 8, True, spec)
+    qa = np.asarray(qz.quantize(jnp.asarray(x), s, z, 8, True))
+    xq = np.asarray(qz.dequantize(qa, s, z))
+    qb, sb, zb = np_quantize(w, 1, 8, True, True)
+    wq = ((qb - zb) * sb).astype(np.float32)
+    inside = (np.abs(np.round(x / np.asarray(s))) <= 127).astype(np.float32)
+    assert inside[0, 0] == 0 and inside.mean() > 0.95
+    np.testing.assert_allclose(dx, (g @ wq.T) * inside, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, xq.T @ g, rtol=1e-5, atol=1e-5)
+    # through a float multiplier: the same GEMMs under mitchell(7)
+    qf = ax.Quantized(
+        ax.integer.drum(8, 4), lhs=spec, gradient="float", grad_multiplier=ax.mitchell(7)
+    )
+    dxf, dwf = _grads(qf, x, w, g)
+    want = ax.dot_general(jnp.asarray(g), jnp.asarray(wq.T), MATMUL, multiplier=ax.mitchell(7))
+    np.testing.assert_allclose(dxf, np.asarray(want) * inside, rtol=1e-6, atol=1e-6)
+    want = ax.dot_general(jnp.asarray(xq.T), jnp.asarray(g), MATMUL, multiplier=ax.mitchell(7))
+    np.testing.assert_allclose(dwf, np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+def test_lut_gradient_against_dense_numpy():
+    """With a 4-bit table and full rank, the low-rank derivative is the
+    dense one: compare with the derivative tables applied product by product."""
+    x, w = operands(5, m=6, k=10, n=5)
+    mult = ax.integer.mitchell(4, signed=True)
+    q = ax.Quantized(
+        mult, lhs=ax.QuantSpec(symmetric=False), gradient="lut", lut_rank=16, smoothing=1
+    )
+    g = np.random.default_rng(6).standard_normal((6, 5)).astype(np.float32)
+    dx, dw = _grads(q, x, w, g)
+    qa, sa, za = np_quantize(x, None, 4, True, False)
+    qb, sb, zb = np_quantize(w, 1, 4, True, True)
+    v = mult.values(0)
+    order = np.argsort(v)
+    t = np.asarray(mult.table, np.float64)[order][:, order]  # by value
+    n = t.shape[0]
+    hi, lo = np.minimum(np.arange(n) + 1, n - 1), np.maximum(np.arange(n) - 1, 0)
+    da_v = (t[hi] - t[lo]) / (hi - lo)[:, None]
+    db_v = (t[:, hi] - t[:, lo]) / (hi - lo)[None, :]
+    pos = np.argsort(order)  # bit pattern -> value position
+    da_t = da_v[pos][:, pos]
+    db_t = db_v[pos][:, pos]
+    ia, ib = qa & 15, qb & 15
+    d_a = da_t[ia[:, :, None], ib[None, :, :]]  # (M, K, N)
+    d_b = db_t[ia[:, :, None], ib[None, :, :]]
+    want_dx = np.einsum("mn,mkn->mk", g * sb, d_a - zb[None, :, :])
+    want_dw = sa * np.einsum("mn,mkn->kn", g, d_b - za)
+    inside = ((np.round(x / sa) + za >= -8) & (np.round(x / sa) + za <= 7)).astype(np.float64)
+    np.testing.assert_allclose(dx, want_dx * inside, rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(dw, want_dw, rtol=2e-4, atol=2e-4)
+    # the exact multiplier's derivative is the other operand: "lut" == "ste"
+    x, w = operands(7)
+    g = np.random.default_rng(8).standard_normal((12, 9)).astype(np.float32)
+    lut = _grads(ax.Quantized(ax.integer.exact(8), gradient="lut", lut_rank=2), x, w, g)
+    ste = _grads(ax.Quantized(ax.integer.exact(8)), x, w, g)
+    for a, b in zip(lut, ste, strict=True):  # to the float32 SVD's accuracy
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.abs(b).max())
+
+
+def test_derivative_factors_rank():
+    mult = ax.integer.drum(6, 3, signed=False)
+    (p, q), (p2, q2) = derivative_factors(mult.table, mult.bits, mult.signed, 2, 5)
+    assert p.shape == (64, 5) and q.shape == (64, 5) and p2.shape == (64, 5)
+
+
+def test_quantized_gradients_through_the_table():
+    x, w = operands(8)
+    g = np.random.default_rng(9).standard_normal((12, 9)).astype(np.float32)
+    mult = ax.integer.truncated(8, 5, signed=True)
+    dx, dw = _grads(ax.Quantized(mult, gradient="quantized"), x, w, g)
+    qa, sa, _ = np_quantize(x, None, 8, True, True)
+    qb, sb, _ = np_quantize(w, 1, 8, True, True)
+    table = np.asarray(mult.table, np.int64)
+    gs = g * sb
+    q1, s1, _ = np_quantize(gs, None, 8, True, True)
+    want_dx = table[(q1 & 255)[:, None, :], (qb & 255)[None, :, :]].sum(2) * s1
+    q2, s2, _ = np_quantize(g, None, 8, True, True)
+    want_dw = table[(qa.T & 255)[:, :, None], (q2 & 255)[None, :, :]].sum(1) * (sa * s2)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_settings():
+    mult = ax.integer.mitchell(8)
+    with pytest.raises(TypeError, match="takes an IntegerMultiplier"):
+        ax.Quantized(ax.mitchell(7))
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        ax.Quantized(mult, gradient="sign")
+    with pytest.raises(TypeError, match="needs grad_multiplier"):
+        ax.Quantized(mult, gradient="float")
+    with pytest.raises(ValueError, match="unsigned operands"):
+        ax.Quantized(ax.integer.exact(8, signed=False), gradient="quantized")
+    with pytest.raises(ValueError, match="per-channel scales are for the rhs"):
+        ax.Quantized(mult, lhs=ax.QuantSpec(per_channel=True))
+    with pytest.raises(ValueError, match="lut_rank must be"):
+        ax.Quantized(mult, lut_rank=0)
+    x, w = operands(10)
+    with pytest.raises(ValueError, match="all zeros"):
+        ax.dot_general(np.zeros_like(x), w, MATMUL, multiplier=mult)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"lhs\[1, 2\] = .*nan.*cannot be quantized"):
+        ax.dot_general(x, w, MATMUL, multiplier=mult)
+    with pytest.raises(ValueError, match="batch_group_count > 1"):
+        ax.conv_general_dilated(
+            np.ones((2, 5, 5, 2), np.float32), np.ones((3, 3, 2, 4), np.float32), (1, 1),
+            "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), batch_group_count=2,
+            multiplier=mult,
+        )  # fmt: skip
+
+
+CONVS = [
+    (("NHWC", "HWIO", "NHWC"), (2, 9, 9, 6), (3, 3, 6, 8), 1, (1, 1), "SAME", (1, 1)),
+    (("NCHW", "OIHW", "NCHW"), (2, 6, 9, 9), (8, 3, 3, 3), 2, (2, 1), "VALID", (1, 2)),
+    (("NHWC", "HWIO", "NHWC"), (2, 9, 9, 6), (3, 3, 1, 6), 6, (1, 1), [(1, 2), (0, 1)], (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=["nhwc", "grouped-strided-dilated", "depthwise"])
+def test_convolutions(case):
+    """The exact multiplier gives XLA's integer convolution of the codes,
+    scaled; STE gradients are float32 convolutions of the dequantized operands."""
+    dn, xs, ws, groups, strides, pad, rd = case
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) * 0.2).astype(np.float32)
+    conv = dict(rhs_dilation=rd, dimension_numbers=dn, feature_group_count=groups)
+    mult = ax.Quantized(ax.integer.exact(8), rhs=ax.QuantSpec())  # per tensor, to compare
+    got = ax.conv_general_dilated(x, w, strides, pad, multiplier=mult, **conv)
+    qa, sa, _ = np_quantize(x, None, 8, True, True)
+    qb, sb, _ = np_quantize(w, None, 8, True, True)
+    c = jax.lax.conv_general_dilated(
+        qa.astype(np.int32), qb.astype(np.int32), strides, pad,
+        preferred_element_type=jnp.int32, **conv,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(c).astype(np.float32) * (sa * sb))
+    xq, wq = (qa * sa).astype(np.float32), (qb * sb).astype(np.float32)
+    g = rng.standard_normal(got.shape).astype(np.float32)
+    _, vjp = jax.vjp(
+        lambda a, b: ax.conv_general_dilated(a, b, strides, pad, multiplier=mult, **conv), x, w
+    )
+    _, ref = jax.vjp(
+        lambda a, b: jax.lax.conv_general_dilated(
+            a, b, strides, pad, precision=jax.lax.Precision.HIGHEST, **conv
+        ), xq, wq,
+    )  # fmt: skip
+    for a, b in zip(vjp(jnp.asarray(g)), ref(jnp.asarray(g)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = ax.nn.Conv(4, (3,), padding="SAME")(x[..., None])  # a convolution too
+        x = nn.relu(ax.nn.Dense(32)(jnp.concatenate([x, h.reshape(x.shape[0], -1)], -1)))
+        return ax.nn.Dense(3)(x)
+
+
+def test_training_under_policies_and_vmap():
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.standard_normal((64, 8)), jnp.float32)
+    y = jnp.asarray((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5))
+    model = MLP()
+    params = model.init(jax.random.key(0), x)
+    tx = optax.adam(0.03)
+
+    def loss(params, mult):
+        with ax.using(mult):
+            logits = model.apply(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def train(params, mult):
+        state = tx.init(params)
+
+        def step(carry, _):
+            p, s = carry
+            value, grads = jax.value_and_grad(loss)(p, mult)
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), value
+
+        (params, _), values = jax.lax.scan(step, (params, state), None, length=40)
+        return values
+
+    for mult in (
+        ax.Quantized(ax.integer.drum(8, 4), gradient="ste"),
+        ax.Quantized(ax.integer.mitchell(8), gradient="lut"),
+        ax.Policy(default=ax.integer.kulkarni(8, signed=True), first_exact=True),
+    ):
+        values = np.asarray(train(params, mult))
+        assert values[-1] < 0.6 * values[0], (mult, values[[0, -1]])
+    # a sweep over three multipliers in one program
+    stack = ax.stack([ax.integer.drum(8, k) for k in (3, 4, 6)])
+    values = jax.vmap(lambda m: train(params, ax.Quantized(m)))(stack)
+    assert values.shape == (3, 40) and (values[:, -1] < values[:, 0]).all()
+
+
+def test_approximate_on_an_unmodified_model():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3))(x))
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    model = Net()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    params = model.init(jax.random.key(1), x)
+    exact = ax.approximate(lambda p, x: model.apply(p, x), ax.Quantized(ax.integer.exact(8)))
+    mitchell = ax.approximate(lambda p, x: model.apply(p, x), ax.integer.mitchell(8))
+    want = model.apply(params, x)
+    scale = float(jnp.abs(want).max())
+    # 8-bit quantization alone moves the outputs by about 1%; Mitchell's products by more
+    assert float(jnp.abs(jax.jit(exact)(params, x) - want).max()) < 0.03 * scale
+    err = float(jnp.abs(jax.jit(mitchell)(params, x) - want).max())
+    assert 0.03 * scale < err < 0.3 * scale
+    grads = jax.grad(lambda p: mitchell(p, x).sum())(params)
+    assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, params)
