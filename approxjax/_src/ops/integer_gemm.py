@@ -28,8 +28,6 @@ from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers
 
 INT_GEMM_TARGET = "approxjax_int_gemm"
-_VARIANTS = {"auto": 0, "baseline": 1, "avx2": 2, "avx512": 3}
-_GEMMS = {"auto": 0, "tables": 1, "gathers": 2}
 
 
 def check_codes(name: str, x: Any, mult: IntegerMultiplier, operand: int) -> jax.Array:
@@ -70,12 +68,19 @@ def _indices(x: jax.Array, bits: int, lo: int, hi: int) -> jax.Array:
 
 
 def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
+    if jax.default_backend() != "cpu":
+        raise NotImplementedError(
+            "approxjax's integer LUT GEMM runs on the CPU only so far (its CUDA kernel is "
+            f"not written yet); the default backend is {jax.default_backend()!r}: run with "
+            "JAX_PLATFORMS=cpu"
+        )
     shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], table.shape[:-2])
     out = jax.ShapeDtypeStruct((*shape, a.shape[-2], b.shape[-1]), jnp.int32)
     call = jax.ffi.ffi_call(INT_GEMM_TARGET, out, vmap_method="expand_dims")
     return call(
-        a, b, table, variant=np.int64(variant), gemm=np.int64(gemm), pairs=pairs, bytes=bytes_
-    )
+        a, b, table, variant=np.int64(variant), gemm=np.int64(gemm), pairs=bool(pairs),
+        bytes=bool(bytes_),
+    )  # fmt: skip
 
 
 def int_bmm(
@@ -84,11 +89,9 @@ def int_bmm(
     """``out[g] = sum_k table[a[g, :, k], b[g, k, :]]`` for index arrays
     ``(G, M, K)`` and ``(G, K, N)``; with ``swap``, computed as the transpose
     of ``b^T`` against ``a^T`` under ``table^T``."""
+    attr = options.attribute()  # the float kernels' codes of gemm and variant
     opts = dict(
-        variant=_VARIANTS[options.variant],
-        gemm=_GEMMS[options.gemm],
-        pairs=options.pairs,
-        bytes_=options.codes,
+        variant=attr["variant"], gemm=attr["gemm"], pairs=options.pairs, bytes_=options.codes
     )
     if not swap:
         return _raw_int_gemm(a, b, table[None], **opts)
