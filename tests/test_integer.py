@@ -89,6 +89,33 @@ def test_catalog_designs_by_their_definitions():
     )
 
 
+def test_catalog_by_name():
+    designs = [
+        ax.integer.mitchell(8, signed=True),
+        ax.integer.drum(8, 4, signed=False),
+        ax.integer.truncated(6, 3),
+        ax.integer.broken_array(8, 2, 6, signed=True),
+        ax.integer.kulkarni((8, 4)),
+        ax.integer.exact(12, signed=False),
+    ]
+    for d in designs:
+        again = ax.integer.get(d.name)
+        assert again.name == d.name and (again.bits, again.signed) == (d.bits, d.signed)
+        np.testing.assert_array_equal(np.asarray(again.table), np.asarray(d.table))
+    assert [d.name for d in designs[:4]] == [
+        "mitchell8s",
+        "drum8u_k4",
+        "truncated6u_k3",
+        "bam8s_h2_v6",
+    ]
+    with pytest.raises(ValueError, match="must read <design><bits>"):
+        ax.integer.get("mitchell8")
+    with pytest.raises(ValueError, match="unknown integer design 'booth'"):
+        ax.integer.get("booth8s")
+    with pytest.raises(ValueError, match="mitchell has no parameter 'k'"):
+        ax.integer.get("mitchell8s_k4")
+
+
 def test_catalog_bad_parameters():
     with pytest.raises(ValueError, match="operand widths must be 2 to 16"):
         ax.integer.exact(1)

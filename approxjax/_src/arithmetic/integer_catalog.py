@@ -11,6 +11,7 @@ is 128), so the core runs at the full width. Each has a C twin in ``luts/``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -187,3 +188,43 @@ CATALOG = {
     "mitchell": mitchell,
     "kulkarni": kulkarni,
 }
+
+# The parameters of a name's "_<letter><value>" parts, by design.
+_PARAMS = {"truncated": {"k": "k"}, "bam": {"h": "hbl", "v": "vbl"}, "drum": {"k": "k"}}
+_NAME = re.compile(
+    r"(?P<design>[a-z]+)(?P<a>\d+)(?:x(?P<b>\d+))?(?P<sign>[su])(?P<rest>(?:_[a-z]\d+)*)"
+)
+
+
+def get(name: str) -> IntegerMultiplier:
+    """A catalog multiplier by its name, as the catalog names them:
+    ``"mitchell8s"`` (signed 8-bit), ``"drum8u_k4"``, ``"truncated8u_k4"``,
+    ``"bam8s_h2_v6"``, ``"kulkarni8x4u"`` (8 x 4 bits), ``"exact12u"``.
+
+    Raises:
+      ValueError: a malformed name, an unknown design (the message lists
+        them) or parameter.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"integer multiplier name must be a string; got {name!r}")
+    match = _NAME.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(
+            f"integer multiplier name {name!r} must read <design><bits>[x<bits>]<s|u>[_<p><n>...], "
+            "e.g. mitchell8s, drum8u_k4, bam8s_h2_v6, kulkarni8x4u"
+        )
+    design = match["design"]
+    if design not in CATALOG:
+        raise ValueError(f"unknown integer design {design!r} in {name!r}; known: {sorted(CATALOG)}")
+    a = int(match["a"])
+    bits = (a, int(match["b"])) if match["b"] else a
+    kwargs = {}
+    for part in filter(None, match["rest"].split("_")):
+        key = _PARAMS.get(design, {}).get(part[0])
+        if key is None:
+            raise ValueError(
+                f"{name!r}: {design} has no parameter {part[0]!r} "
+                f"(it has {sorted(_PARAMS.get(design, {})) or 'none'})"
+            )
+        kwargs[key] = int(part[1:])
+    return CATALOG[design](bits, signed=match["sign"] == "s", **kwargs)
