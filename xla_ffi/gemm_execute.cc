@@ -652,20 +652,6 @@ void Worker(const std::shared_ptr<SharedState>& state) {
   state->done.CountDown();
 }
 
-ffi::Future Failed(ffi::Error error) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetError(std::move(error));
-  return future;
-}
-
-ffi::Future Done() {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetAvailable();
-  return future;
-}
-
 // Asks Linux for 2 MiB pages under the whole 2 MiB pages of a large output
 // (MADV_HUGEPAGE: only a hint for how the pages are backed; the memory stays
 // XLA's). XLA allocates outputs anew per call, and where transparent huge

@@ -108,6 +108,22 @@ struct Problem : GemmInputs, Plan, GemmBuffers {
 // What a kernel variant and this CPU can do (for the planner).
 Capabilities CapabilitiesOf(const KernelTable& kernels);
 
+// A future that has already failed with `error`, or already completed: what
+// an asynchronous handler returns when it decides before any work starts.
+inline ffi::Future Failed(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(std::move(error));
+  return future;
+}
+
+inline ffi::Future Done() {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetAvailable();
+  return future;
+}
+
 // Plans and runs a checked problem (inputs set; the plan is made here).
 ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
                     const GemmOptions& options, const KernelTable& kernels,

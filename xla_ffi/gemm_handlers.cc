@@ -123,13 +123,6 @@ ffi::Error CheckTablesAndKernels(const char* target, ffi::Span<const int64_t> lu
   return KernelsFor(options.variant, target, kernels);
 }
 
-ffi::Future Failed(ffi::Error error) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetError(std::move(error));
-  return future;
-}
-
 void SetOperands(const BatchShape& shape, Problem* p) {
   p->m_rows = shape.m_rows;
   p->n_cols = shape.n_cols;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "gemm_cpu.h"
+#include "gemm_execute.h"
 #include "gemm_kernels.h"
 #include "integer_kernels.h"
 #include "shapes.h"
@@ -36,20 +37,6 @@ namespace {
 
 constexpr int64_t kTableBudget = 512 * 1024;
 constexpr int64_t kMaxSide = 4096;  // 12-bit codes
-
-ffi::Future FailedWith(ffi::Error error) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetError(std::move(error));
-  return future;
-}
-
-ffi::Future DoneNow() {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetAvailable();
-  return future;
-}
 
 ffi::Error Invalid(const std::string& what) {
   return ffi::Error::InvalidArgument("approxjax_int_gemm: " + what);
@@ -213,7 +200,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
                td = lut.dimensions(), od = out->dimensions();
     const size_t rank = ld.size();
     if (rank < 2 || rd.size() != rank || td.size() != rank || od.size() != rank) {
-      return FailedWith(Invalid("lhs, rhs, lut and out must have one rank >= 2; got " +
+      return Failed(Invalid("lhs, rhs, lut and out must have one rank >= 2; got " +
                                 DimsString(ld) + ", " + DimsString(rd) + ", " +
                                 DimsString(td) + ", " + DimsString(od)));
     }
@@ -222,7 +209,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     for (size_t d = 0; d + 2 < rank; ++d) {
       const auto fits = [&](int64_t x) { return x == od[d] || x == 1; };
       if (!fits(ld[d]) || !fits(rd[d]) || !fits(td[d])) {
-        return FailedWith(Invalid("leading dimensions of lhs " + DimsString(ld) +
+        return Failed(Invalid("leading dimensions of lhs " + DimsString(ld) +
                                   ", rhs " + DimsString(rd) + " and lut " +
                                   DimsString(td) + " must be those of out " +
                                   DimsString(od) + " or 1"));
@@ -243,29 +230,29 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     p->side_b = td[rank - 1];
     if (rd[rank - 2] != p->depth || od[rank - 2] != p->m_rows ||
         od[rank - 1] != p->n_cols) {
-      return FailedWith(Invalid("shapes do not chain: lhs " + DimsString(ld) +
+      return Failed(Invalid("shapes do not chain: lhs " + DimsString(ld) +
                                 ", rhs " + DimsString(rd) + ", out " +
                                 DimsString(od)));
     }
     if (p->side_a < 1 || p->side_a > kMaxSide || p->side_b < 1 ||
         p->side_b > kMaxSide) {
-      return FailedWith(Invalid("table sides must be 1..4096; got " + DimsString(td)));
+      return Failed(Invalid("table sides must be 1..4096; got " + DimsString(td)));
     }
     if (!IntegerKernelsFor(variant, &p->kernels)) {
-      return FailedWith(Invalid("kernel variant " + std::to_string(variant) +
+      return Failed(Invalid("kernel variant " + std::to_string(variant) +
                                 " (1 baseline, 2 AVX2, 3 AVX-512) is not available "
                                 "on this CPU"));
     }
     if (gemm < 0 || gemm > 2) {
-      return FailedWith(Invalid("gemm must be 0 (auto), 1 (tables) or 2 (gathers); got " +
+      return Failed(Invalid("gemm must be 0 (auto), 1 (tables) or 2 (gathers); got " +
                                 std::to_string(gemm)));
     }
     const int64_t out_elems = p->batch * p->m_rows * p->n_cols;
-    if (out_elems == 0) return DoneNow();
+    if (out_elems == 0) return Done();
     p->out = out->typed_data();
     if (p->depth == 0) {
       std::fill(p->out, p->out + out_elems, 0);
-      return DoneNow();
+      return Done();
     }
     p->a = lhs.typed_data();
     p->b = rhs.typed_data();
@@ -273,7 +260,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     const int64_t na = count_a * p->m_rows * p->depth;
     const int64_t nbk = count_b * p->depth * p->n_cols;
     if (MaxIndex(p->a, na) >= p->side_a || MaxIndex(p->b, nbk) >= p->side_b) {
-      return FailedWith(Invalid(
+      return Failed(Invalid(
           "an operand code is outside the multiplier's code range (its index "
           "is outside the table " + DimsString(td) + ")"));
     }
@@ -290,7 +277,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
         hi = std::max<int64_t>(hi, t[e]);
       }
       if (p->depth * std::max(-lo, hi) > std::numeric_limits<int32_t>::max()) {
-        return FailedWith(Invalid(
+        return Failed(Invalid(
             "K = " + std::to_string(p->depth) + " sums of entries up to " +
             std::to_string(std::max(-lo, hi)) + " may overflow int32"));
       }
@@ -347,10 +334,10 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     IntWorker(state);
     return future;
   } catch (const std::bad_alloc&) {
-    return FailedWith(ffi::Error(ffi::ErrorCode::kResourceExhausted,
+    return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                                  "approxjax_int_gemm: out of memory"));
   } catch (const std::exception& e) {
-    return FailedWith(ffi::Error::Internal(std::string("approxjax_int_gemm: ") + e.what()));
+    return Failed(ffi::Error::Internal(std::string("approxjax_int_gemm: ") + e.what()));
   }
 }
 

@@ -85,20 +85,25 @@ def _inside(x, s, z, bits, signed):
     return ((q >= lo) & (q <= hi)).astype(jnp.float32)
 
 
+def _forward(cfg, a, b, leaves):
+    """The product and the quantized operands (the backward pass's residuals)."""
+    (qa, sa, za), (qb, sb, zb) = quantized = _quantize_operands(cfg, a, b)
+    c = int_matmul(qa, za, qb, zb, leaves[0], cfg)
+    return c.astype(jnp.float32) * (sa * sb), quantized
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def quantized_bmm(cfg: QuantConfig, a, b, leaves):
-    (qa, sa, za), (qb, sb, zb) = _quantize_operands(cfg, a, b)
-    c = int_matmul(qa, za, qb, zb, leaves[0], cfg)
-    return c.astype(jnp.float32) * (sa * sb)
+    return _forward(cfg, a, b, leaves)[0]
 
 
 def _fwd(cfg, a, b, leaves):
-    return quantized_bmm(cfg, a, b, leaves), (a, b, leaves)
+    out, quantized = _forward(cfg, a, b, leaves)
+    return out, (a, b, quantized, leaves)
 
 
 def _bwd(cfg, residuals, g):
-    a, b, leaves = residuals
-    (qa, sa, za), (qb, sb, zb) = _quantize_operands(cfg, a, b)
+    a, b, ((qa, sa, za), (qb, sb, zb)), leaves = residuals
     mask_a = _inside(a, sa, za, cfg.bits[0], cfg.signed[0])
     mask_b = _inside(b, sb, zb, cfg.bits[1], cfg.signed[1])
     if cfg.gradient == "lut":
