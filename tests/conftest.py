@@ -44,6 +44,7 @@ SLOW = {
     "test_gradients_are_bit_exact_sequential_gemms",
     "test_characterize_cli_and_plot",
     "test_sweep_formats_and_arithmetic_specs",
+    "test_quantized_sweep_stacks_and_matches_single_runs",
     "test_sweep_end_to_end_and_resume",
     "test_new_run_refuses_a_folder_with_another_run",
     "test_resume_refuses_another_runs_checkpoints",

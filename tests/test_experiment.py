@@ -207,6 +207,14 @@ def test_new_run_refuses_a_folder_with_another_run(tmp_path):
         (("--method", "native"), "--method native: method='native': mitchell5 has no exact"),
         (("--method", "fast", "--surrogate-rank", "0"), "--surrogate-rank must be an integer"),
         (("--multipliers", "lowblock5+acc=bf16", "--method", "native"), "cannot simulate product"),
+        (("--quantize", "int13"), "--quantize must be int<bits> or uint<bits>"),
+        (("--quantize", "int8", "--multipliers", "mitchell4s"), "but --quantize is int8"),
+        (("--multipliers", "mitchell8s+fast"), "unknown option 'fast' for an integer"),
+        (("--multipliers", "mitchell8s+grad=sign"), "gradient must be one of"),
+        (("--multipliers", "mitchell8u+grad=quantized"), "quantizes signed gradients"),
+        (("--multipliers", "mitchell8s", "--method", "native"), "run by their tables"),
+        (("--multipliers", "mitchell8s", "--approximate", "forward"), "chosen by +grad="),
+        (("--multipliers", "exact8s,exact8s+power_mW=1"), "same multiplier"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, argv, message):
@@ -352,3 +360,105 @@ def test_sweep_formats_and_arithmetic_specs(tmp_path):
     logits = ax.approximate(model.apply, e4m3)(params, trainer_data.x_test)
     accuracy = float(np.mean(np.argmax(logits, -1) == trainer_data.y_test))
     assert inference["runs"]["exact[e4m3 x e4m3]"]["test_accuracy"] == pytest.approx(accuracy)
+
+
+LUTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "luts"
+
+
+def test_integer_multiplier_specs():
+    """Integer specs: catalog names, designs completed by --quantize, C models
+    with their widths, +options into a Quantized GEMM, and what results.json
+    records of one."""
+    q8 = specs.parse_quantize("int8")
+    assert q8 == (8, True) and specs.parse_quantize("uint4") == (4, False)
+    c_model = specs.load_multiplier(f"{LUTS / 'int_mitchell.c'}@mitchell_imul:u8x4")
+    same = ax.integer.mitchell((8, 4), signed=False)
+    assert (c_model.bits, c_model.signed) == ((8, 4), (False, False))
+    np.testing.assert_array_equal(c_model.table, same.table)
+    assert specs.load_multiplier("drum_k3", quantize=(6, False)).name == "drum6u_k3"
+    assert specs.load_multiplier("mitchell7").name == "mitchell7"  # float names stay float
+    q = specs.load_arithmetic(
+        "drum8s_k4+grad=lut+rank=2+calib=percentile+percentile=99.9+asym+per_tensor+power_mW=0.25",
+        quantize=q8,
+    )
+    assert isinstance(q, ax.Quantized) and q.gradient == "lut" and q.lut_rank == 2
+    assert (q.lhs.symmetric, q.rhs.symmetric, q.rhs.per_channel) == (False, False, False)
+    assert q.lhs.calibration == q.rhs.calibration == "percentile" and q.rhs.percentile == 99.9
+    assert q.name == "drum8s_k4/lut/asym/per_tensor/p99.9/rank2"
+    assert q.multiplier.cost == {"power_mW": 0.25}
+    assert ax.integer.get("drum8s_k4").cost == {}  # the catalog's own is untouched
+    record = specs.describe(q)
+    assert record["cost"] == {"power_mW": 0.25} and record["bits"] == [8, 8]
+    assert record["gradient"] == "lut" and record["rhs_quantization"]["per_channel"] is False
+    plain = specs.load_arithmetic("kulkarni8s")
+    assert isinstance(plain, ax.Quantized) and plain.name == "kulkarni8s/ste"
+    for bad, message in [
+        (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:s13", "bits"),
+        (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:q8", "file.c@function:s8"),
+        ("kulkarni8s+rank=two", "rank must be a number; got 'two'"),
+        ("kulkarni8s+e4m3", "unknown option 'e4m3'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            specs.load_arithmetic(bad)
+
+
+def test_quantized_sweep_stacks_and_matches_single_runs(tmp_path):
+    """--quantize int8: the exact int8 baseline first, the integer runs with the
+    same settings in one vmapped group, the same accuracies as runs of one
+    multiplier alone, and the accuracy-against-power plot of the costed ones."""
+    cfg = experiment_config.SweepConfig(
+        model="mlp",
+        quantize="int8",
+        multipliers=["mitchell+power_mW=0.2", "kulkarni+power_mW=0.3", "drum_k3+grad=lut"],
+        epochs=1,
+        train_limit=128,
+        mode="inference",
+        out_dir=str(tmp_path / "out"),
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    names = ["exact8s/ste", "mitchell8s/ste", "kulkarni8s/ste", "drum8s_k3/lut"]
+    assert list(res["runs"]) == ["float32", *names]
+    assert {res["runs"][n]["group"] for n in names[:3]} == {"int8s-ste"}
+    assert res["runs"]["drum8s_k3/lut"]["group"] == "int8s-lut"
+    alone = sweep.run_sweep(
+        experiment_config.SweepConfig(
+            **{**cfg.__dict__, "multipliers": ["kulkarni"], "out_dir": ""}
+        ),
+        log=lambda m: None,
+        show_progress=False,
+    )
+    for name in ("exact8s/ste", "kulkarni8s/ste"):
+        assert alone["runs"][name]["test_loss"] == pytest.approx(
+            res["runs"][name]["test_loss"], rel=1e-6
+        )
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = {m["name"]: m for m in saved["multipliers"]}
+    assert record["kulkarni8s/ste"]["cost"] == {"power_mW": 0.3}
+    assert record["exact8s/ste"]["cost"] == {}
+    png = tmp_path / "out" / "pareto_power_mW.png"
+    assert png.stat().st_size > 10_000
+    # approxjax report: the figure asked for, or an error naming those there are.
+    proc = _cli("report", str(tmp_path / "out" / "results.json"), "--cost", "area_um2",
+                cwd=tmp_path, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "these have: power_mW" in proc.stderr
+
+
+def test_pareto_front_against_brute_force():
+    from approxjax._src.runner.outputs import pareto_front
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 12))
+        costs = rng.integers(0, 5, n).astype(float)  # ties in cost and accuracy
+        accs = rng.integers(0, 5, n) / 4
+        points = [(f"r{i}", costs[i], accs[i]) for i in range(n)]
+        front = pareto_front(points)
+
+        undominated = {
+            (p[1], p[2])
+            for p in points
+            if not any(q[1] <= p[1] and q[2] >= p[2] and q[1:] != p[1:] for q in points)
+        }
+        assert {(p[1], p[2]) for p in front} == undominated
+        assert len(front) == len(undominated)  # one point per distinct (cost, accuracy)
+        assert [p[1] for p in front] == sorted(p[1] for p in front)

@@ -40,6 +40,7 @@ from approxjax._src.arithmetic.formats import Format, check_rounding, convert, g
 from approxjax._src.arithmetic.integer import IntegerMultiplier, stack_integer
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.arithmetic.multipliers import stack as stack_multipliers
+from approxjax._src.arithmetic.quantization import Quantized, stack_quantized
 from approxjax._src.kernels.options import ArithmeticAttribute
 
 
@@ -392,6 +393,8 @@ def stack(items: Sequence[Multiplier | Arithmetic]) -> Multiplier | Arithmetic:
         return stack_multipliers(items)
     if items and any(isinstance(x, IntegerMultiplier) for x in items):
         return stack_integer(items)
+    if items and any(isinstance(x, Quantized) for x in items):
+        return stack_quantized(items)
     if not items:
         raise ValueError("stack needs at least one multiplier")
     arith = [as_arithmetic(x) for x in items]

@@ -204,6 +204,18 @@ class IntegerMultiplier:
         stack = f", stack={shape}" if shape else ""
         return f"IntegerMultiplier({self.name!r}, bits={self.bits}, {sign}{stack})"
 
+    def with_cost(self, cost: Mapping[str, float]) -> IntegerMultiplier:
+        """The same multiplier with ``cost`` as its hardware figures (such as
+        ``{"power_mW": 0.31}``).
+
+        Raises:
+          TypeError, ValueError: a key that is not a string, a value that is
+            not a finite number >= 0.
+        """
+        out = self._with(self.table, self.names)
+        out.cost = _checked_cost(cost)
+        return out
+
     def _with(self, table: Any, names: tuple[str, ...]) -> IntegerMultiplier:
         obj = object.__new__(IntegerMultiplier)
         obj.table = table

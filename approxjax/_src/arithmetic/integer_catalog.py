@@ -196,6 +196,13 @@ _NAME = re.compile(
 )
 
 
+def is_name(name: str) -> bool:
+    """Whether ``name`` reads as an integer catalog name (a known design with
+    widths and sign: ``mitchell8s``), whatever its parameters."""
+    match = _NAME.fullmatch(name.strip()) if isinstance(name, str) else None
+    return match is not None and match["design"] in CATALOG
+
+
 def get(name: str) -> IntegerMultiplier:
     """A catalog multiplier by its name, as the catalog names them:
     ``"mitchell8s"`` (signed 8-bit), ``"drum8u_k4"``, ``"truncated8u_k4"``,

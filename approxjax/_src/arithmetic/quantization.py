@@ -23,13 +23,14 @@ the products exact zeros) and NaN or inf give NaN.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from approxjax._src.arithmetic.integer import code_range
+from approxjax._src.arithmetic.integer import code_range, stack_integer
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
 _MSE_FRACTIONS = np.linspace(0.35, 1.0, 32, dtype=np.float32)
@@ -239,7 +240,35 @@ class Quantized:
 
     @property
     def name(self) -> str:
-        return f"{self.multiplier.name}/{self.gradient}"
+        """``mitchell8s/ste``: the multiplier's name, then :attr:`settings`."""
+        return "/".join([self.multiplier.name, *self.settings])
+
+    @property
+    def settings(self) -> list[str]:
+        """The gradient, then each setting that differs from the defaults:
+        ``asym``, ``per_tensor``, the calibration (``mse``, ``p99.9``; per
+        side as ``lhs-mse`` where they differ), ``rank2``, ``smooth2``."""
+        parts = [self.gradient]
+        if not (self.lhs.symmetric and self.rhs.symmetric):
+            parts.append("asym")
+        if not self.rhs.per_channel:
+            parts.append("per_tensor")
+        calib = [
+            f"p{q.percentile:g}" if q.calibration == "percentile" else q.calibration
+            for q in (self.lhs, self.rhs)
+        ]
+        if calib[0] == calib[1] != "minmax":
+            parts.append(calib[0])
+        elif calib[0] != calib[1]:
+            parts += [f"{side}-{c}" for side, c in zip(("lhs", "rhs"), calib, strict=True)]
+        if self.gradient == "lut" and self.lut_rank != 4:
+            parts.append(f"rank{self.lut_rank}")
+        if self.gradient == "lut" and self.smoothing != 1:
+            parts.append(f"smooth{self.smoothing}")
+        return parts
+
+    def __len__(self) -> int:
+        return len(self.multiplier)
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -258,3 +287,23 @@ class Quantized:
         obj.multiplier, obj.grad_multiplier = children
         obj.lhs, obj.rhs, obj.gradient, obj.lut_rank, obj.smoothing = aux
         return obj
+
+
+def stack_quantized(items: Sequence[Quantized]) -> Quantized:
+    """A stack of quantized GEMMs that differ only in their integer
+    multipliers (one kernel call under ``jax.vmap``).
+
+    Raises:
+      ValueError: the members differ in quantization or gradient settings.
+    """
+    first = items[0]
+    for q in items:
+        if not isinstance(q, Quantized):
+            raise TypeError(f"stack takes Quantized GEMMs only here; got {type(q).__name__}")
+        if q.tree_flatten()[1] != first.tree_flatten()[1] or q.grad_multiplier is not None:
+            raise ValueError(
+                f"stacked Quantized GEMMs must share quantization and gradient settings (and "
+                f"have no grad_multiplier): {first.name} and {q.name} differ"
+            )
+    children = (stack_integer([q.multiplier for q in items]), None)
+    return Quantized.tree_unflatten(first.tree_flatten()[1], children)

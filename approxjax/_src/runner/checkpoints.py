@@ -50,7 +50,11 @@ def table_fingerprint(multiplier) -> str:
     multiplier = getattr(multiplier, "multiplier", multiplier)
     if multiplier is None:
         return "none"
-    return hashlib.sha256(np.asarray(multiplier.lut, np.float32).tobytes()).hexdigest()[:16]
+    table = getattr(multiplier, "lut", None)
+    table = (
+        np.asarray(multiplier.table, np.int32) if table is None else np.asarray(table, np.float32)
+    )
+    return hashlib.sha256(table.tobytes()).hexdigest()[:16]
 
 
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:

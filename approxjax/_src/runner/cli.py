@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from approxjax._src.runner.config import SPEC_HELP
+from approxjax._src.runner.config import INTEGER_OPTIONS, SPEC_HELP
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -80,8 +80,9 @@ def _characterize(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from approxjax._src.runner.config import SweepConfig
-    from approxjax._src.runner.outputs import format_results
+    from approxjax._src.runner import outputs
+    from approxjax._src.runner.config import SweepConfig, integer_defaults
+    from approxjax._src.runner.specs import parse_quantize
     from approxjax._src.runner.sweep import run_sweep
 
     cfg = SweepConfig(
@@ -92,9 +93,12 @@ def _sweep(args: argparse.Namespace) -> int:
             if args.multipliers is not None
             else []
             if args.formats
+            else integer_defaults(parse_quantize(args.quantize)[0])
+            if args.quantize
             else list(SweepConfig.multipliers)
         ),
         formats=args.formats.split(",") if args.formats else (),
+        quantize=args.quantize,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -116,8 +120,11 @@ def _sweep(args: argparse.Namespace) -> int:
     )
     show = {"auto": sys.stderr.isatty(), "on": True, "off": False}[args.progress]
     results = run_sweep(cfg, log=lambda msg: print(msg, flush=True), show_progress=show)
-    print(format_results(results))
-    print(f"wrote {args.out}/results.json, results.csv, curves.png")
+    print(outputs.format_results(results))
+    print(
+        f"wrote {args.out}/results.json, results.csv, curves.png"
+        + "".join(f", pareto_{k}.png" for k in outputs.cost_keys(results))
+    )
     return 0
 
 
@@ -134,7 +141,12 @@ def _report(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot read results file {path}: {e}") from e
     outputs.check_results(results, str(path))
     print(outputs.format_results(results))
-    written = outputs.write_outputs(results, Path(args.out) if args.out else path.parent)
+    costs = None
+    if args.cost:
+        costs = [key.strip() for key in args.cost.split(",")]
+        for key in costs:
+            outputs.costed_runs(results, key)  # each must be there: an error before writing
+    written = outputs.write_outputs(results, Path(args.out) if args.out else path.parent, costs)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -206,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
         "fp32,bf16,fp16,e4m3,e5m2 (which format does this model need?)",
     )
     sweep.add_argument(
+        "--quantize",
+        help="int8, uint8, int4, ... (2-12 bits): quantize the operands of every integer "
+        "multiplier's GEMMs to codes of this width, and add the exact integer multiplier as "
+        "a baseline; integer catalog designs may then be named without widths (mitchell, "
+        "drum_k4). Integer specs (mitchell8s, file.c@function:s8) take +options: "
+        + INTEGER_OPTIONS
+        + " (default multipliers with --quantize int8: mitchell,kulkarni,drum_k4,truncated_k4; "
+        "k is half the width)",
+    )
+    sweep.add_argument(
         "--method", choices=["auto", "lut", "native", "fast"], default="auto",
         help="how GEMMs run: auto (native for exact low-rank tables where measured faster), "
         "lut (the kernel), native (r XLA dots; an error for tables without exact factors), "
@@ -263,9 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sweep.set_defaults(func=_sweep)
 
-    report = command("report", "re-render the table and plots of a results.json")
+    report = command(
+        "report", "re-render the table and plots of a results.json (accuracy against cost too)"
+    )
     report.add_argument("results", help="a results.json written by approxjax sweep")
-    report.add_argument("--out", help="folder for the CSV and PNG (default: beside the JSON)")
+    report.add_argument("--out", help="folder for the CSV and PNGs (default: beside the JSON)")
+    report.add_argument(
+        "--cost",
+        help="comma-separated cost figures (power_mW, area_um2, delay_ns, ...) to plot "
+        "accuracy against, each as pareto_<cost>.png with the Pareto front marked (default: "
+        "every figure some multiplier carries)",
+    )
     report.set_defaults(func=_report)
 
     char = command("characterize", "error metrics of multipliers, side by side")

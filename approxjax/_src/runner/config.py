@@ -23,6 +23,19 @@ SPEC_HELP = (
     "[+rounding=R][+acc_rounding=R], MULTIPLIER 'exact' for IEEE products"
 )
 
+# An integer multiplier spec's +options (parsed by approxjax._src.runner.specs).
+COST_KEYS = ("power_mW", "area_um2", "delay_ns")
+INTEGER_OPTIONS = (
+    "grad=ste|quantized|lut, calib=minmax|percentile|mse, percentile=P, rank=R, asym, "
+    "per_tensor, " + ", ".join(f"{k}=X" for k in COST_KEYS)
+)
+
+
+def integer_defaults(bits: int) -> list[str]:
+    """The integer designs a ``--quantize`` sweep runs when no multipliers are named."""
+    half = max(bits // 2, 1)
+    return ["mitchell", "kulkarni", f"drum_k{half}", f"truncated_k{half}"]
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names it."""
@@ -36,6 +49,7 @@ class SweepConfig:
     dataset: str = "digits"
     multipliers: Sequence[str] = ("truncated7", "mitchell7", "mbm7", "drum7")
     formats: Sequence[str] = ()  # operand formats run with IEEE products (exact+FORMAT)
+    quantize: str | None = None  # int8, uint4, ...: integer runs' codes, plus an exact baseline
     epochs: int = 3
     batch_size: int = 64
     learning_rate: float = 3e-3
@@ -126,6 +140,13 @@ def validate(cfg: SweepConfig) -> None:
             get(f)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"--formats {f!r}: {e}") from e
+    if cfg.quantize is not None:
+        from approxjax._src.runner.specs import parse_quantize
+
+        try:
+            parse_quantize(cfg.quantize)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     approx = list(cfg.approximate)
     bad = [g for g in approx if g not in GEMMS]
     if bad or "forward" not in approx or len(set(approx)) != len(approx):

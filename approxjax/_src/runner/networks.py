@@ -54,7 +54,7 @@ class LeNet5(nn.Module):
         pad = "SAME" if x.shape[1] < 32 else "VALID"
         x = nn.relu(Conv(6, (5, 5), padding=pad)(x))
         x = nn.avg_pool(x, (2, 2), (2, 2))
-        x = nn.relu(Conv(16, (5, 5), padding="VALID")(x))
+        x = nn.relu(Conv(16, (5, 5), padding="VALID" if x.shape[1] >= 5 else "SAME")(x))
         x = nn.avg_pool(x, (2, 2), (2, 2)) if x.shape[1] >= 2 else x
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(Dense(120)(x))

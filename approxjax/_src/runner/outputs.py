@@ -107,8 +107,10 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines + notes)
 
 
-def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
-    """results.json, results.csv and curves.png in ``out`` (each written atomically)."""
+def write_outputs(results: dict[str, Any], out: Path, costs: list[str] | None = None) -> list[Path]:
+    """results.json, results.csv, curves.png and ``pareto_<cost>.png`` (accuracy
+    against each cost figure in ``costs``, by default every one that some
+    run's multiplier carries) in ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     written = [write_text_atomically(out / "results.json", json.dumps(results, indent=2))]
     buf = io.StringIO()
@@ -127,7 +129,75 @@ def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
         )  # fmt: skip
     written.append(write_text_atomically(out / "results.csv", buf.getvalue()))
     written.append(plot_curves(results, out / "curves.png"))
+    for key in cost_keys(results) if costs is None else costs:
+        written.append(plot_pareto(results, key, out / f"pareto_{key}.png"))
     return written
+
+
+def cost_keys(results: dict[str, Any]) -> list[str]:
+    """The cost figures (``power_mW``, ...) that some run's multiplier carries."""
+    keys = [k for m in results.get("multipliers", []) for k in (m.get("cost") or {})]
+    return list(dict.fromkeys(keys))
+
+
+def costed_runs(results: dict[str, Any], key: str) -> list[tuple[str, float, float]]:
+    """``(run name, cost figure, test accuracy)`` of every run whose multiplier
+    carries the cost figure ``key``.
+
+    Raises:
+      ValueError: no run carries it (the message lists those that some do).
+    """
+    points = []
+    for m in results.get("multipliers", []):
+        cost = (m.get("cost") or {}).get(key)
+        run = results["runs"].get(m["name"])
+        if cost is not None and run is not None:
+            points.append((m["name"], float(cost), float(run["test_accuracy"])))
+    if not points:
+        have = cost_keys(results)
+        raise ValueError(
+            f"no run's multiplier has the cost figure {key!r}; "
+            + (f"these have: {', '.join(have)}" if have else "none carries a cost (give them "
+               "with a C model's PDK45_PWR-style header or +power_mW=X)")
+        )  # fmt: skip
+    return points
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The points no other point beats (cost no higher and accuracy no lower,
+    one of them strictly), by increasing cost."""
+    front = []
+    for p in sorted(points, key=lambda p: (p[1], -p[2])):
+        if not front or p[2] > front[-1][2]:
+            front.append(p)
+    return front
+
+
+def plot_pareto(results: dict[str, Any], key: str, path: Path) -> Path:
+    """Test accuracy against the cost figure ``key``, one point per run that
+    carries it, the Pareto front joined and marked; float32 as a line."""
+    from approxjax._src.tools.characterize import pyplot
+
+    plt = pyplot()
+    points = costed_runs(results, key)
+    front = pareto_front(points)
+    c = results["config"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    on_front = {p[0] for p in front}
+    for name, cost, acc in points:
+        ax.scatter(cost, acc, color="C3" if name in on_front else "C0", zorder=3)
+        ax.annotate(name, (cost, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="C3",
+            label="Pareto front (no run is cheaper and more accurate)")  # fmt: skip
+    base = results["runs"].get("float32", {}).get("test_accuracy")
+    if base is not None:
+        ax.axhline(base, color="k", ls="--", lw=1, label="float32")
+    ax.set_xlabel(key.replace("_", " (", 1) + ")" if "_" in key else key)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): accuracy against {key}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path:
@@ -170,10 +240,15 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     a1.set_ylabel("test loss (cross-entropy)")
     for ax in (a0, a1):
         ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    """Writes the figure as a PNG atomically and closes it."""
+    from approxjax._src.atomic import write_atomically
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    from approxjax._src.atomic import write_atomically
-
     return write_atomically(path, lambda f: f.write(buf.getvalue()))

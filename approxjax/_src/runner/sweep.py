@@ -27,27 +27,36 @@ from tqdm import tqdm
 
 from approxjax._src.arithmetic.arithmetic import Arithmetic, stack
 from approxjax._src.arithmetic.multipliers import Multiplier
+from approxjax._src.arithmetic.quantization import Quantized
 from approxjax._src.interpret.policy import Policy
 from approxjax._src.runner import checkpoints, datasets, networks, outputs
-from approxjax._src.runner.config import ConfigError, SweepConfig, fingerprint_fields, validate
+from approxjax._src.runner.config import (
+    GEMMS,
+    ConfigError,
+    SweepConfig,
+    fingerprint_fields,
+    validate,
+)
 from approxjax._src.runner.mesh import Placement, parse_mesh
-from approxjax._src.runner.specs import describe, load_arithmetic
+from approxjax._src.runner.specs import describe, load_arithmetic, parse_quantize
 from approxjax._src.runner.steps import make_eval_step, make_train_step
 
-Arith = Multiplier | Arithmetic
+Arith = Multiplier | Arithmetic | Quantized
 
 
 def make_policy(cfg: SweepConfig, mult: Arith | None) -> Policy | None:
-    """The policy a sweep trains a multiplier or arithmetic (or a stack) under."""
+    """The policy a sweep trains a multiplier or arithmetic (or a stack)
+    under (a quantized GEMM chooses its own gradients)."""
     if mult is None:
         return None
+    integer = isinstance(mult, Quantized)
     return Policy(
         mult,
         rules=[(p, None) for p in cfg.exact_layers],
         first_exact=cfg.first_exact,
         last_exact=cfg.last_exact,
-        input_grad="forward" if "input_grad" in cfg.approximate else None,
-        weight_grad="forward" if "weight_grad" in cfg.approximate else None,
+        input_grad="forward" if integer or "input_grad" in cfg.approximate else None,
+        weight_grad="forward" if integer or "weight_grad" in cfg.approximate else None,
     )
 
 
@@ -185,18 +194,24 @@ def _specs(cfg: SweepConfig) -> list[tuple[str, str]]:
     from approxjax._src.arithmetic.formats import get
 
     formats = [f.strip() for f in cfg.formats]
-    return [("--multipliers", s.strip()) for s in cfg.multipliers] + [
-        ("--formats", f"exact+{f}") for f in formats if not get(f).is_float32
-    ]
+    specs = [("--multipliers", s.strip()) for s in cfg.multipliers]
+    if cfg.quantize is not None:  # the exact integer baseline, unless named already
+        bits, signed = parse_quantize(cfg.quantize)
+        exact = f"exact{bits}{'s' if signed else 'u'}"
+        if not any(s.split("+")[0].strip() == exact for _, s in specs):
+            specs.insert(0, ("--quantize", exact))
+    return specs + [("--formats", f"exact+{f}") for f in formats if not get(f).is_float32]
 
 
 def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Arith]]:
     loaded, names = [], {}
+    quantize = None if cfg.quantize is None else parse_quantize(cfg.quantize)
     for flag, spec in _specs(cfg):
         try:
-            mult = load_arithmetic(spec, key_seed=cfg.seed)
+            mult = load_arithmetic(spec, key_seed=cfg.seed, quantize=quantize)
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-            raise ConfigError(f"{flag} {spec!r}: {e}") from e
+            said = str(e) if str(e).startswith(repr(spec)) else f"{spec!r}: {e}"
+            raise ConfigError(f"{flag} {said}") from e
         if mult is None:
             raise ConfigError(
                 f"--multipliers {spec!r} is float32 itself (the baseline every sweep trains)"
@@ -207,6 +222,12 @@ def _load_multipliers(cfg: SweepConfig) -> list[tuple[str, Arith]]:
                 f"({mult.name})"
             )
         names[mult.name] = spec
+        if isinstance(mult, Quantized) and set(cfg.approximate) != set(GEMMS):
+            raise ConfigError(
+                f"{flag} {spec!r}: an integer multiplier's gradients are chosen by +grad= "
+                f"(ste: exact float32 backward GEMMs), not --approximate "
+                f"{','.join(cfg.approximate)}"
+            )
         loaded.append((spec, _with_method(mult, cfg, flag, spec)))
     return loaded
 
@@ -220,6 +241,13 @@ def _with_method(mult: Arith, cfg: SweepConfig, flag: str, spec: str) -> Arith:
 
     if cfg.method == "auto":
         return mult
+    if isinstance(mult, Quantized):
+        if cfg.method == "lut":
+            return mult
+        raise ConfigError(
+            f"{flag} {spec!r}: --method {cfg.method}: integer multipliers run by their tables "
+            "(--method auto or lut)"
+        )
     arith = as_arithmetic(mult)
     table = arith.multiplier
     method = "native" if cfg.method == "fast" else cfg.method
@@ -241,6 +269,11 @@ def _group_label(mult: Arith) -> str:
     ``exact-bfloat16-x-bfloat16``."""
     if isinstance(mult, Multiplier):
         return f"m{mult.mantissa_bits}"
+    if isinstance(mult, Quantized):
+        (a, b), signed = mult.multiplier.bits, mult.multiplier.signed
+        widths = f"int{a}" if a == b else f"int{a}x{b}"
+        sign = "".join(dict.fromkeys("s" if x else "u" for x in signed))
+        return "-".join([widths + sign, *mult.settings])
     name = mult.name
     head = "exact" if mult.multiplier is None else f"m{mult.multiplier.mantissa_bits}"
     tail = name[name.index("[") + 1 : -1] if "[" in name else ""
