@@ -77,3 +77,4 @@ def test_bash_blocks_run(tmp_path):
                               timeout=900)  # fmt: skip
         assert proc.returncode == 0, f"README.md line {line}: {command}\n{proc.stderr[-3000:]}"
     assert (tmp_path / "formats" / "results.json").exists()
+    assert (tmp_path / "int8-sweep" / "pareto_power_mW.png").exists()

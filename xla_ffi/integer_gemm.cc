@@ -305,15 +305,19 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
         }
       }
     }
-    // Tables where enough rows share them, else gathers.
-    // (measured: tables of more than 256 rows or columns, whose builds are
-    // gathers too, lose to gathers at 10 and 12 bits)
-    p->tables = gemm == 1 || (gemm == 0 && p->side_a <= 256 &&
+    // Tables where enough rows share them and they are built by permutes
+    // (AVX-512), else gathers. Measured: tables of more than 256 rows or
+    // columns lose to gathers at 10 and 12 bits; tables built by scalar
+    // gathers (AVX2 and the baseline: ~2 ns an entry on a 2-core EPYC) lose
+    // to gathers at every measured 8-bit shape up to 12800 x 150 x 64 and
+    // 1024^3 (benchmarks/RESULTS.md).
+    p->ways = p->kernels->ways(pairs, bytes);
+    const bool permutes = p->ways.bytes || p->ways.words;
+    p->tables = gemm == 1 || (gemm == 0 && permutes && p->side_a <= 256 &&
                               p->side_b <= 256 && 2 * p->m_rows >= p->side_a);
     int64_t entry = 4;
     for (EntryType t : p->types) entry = t == EntryType::kI32 ? 4 : std::min<int64_t>(entry, 2);
     p->kb = std::max<int64_t>(1, kTableBudget / (p->side_a * kIntCols * entry));
-    p->ways = p->kernels->ways(pairs, bytes);
     p->nblocks = (p->n_cols + kIntCols - 1) / kIntCols;
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     p->chunks = 1;

@@ -186,6 +186,9 @@ class IntegerMultiplier:
         """The exact products of the table's operand pairs (int64)."""
         return self.values(0)[:, None] * self.values(1)[None, :]
 
+    def __bool__(self) -> bool:  # truthy although a single one has no len()
+        return True
+
     def __len__(self) -> int:
         if not self.batch_shape:
             raise TypeError(f"{self.name} is a single multiplier, not a stack")

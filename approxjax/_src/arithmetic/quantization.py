@@ -267,6 +267,9 @@ class Quantized:
             parts.append(f"smooth{self.smoothing}")
         return parts
 
+    def __bool__(self) -> bool:  # truthy although a single one has no len()
+        return True
+
     def __len__(self) -> int:
         return len(self.multiplier)
 
