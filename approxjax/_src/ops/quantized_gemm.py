@@ -238,6 +238,89 @@ def quantized_dot_general(
     return out.reshape(shape).astype(out_dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Conv:
+    """The static arguments of a convolution (``dn``: ConvDimensionNumbers)."""
+
+    window_strides: tuple
+    padding: Any
+    lhs_dilation: Any
+    rhs_dilation: Any
+    dn: Any
+    groups: int
+
+    def native(self, x, w):
+        """XLA's own float32 convolution of ``x`` and ``w``."""
+        return lax.conv_general_dilated(
+            x, w, self.window_strides, self.padding, self.lhs_dilation, self.rhs_dilation,
+            self.dn, feature_group_count=self.groups,
+        )  # fmt: skip
+
+
+def _patch_gemm(conv: _Conv, x, w, gemm):
+    """``gemm(a, w_gemm)`` of the input's patches ``a (G, N*P, Cg*win)`` and the
+    weight ``(G, Cg*win, Og)`` (``gemm`` returns the product first), back in
+    the output's layout; and whatever else ``gemm`` returns."""
+    lhs_spec, rhs_spec, out_spec = conv.dn
+    window = tuple(w.shape[d] for d in rhs_spec[2:])
+    patches = lax.conv_general_dilated_patches(
+        x, window, conv.window_strides, conv.padding, lhs_dilation=conv.lhs_dilation,
+        rhs_dilation=conv.rhs_dilation, dimension_numbers=conv.dn,
+    )  # fmt: skip
+    # patches: out's layout, features ordered (input channel, *window)
+    to_nsf = (out_spec[0], *out_spec[2:], out_spec[1])
+    patches = jnp.transpose(patches, to_nsf)
+    lead = patches.shape[:-1]
+    groups = conv.groups
+    cg = w.shape[rhs_spec[1]]  # input channels per group
+    win = int(np.prod(window, dtype=np.int64))
+    out_ch = w.shape[rhs_spec[0]]
+    a = patches.reshape(-1, groups, cg * win).transpose(1, 0, 2)  # (G, N*P, Cg*win)
+    wg = jnp.transpose(w, (rhs_spec[0], rhs_spec[1], *rhs_spec[2:]))
+    wg = wg.reshape(groups, out_ch // groups, cg * win).transpose(0, 2, 1)  # (G, Cg*win, Og)
+    out, *rest = gemm(a, wg)  # (G, N*P, Og)
+    out = out.transpose(1, 0, 2).reshape(*lead, out_ch)
+    return (jnp.transpose(out, np.argsort(to_nsf)), *rest)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _ste_conv(cfg: QuantConfig, conv: _Conv, x, w, leaves):
+    return _ste_conv_fwd(cfg, conv, x, w, leaves)[0]
+
+
+def _ste_conv_fwd(cfg, conv, x, w, leaves):
+    out, quantized = _patch_gemm(conv, x, w, lambda a, b: _forward(cfg, a, b, leaves))
+    (_, sa, za), (_, sb, zb) = quantized
+    return out, (x, w, sa, za, sb, zb, leaves)
+
+
+def _ste_conv_bwd(cfg, conv, residuals, g):
+    """Straight-through gradients of a quantized convolution: XLA's own
+    convolution gradients at the dequantized operands, zero where an operand
+    was clipped. (The patches' quantization is elementwise with one scale,
+    and zero padding stays zero, so this is the transpose of the patch GEMM's
+    straight-through gradients, in XLA's fast convolutions.)"""
+    x, w, sa, za, sb, zb, leaves = residuals
+    sa, za = sa.reshape(()), za.reshape(())
+    # b's per-output-channel scales (G, 1, Og) -> along the weight's output dim.
+    rhs_out = conv.dn[1][0]
+    shape = [1] * w.ndim
+    shape[rhs_out] = w.shape[rhs_out]
+    sb = sb.reshape(-1).reshape(shape) if sb.size > 1 else sb.reshape(())
+    zb = zb.reshape(-1).reshape(shape) if zb.size > 1 else zb.reshape(())
+    bits, signed = cfg.bits, cfg.signed
+    xd = dequantize(quantize(x, sa, za, bits[0], signed[0]), sa, za)
+    wd = dequantize(quantize(w, sb, zb, bits[1], signed[1]), sb, zb)
+    _, vjp = jax.vjp(conv.native, xd, wd)
+    dx, dw = vjp(g)
+    dx = dx * _inside(x, sa, za, bits[0], signed[0])
+    dw = dw * _inside(w, sb, zb, bits[1], signed[1])
+    return dx, dw, float_gemm.zero_cotangents(leaves)
+
+
+_ste_conv.defvjp(_ste_conv_fwd, _ste_conv_bwd)
+
+
 def quantized_conv(
     lhs,
     rhs,
@@ -253,41 +336,28 @@ def quantized_conv(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` under an integer multiplier: the input's
-    patches (``lax.conv_general_dilated_patches``, so the gradients flow
-    through XLA's own patch extraction) times the weight as a quantized
-    GEMM, one per feature group (depthwise and grouped convolutions batch
-    their groups in one kernel call). The input is quantized per tensor as
-    patches (min-max gives the input's own range; percentile and MSE
-    calibrations see each value as often as it occurs in the patches)."""
+    patches (``lax.conv_general_dilated_patches``) times the weight as a
+    quantized GEMM, one per feature group (depthwise and grouped convolutions
+    batch their groups in one kernel call). The input is quantized per
+    tensor as patches (min-max gives the input's own range; percentile and
+    MSE calibrations see each value as often as it occurs in the patches).
+    Straight-through gradients are XLA's convolution gradients at the
+    dequantized operands (masked where clipped); the other estimators flow
+    through the patch GEMM's and XLA's patch extraction."""
     check_quantizable("lhs", lhs)
     check_quantizable("rhs", rhs)
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     out_dtype = jnp.dtype(preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype))
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    lhs_spec, rhs_spec, out_spec = dn
-    window = tuple(rhs.shape[d] for d in rhs_spec[2:])
-    patches = lax.conv_general_dilated_patches(
-        lhs.astype(jnp.float32),
-        window,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dn,
-    )
-    # patches: out's layout, features ordered (input channel, *window)
-    to_nsf = (out_spec[0], *out_spec[2:], out_spec[1])
-    patches = jnp.transpose(patches, to_nsf)
-    lead = patches.shape[:-1]
-    groups = feature_group_count
-    cg = rhs.shape[rhs_spec[1]]  # input channels per group
-    win = int(np.prod(window, dtype=np.int64))
-    out_ch = rhs.shape[rhs_spec[0]]
-    a = patches.reshape(-1, groups, cg * win).transpose(1, 0, 2)  # (G, N*P, Cg*win)
-    w = jnp.transpose(rhs.astype(jnp.float32), (rhs_spec[0], rhs_spec[1], *rhs_spec[2:]))
-    w = w.reshape(groups, out_ch // groups, cg * win).transpose(0, 2, 1)  # (G, Cg*win, Og)
+    conv = _Conv(
+        tuple(window_strides), padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+        None if lhs_dilation is None else tuple(lhs_dilation),
+        None if rhs_dilation is None else tuple(rhs_dilation), dn, feature_group_count,
+    )  # fmt: skip
     cfg, leaves = _config(q, options)
-    out = quantized_bmm(cfg, a, w, leaves)  # (G, N*P, Og)
-    out = out.transpose(1, 0, 2).reshape(*lead, out_ch)
-    back = np.argsort(to_nsf)
-    return jnp.transpose(out, back).astype(out_dtype)
+    x, w = lhs.astype(jnp.float32), rhs.astype(jnp.float32)
+    if cfg.gradient == "ste":
+        out = _ste_conv(cfg, conv, x, w, leaves)
+    else:
+        (out,) = _patch_gemm(conv, x, w, lambda a, b: (quantized_bmm(cfg, a, b, leaves),))
+    return out.astype(out_dtype)
