@@ -263,6 +263,39 @@ def test_convolutions(case):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
+def test_conv_straight_through_gradients_equal_the_patch_gemms():
+    """Asymmetric per-channel percentile quantization (some values clip): the
+    convolution's straight-through gradients (XLA's convolution gradients at
+    the dequantized operands, masked) equal those of the same quantized GEMM
+    on explicit patches, differentiated through the patches."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 9, 9, 3)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, 3, 5)) * 0.3).astype(np.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    spec = dict(symmetric=False, calibration="percentile", percentile=95.0)
+    mult = ax.Quantized(
+        ax.integer.mitchell(8), lhs=ax.QuantSpec(**spec), rhs=ax.QuantSpec(per_channel=True, **spec)
+    )
+
+    def conv(a, b):
+        return ax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=dn, multiplier=mult)
+
+    def patch_gemm(a, b):
+        p = jax.lax.conv_general_dilated_patches(a, (3, 3), (1, 1), "SAME", dimension_numbers=dn)
+        wg = jnp.transpose(b, (3, 2, 0, 1)).reshape(5, 27).T  # features (c, kh, kw)
+        out = ax.dot_general(p.reshape(-1, 27), wg, (((1,), (0,)), ((), ())), multiplier=mult)
+        return out.reshape(2, 9, 9, 5)
+
+    got, vjp = jax.vjp(conv, x, w)
+    want, ref = jax.vjp(patch_gemm, x, w)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    g = jnp.asarray(rng.standard_normal(got.shape).astype(np.float32))
+    (dx, dw), (rx, rw) = vjp(g), ref(g)
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(rx), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(rw), rtol=1e-4, atol=1e-5)
+    assert np.sum(np.asarray(dx) == 0) > 0 and np.sum(np.asarray(dw) == 0) > 0  # clipped
+
+
 class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
