@@ -150,9 +150,10 @@ def _quantized(spec: str, mult: IntegerMultiplier, options, quantize):
     """The :class:`~approxjax.Quantized` GEMM of an integer spec
     (``mitchell8s+grad=lut+calib=mse``): ``grad=`` the gradient estimator,
     ``calib=`` both operands' calibration (``percentile=`` its percentile),
-    ``rank=`` the lut gradient's rank, ``asym`` zero points, ``per_tensor``
-    one weight scale, ``power_mW=`` / ``area_um2=`` / ``delay_ns=`` cost
-    figures (overriding the model's). The multiplier must have the widths of
+    ``rank=`` and ``smooth=`` the lut gradient's rank and half-width in
+    codes, ``asym`` zero points, ``per_tensor`` one weight scale,
+    ``power_mW=`` / ``area_um2=`` / ``delay_ns=`` cost figures (overriding
+    the model's). The multiplier must have the widths of
     ``quantize`` when it is given.
 
     Raises:
@@ -183,13 +184,13 @@ def _quantized(spec: str, mult: IntegerMultiplier, options, quantize):
             quant["gradient"] = value
         elif eq and key == "calib":
             both["calibration"] = value
-        elif eq and key in ("rank", "percentile", *COST_KEYS):
+        elif eq and key in ("rank", "smooth", "percentile", *COST_KEYS):
             try:
-                number = int(value) if key == "rank" else float(value)
+                number = int(value) if key in ("rank", "smooth") else float(value)
             except ValueError:
                 raise ValueError(f"{spec!r}: {key} must be a number; got {value!r}") from None
-            if key == "rank":
-                quant["lut_rank"] = number
+            if key in ("rank", "smooth"):
+                quant["lut_rank" if key == "rank" else "smoothing"] = number
             elif key == "percentile":
                 both["percentile"] = number
             else:
