@@ -12,7 +12,8 @@ rounding, the accumulator's format and rounding, and approximate adders. An
 The public API is what this module exports (``__all__``) and the namespaces
 :mod:`approxjax.nn` (Flax modules), :mod:`approxjax.reference` (the pure-JAX
 model), :mod:`approxjax.training` (training steps), :mod:`approxjax.networks`
-(the model zoo) and :mod:`approxjax.datasets`; everything under
+(the model zoo), :mod:`approxjax.snn` (spiking networks) and
+:mod:`approxjax.datasets`; everything under
 ``approxjax._src`` is private.
 """
 
@@ -20,7 +21,7 @@ from approxjax._src import extension_check as _extension_check
 
 _extension_check.check()
 
-from approxjax import formats, integer, nn, reference  # noqa: E402
+from approxjax import formats, integer, nn, reference, snn  # noqa: E402
 from approxjax._src.arithmetic.arithmetic import (  # noqa: E402
     LOA,
     Arithmetic,
@@ -141,6 +142,7 @@ __all__ = [
     "save_approxtrain",
     "save_lut",
     "significands",
+    "snn",
     "stack",
     "surrogate",
     "SurrogateResidual",

@@ -87,6 +87,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(
         model=args.model,
+        time_steps=args.time_steps,
         dataset=args.dataset,
         multipliers=(
             args.multipliers.split(",")
@@ -200,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = command("sweep", "train/evaluate a model under float32 and multipliers")
     sweep.add_argument(
-        "--model", default="cnn", help="mlp, cnn, lenet5, resnet8, resnet20, transformer"
+        "--model",
+        default="cnn",
+        help="mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn (spiking CNN)",
+    )
+    sweep.add_argument(
+        "--time-steps", type=int, default=8, help="time steps of a spiking model (scnn)"
     )
     sweep.add_argument(
         "--dataset", default="digits", help="digits, mnist, fashion_mnist, cifar10, text"

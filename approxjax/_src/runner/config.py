@@ -46,6 +46,7 @@ class SweepConfig:
     """What a sweep runs (the command line's flags, one field each)."""
 
     model: str = "cnn"
+    time_steps: int = 8  # of a spiking model (scnn)
     dataset: str = "digits"
     multipliers: Sequence[str] = ("truncated7", "mitchell7", "mbm7", "drum7")
     formats: Sequence[str] = ()  # operand formats run with IEEE products (exact+FORMAT)
@@ -102,6 +103,7 @@ def validate(cfg: SweepConfig) -> None:
     """
     _positive_int("--epochs", cfg.epochs)
     _positive_int("--batch-size", cfg.batch_size)
+    _positive_int("--time-steps", cfg.time_steps)
     _positive_int("--train-limit", cfg.train_limit, allow_none=True)
     if cfg.mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")

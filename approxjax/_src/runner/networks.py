@@ -116,8 +116,13 @@ class CharTransformer(nn.Module):
         return Dense(self.vocab)(nn.LayerNorm()(x))
 
 
-def build(name: str, num_classes: int) -> nn.Module:
-    """A model by name: mlp, cnn, lenet5, resnet8, resnet20, transformer."""
+def build(name: str, num_classes: int, time_steps: int = 8) -> nn.Module:
+    """A model by name: mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn
+    (a spiking CNN over ``time_steps``)."""
+    if name == "scnn":
+        from approxjax._src.flax.snn import SpikingCNN
+
+        return SpikingCNN(num_classes, time_steps=time_steps)
     if name == "mlp":
         return MLP(num_classes)
     if name == "cnn":
@@ -129,5 +134,5 @@ def build(name: str, num_classes: int) -> nn.Module:
     if name == "transformer":
         return CharTransformer(vocab=num_classes)
     raise ValueError(
-        f"unknown model {name!r}; known: mlp, cnn, lenet5, resnet8, resnet20, transformer"
+        f"unknown model {name!r}; known: mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn"
     )

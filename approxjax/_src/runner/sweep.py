@@ -302,7 +302,7 @@ def run_sweep(
     validate(cfg)
     sizes = parse_mesh(cfg.mesh, jax.device_count(), cfg.batch_size)
     data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed)
-    model = networks.build(cfg.model, data.num_classes)
+    model = networks.build(cfg.model, data.num_classes, cfg.time_steps)
     loaded = _load_multipliers(cfg)
     groups = _groups(loaded)
     placement = Placement(sizes)

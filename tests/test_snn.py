@@ -1,0 +1,154 @@
+"""Spiking networks (approxjax.snn): neurons against a NumPy model, surrogate
+gradients against their formulas, encoders on hand-made cases, the spiking
+CNN under multipliers (vmap, approximate) and in the runner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import approxjax as ax
+from approxjax import snn
+from approxjax._src.runner import config as experiment_config
+from approxjax._src.runner import sweep
+from approxjax.training import make_loss, make_train_step
+
+
+@pytest.mark.parametrize("surrogate,slope", [("fast_sigmoid", 25.0), ("arctan", 2.0)])
+def test_spike_and_surrogate_gradients(surrogate, slope):
+    x = np.random.default_rng(0).standard_normal(200).astype(np.float32) * 0.3
+    x[:3] = [0.0, -1e-7, 1e-7]
+    np.testing.assert_array_equal(np.asarray(snn.spike(x, surrogate, slope)), x >= 0)
+    grad = jax.grad(lambda v: jnp.sum(snn.spike(v, surrogate, slope) * 3.0))(jnp.asarray(x))
+    xd = x.astype(np.float64)
+    if surrogate == "fast_sigmoid":
+        want = 1.0 / (1.0 + slope * np.abs(xd)) ** 2
+    else:
+        want = (slope / 2.0) / (1.0 + (np.pi / 2.0 * slope * xd) ** 2)
+    np.testing.assert_allclose(np.asarray(grad), 3.0 * want, rtol=1e-5)
+
+
+def _numpy_lif(currents, beta, threshold, reset):
+    v = np.zeros_like(currents[0], np.float64)
+    vs, ss = [], []
+    for current in currents:
+        v = beta * v + current
+        s = (v - threshold >= 0).astype(np.float64)
+        v = v - s * threshold if reset == "subtract" else v * (1 - s)
+        vs.append(v)
+        ss.append(s)
+    return np.stack(vs), np.stack(ss)
+
+
+@pytest.mark.parametrize("cls,beta,reset", [(snn.LIF, 0.8, "subtract"), (snn.LIF, 0.5, "zero"),
+                                            (snn.IF, 1.0, "subtract")])  # fmt: skip
+def test_neurons_match_a_numpy_model(cls, beta, reset):
+    rng = np.random.default_rng(1)
+    currents = rng.uniform(0.2, 0.9, (12, 5)).astype(np.float32)
+    neuron = cls(beta=beta, threshold=1.0, reset=reset)
+    v = jnp.zeros(5)
+    vs, ss = [], []
+    for current in currents:
+        v, s = neuron.apply({}, v, jnp.asarray(current))
+        vs.append(v)
+        ss.append(s)
+    want_v, want_s = _numpy_lif(currents.astype(np.float64), beta, 1.0, reset)
+    np.testing.assert_array_equal(np.stack(ss), want_s)
+    assert 5 < want_s.sum() < want_s.size  # some spikes, not all
+    np.testing.assert_allclose(np.stack(vs), want_v, rtol=1e-5, atol=1e-6)
+
+
+def test_leak_product_goes_through_the_multiplier():
+    v = jnp.asarray(np.random.default_rng(2).uniform(0.1, 0.9, 64).astype(np.float32))
+    current = jnp.zeros(64)
+    mult = ax.mitchell(2)
+    with ax.using(mult):
+        got, _ = snn.LIF(beta=0.7).apply({}, v, current)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ax.multiply(0.7, v, mult)))
+    exact, _ = snn.LIF(beta=0.7).apply({}, v, current)
+    assert not np.array_equal(np.asarray(got), np.asarray(exact))
+    own, _ = snn.LIF(beta=0.7, multiplier=mult).apply({}, v, current)  # the module's own
+    np.testing.assert_array_equal(np.asarray(own), np.asarray(got))
+
+
+def test_encoders():
+    x = jnp.asarray([1.0, 0.5, 0.0, 0.005, 0.75])
+    spikes = np.asarray(snn.latency_encode(x, 5))
+    assert spikes.shape == (5, 5)
+    np.testing.assert_array_equal(spikes.sum(0), [1, 1, 0, 0, 1])  # at most one spike each
+    np.testing.assert_array_equal(np.argmax(spikes, 0)[[0, 1, 4]], [0, 2, 1])
+    p = jnp.asarray([0.0, 0.2, 0.9, 1.0])
+    trains = snn.rate_encode(jax.random.key(0), p, 4000)
+    rates = np.asarray(trains.mean(0))
+    sigma = np.sqrt(np.asarray(p) * (1 - np.asarray(p)) / 4000)
+    assert np.all(np.abs(rates - np.asarray(p)) <= 4 * sigma + 1e-9)
+    np.testing.assert_array_equal(trains, snn.rate_encode(jax.random.key(0), p, 4000))
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: snn.LIF(beta=1.5).apply({}, jnp.zeros(2), jnp.zeros(2)), "beta must be in"),
+        (lambda: snn.LIF(reset="hard").apply({}, jnp.zeros(2), jnp.zeros(2)), "reset must be"),
+        (lambda: snn.spike(jnp.zeros(2), "sigmoid"), "surrogate must be one of"),
+        (lambda: snn.spike(jnp.zeros(2), "arctan", 0.0), "slope must be a number > 0"),
+        (lambda: snn.rate_encode(jax.random.key(0), jnp.zeros(2), 0), "time_steps must be"),
+        (lambda: snn.LIF().apply({}, jnp.zeros(2), jnp.zeros(3)), "must have one shape"),
+    ],
+)
+def test_bad_neuron_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_spiking_cnn_trains_under_multipliers_and_vmaps():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 16))
+    model = snn.SpikingCNN(10, time_steps=4)
+    params = model.init(jax.random.key(0), x[:2])
+    opt = optax.adam(1e-2)
+    step = jax.jit(make_train_step(model.apply, opt))
+    state = opt.init(params)
+    losses = []
+    p = params
+    for _ in range(8):
+        p, state, loss, _ = step(p, state, x, y, ax.mitchell(4))
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] and np.all(np.isfinite(losses))
+    # A stack of two multipliers in one vmapped program equals each alone.
+    mults = [ax.mitchell(4), ax.truncated(4)]
+    loss_fn = make_loss(model.apply)
+    both = jax.jit(jax.vmap(loss_fn, in_axes=(None, None, None, 0)))(params, x, y, ax.stack(mults))
+    for i, mult in enumerate(mults):
+        alone = jax.jit(loss_fn)(params, x, y, mult)
+        np.testing.assert_allclose(np.asarray(both[0][i]), np.asarray(alone[0]), rtol=1e-6)
+    exact = jax.jit(loss_fn)(params, x, y, None)[0]
+    assert float(exact) != float(both[0][0])  # the products are approximate
+    # approximate() on the same model (its approxjax modules read the multiplier).
+    report = []
+    out = ax.approximate(model.apply, ax.mitchell(4), report=report)(params, x)
+    assert out.shape == (16, 10) and report
+    latency = snn.SpikingCNN(10, time_steps=4, encoding="latency")
+    assert latency.apply(params, x).shape == (16, 10)
+
+
+def test_runner_trains_the_spiking_cnn(tmp_path):
+    cfg = experiment_config.SweepConfig(
+        model="scnn",
+        time_steps=3,
+        multipliers=["mitchell4", "truncated4"],
+        epochs=1,
+        train_limit=128,
+        out_dir="",
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    assert list(res["runs"]) == ["float32", "mitchell4", "truncated4"]
+    assert res["config"]["time_steps"] == 3
+    with pytest.raises(ValueError, match="--time-steps must be an integer >= 1"):
+        sweep.run_sweep(
+            experiment_config.SweepConfig(**{**cfg.__dict__, "time_steps": 0}),
+            log=lambda m: None,
+            show_progress=False,
+        )
