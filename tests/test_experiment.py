@@ -462,3 +462,66 @@ def test_pareto_front_against_brute_force():
         assert {(p[1], p[2]) for p in front} == undominated
         assert len(front) == len(undominated)  # one point per distinct (cost, accuracy)
         assert [p[1] for p in front] == sorted(p[1] for p in front)
+
+
+def test_init_params_are_evaluated_and_fine_tuned(tmp_path):
+    """--init-params: parameters trained elsewhere (.npz or orbax) are evaluated
+    as they are (no float32 training first), under each multiplier, and
+    fine-tuned; a tree of another model is refused, naming its leaves."""
+    import optax
+    import orbax.checkpoint as ocp
+
+    from approxjax._src.runner.params import save_params
+    from approxjax.training import make_train_step
+
+    data = datasets.load("digits", None, 0)
+    model = networks.build("mlp", 10)
+    params = model.init(jax.random.key(7), data.x_train[:2])
+    opt = optax.adam(1e-2)
+    state = opt.init(params)
+    step = jax.jit(make_train_step(model.apply, opt))
+    for i in range(20):  # "elsewhere": a few steps by hand
+        batch = slice(64 * i, 64 * i + 64)
+        params, state, _, _ = step(params, state, data.x_train[batch], data.y_train[batch], None)
+    npz = save_params(params, tmp_path / "trained.npz")
+    folder = tmp_path / "trained_orbax"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(folder.resolve(), params)
+    checkpointer.wait_until_finished()
+
+    def accuracy(mult):
+        with ax.using(mult):
+            logits = model.apply(params, data.x_test)
+        return float(np.mean(np.argmax(np.asarray(logits), -1) == data.y_test))
+
+    base = experiment_config.SweepConfig(
+        model="mlp", multipliers=["mitchell3"], epochs=3, mode="inference", out_dir=""
+    )
+    for source in (npz, folder):
+        cfg = experiment_config.SweepConfig(**{**base.__dict__, "init_params": str(source)})
+        res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+        assert res["runs"]["float32"]["epochs"] == [0]  # evaluated, not trained
+        assert res["runs"]["float32"]["test_accuracy"] == pytest.approx(accuracy(None), abs=1e-6)
+        want = accuracy(ax.mitchell(3))
+        assert abs(res["runs"]["mitchell3"]["test_accuracy"] - want) <= 1 / 360 + 1e-9
+    tuned = sweep.run_sweep(
+        experiment_config.SweepConfig(
+            **{**base.__dict__, "init_params": str(npz), "mode": "finetune"}
+        ),
+        log=lambda m: None,
+        show_progress=False,
+    )
+    assert tuned["runs"]["mitchell3"]["epochs"] == [0, 1]
+    assert (
+        tuned["runs"]["mitchell3"]["before_accuracy"] == res["runs"]["mitchell3"]["test_accuracy"]
+    )
+    other = save_params(networks.build("cnn", 10).init(jax.random.key(0), data.x_train[:2]),
+                        tmp_path / "cnn.npz")  # fmt: skip
+    for path, message in [(other, "this model's parameters: missing params/Dense_2/bias"),
+                          (tmp_path / "none.npz", "does not exist")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            sweep.run_sweep(
+                experiment_config.SweepConfig(**{**base.__dict__, "init_params": str(path)}),
+                log=lambda m: None,
+                show_progress=False,
+            )

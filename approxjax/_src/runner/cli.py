@@ -111,6 +111,7 @@ def _sweep(args: argparse.Namespace) -> int:
         first_exact=args.first_exact,
         last_exact=args.last_exact,
         data_dir=args.data_dir,
+        init_params=args.init_params,
         train_limit=args.train_limit,
         out_dir=args.out,
         resume=args.resume,
@@ -212,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default="digits", help="digits, mnist, fashion_mnist, cifar10, text"
     )
     sweep.add_argument("--data-dir", help="dataset folder (for text: the text file)")
+    sweep.add_argument(
+        "--init-params",
+        help="float32 parameters trained elsewhere: an .npz of the parameter tree's leaves by "
+        "path (params/Conv_0/kernel, ...) or an orbax checkpoint folder; --mode inference "
+        "evaluates them under each multiplier, finetune fine-tunes them, train starts from them",
+    )
     sweep.add_argument(
         "--multipliers",
         help="comma-separated catalog names with m, .npz/.bin LUT files, or file.c@function:m, "

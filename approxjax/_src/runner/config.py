@@ -62,6 +62,7 @@ class SweepConfig:
     first_exact: bool = False
     last_exact: bool = False
     data_dir: str | None = None
+    init_params: str | None = None  # .npz or orbax checkpoint of float32 parameters
     train_limit: int | None = None
     out_dir: str = "approxjax-results"
     resume: bool = False
@@ -175,6 +176,8 @@ def validate(cfg: SweepConfig) -> None:
         raise ConfigError(
             f"--on-existing must be one of {', '.join(ON_EXISTING)}; got {cfg.on_existing!r}"
         )
+    if cfg.init_params is not None and not os.path.exists(cfg.init_params):
+        raise ConfigError(f"--init-params {cfg.init_params!r} does not exist")
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist")
     if cfg.out_dir:

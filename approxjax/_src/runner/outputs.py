@@ -93,11 +93,18 @@ def format_results(results: dict[str, Any]) -> str:
     notes = []
     if finetune:
         extra = results["config"]["finetune_epochs"]
+        origin = (
+            "the --init-params model"
+            if results["config"].get("init_params")
+            else f"the float32 model after {epochs} epoch(s)"
+        )
         notes.append(
-            f"before: the float32 model after {epochs} epoch(s), evaluated under the multiplier; "
+            f"before: {origin}, evaluated under the multiplier; "
             f"after: fine-tuned under it for {extra} more; float32 is fine-tuned as long, so "
             "'vs f32' compares models trained equally long"
         )
+    elif mode == "inference" and results["config"].get("init_params"):
+        notes.append("every model is the --init-params one, evaluated as named")
     elif mode == "inference":
         notes.append(f"every model is the float32 one after {epochs} epoch(s), evaluated as named")
     notes.append(

@@ -38,6 +38,8 @@ from approxjax._src.runner.config import (
     validate,
 )
 from approxjax._src.runner.mesh import Placement, parse_mesh
+from approxjax._src.runner.params import fingerprint as params_fingerprint
+from approxjax._src.runner.params import load_params
 from approxjax._src.runner.specs import describe, load_arithmetic, parse_quantize
 from approxjax._src.runner.steps import make_eval_step, make_train_step
 
@@ -310,11 +312,19 @@ def run_sweep(
     trainer = Trainer(cfg, model, data, placement, bool(show))
     for members in groups.values():
         trainer.check_policy(members[0])
+    params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
+    if cfg.init_params is not None:
+        params0 = load_params(cfg.init_params, params0)
+    # Parameters trained elsewhere are evaluated (inference) or fine-tuned as
+    # they are: the float32 baseline is not trained first.
+    pretrained = cfg.init_params is not None and cfg.mode != "train"
+    base_epochs = 0 if pretrained else cfg.epochs
     identity = {
         "config": fingerprint_fields(cfg),
         "data": checkpoints.data_fingerprint(data),
         "multipliers": {m.name: checkpoints.table_fingerprint(m) for _, m in loaded},
         "arithmetic": {m.name: describe(m) for _, m in loaded},
+        "init_params": None if cfg.init_params is None else params_fingerprint(params0),
     }
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None:
@@ -333,7 +343,6 @@ def run_sweep(
         f"{cfg.mode}, {len(loaded)} multiplier(s) in {len(groups)} vmapped group(s); "
         f"{placement.describe()}"
     )
-    params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
     results: dict[str, Any] = {
         "schema": outputs.SCHEMA,
         "config": dataclasses.asdict(cfg),
@@ -346,13 +355,18 @@ def run_sweep(
         "versions": outputs.versions(),
         "runs": {},
     }
-    base_params, base_hist = train_group(
-        trainer, "float32", None, params0, cfg.epochs, group_ckpt("float32", []), log
-    )
+    if pretrained:
+        loss, acc = trainer.evaluate(trainer.compiled(False)[1], params0, None, "float32")
+        base_params, base_hist = params0, _single(0, loss, acc)
+        log(f"float32: the parameters of --init-params, test accuracy {float(acc):.4f}")
+    else:
+        base_params, base_hist = train_group(
+            trainer, "float32", None, params0, cfg.epochs, group_ckpt("float32", []), log
+        )
     if cfg.mode == "finetune":
         _, tuned = train_group(
             trainer, "float32-finetune", None, base_params, cfg.finetune_epochs,
-            group_ckpt("float32-finetune", []), log, first_epoch=cfg.epochs,
+            group_ckpt("float32-finetune", []), log, first_epoch=base_epochs,
         )  # fmt: skip
         results["runs"]["float32"] = outputs.run_summary(
             _joined(base_hist, tuned), 0, "float32", before_accuracy=base_hist["accuracy"][-1][0]
@@ -378,12 +392,7 @@ def run_sweep(
         else:
             ps, placed = base_params, mults
         loss, acc = trainer.evaluate(ev, ps, placed, label)
-        before = {
-            "epoch": [cfg.epochs],
-            "loss": [np.atleast_1d(loss).tolist()],
-            "accuracy": [np.atleast_1d(acc).tolist()],
-            "step_seconds": [None],
-        }
+        before = _single(base_epochs, loss, acc)
         scores = zip(members, np.atleast_1d(acc), strict=True)
         log(f"{label}: float32 model under " + ", ".join(f"{x.name} {a:.4f}" for x, a in scores))
         if cfg.mode == "inference":
@@ -392,7 +401,7 @@ def run_sweep(
             continue
         _, tuned = train_group(
             trainer, label + "-finetune", mults, base_params, cfg.finetune_epochs,
-            group_ckpt(label + "-finetune", members), log, first_epoch=cfg.epochs,
+            group_ckpt(label + "-finetune", members), log, first_epoch=base_epochs,
         )  # fmt: skip
         for i, mult in enumerate(members):
             results["runs"][mult.name] = outputs.run_summary(
@@ -401,6 +410,16 @@ def run_sweep(
     if out is not None:
         outputs.write_outputs(results, out)
     return results
+
+
+def _single(epoch: int, loss, acc) -> dict:
+    """The history of one evaluation (no training) after ``epoch`` epochs."""
+    return {
+        "epoch": [epoch],
+        "loss": [np.atleast_1d(loss).tolist()],
+        "accuracy": [np.atleast_1d(acc).tolist()],
+        "step_seconds": [None],
+    }
 
 
 def _joined(first: dict, then: dict) -> dict:
