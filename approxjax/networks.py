@@ -4,11 +4,24 @@ approximate under ``approxjax.using``); ``build(name, num_classes)`` by name
 
 from approxjax._src.runner.networks import (
     MLP,
+    MODELS,
     CharTransformer,
+    ImageNetResNet,
     LeNet5,
     ResNet,
     SmallCNN,
+    ViT,
     build,
 )
 
-__all__ = ["MLP", "CharTransformer", "LeNet5", "ResNet", "SmallCNN", "build"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "CharTransformer",
+    "ImageNetResNet",
+    "LeNet5",
+    "ResNet",
+    "SmallCNN",
+    "ViT",
+    "build",
+]

@@ -86,6 +86,9 @@ def test_text_and_digits():
         ("lenet5", (2, 28, 28, 1)),
         ("resnet8", (2, 16, 16, 3)),
         ("transformer", (2, 16)),
+        ("resnet18", (2, 16, 16, 3)),
+        ("resnet50", (2, 64, 64, 3)),
+        ("vit_tiny", (2, 16, 16, 3)),
     ],
 )
 def test_models_run_under_a_multiplier(name, shape):

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--model",
         default="cnn",
-        help="mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn (spiking CNN)",
+        help="mlp, cnn, lenet5, resnet8/20 (CIFAR-style), resnet18/34/50/101 (ImageNet-style), "
+        "vit_tiny, transformer, scnn (spiking CNN)",
     )
     sweep.add_argument(
         "--time-steps", type=int, default=8, help="time steps of a spiking model (scnn)"

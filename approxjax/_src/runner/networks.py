@@ -94,6 +94,94 @@ class ResNet(nn.Module):
         return Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
+def _norm(features: int) -> nn.Module:
+    """GroupNorm with up to 32 groups that divide ``features`` (parameter-only)."""
+    groups = max(g for g in (32, 16, 8, 4, 2, 1) if features % g == 0)
+    return nn.GroupNorm(num_groups=groups)
+
+
+class _Bottleneck(nn.Module):
+    features: int  # of the 3x3 convolution; the block outputs 4x
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        out = 4 * self.features
+        y = nn.relu(_norm(self.features)(Conv(self.features, (1, 1))(x)))
+        y = nn.relu(_norm(self.features)(Conv(self.features, (3, 3), self.strides)(y)))
+        y = _norm(out)(Conv(out, (1, 1))(y))
+        if x.shape[-1] != out or self.strides != 1:
+            x = _norm(out)(Conv(out, (1, 1), self.strides)(x))
+        return nn.relu(x + y)
+
+
+class _Basic(nn.Module):
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.relu(_norm(self.features)(Conv(self.features, (3, 3), self.strides)(x)))
+        y = _norm(self.features)(Conv(self.features, (3, 3))(y))
+        if x.shape[-1] != self.features or self.strides != 1:
+            x = _norm(self.features)(Conv(self.features, (1, 1), self.strides)(x))
+        return nn.relu(x + y)
+
+
+class ImageNetResNet(nn.Module):
+    """ResNet-18/34 (basic blocks) and ResNet-50/101 (bottlenecks), He et al.
+    2016, with GroupNorm instead of BatchNorm (no mutable statistics, so a
+    vmapped sweep stays a function of the parameters). Images of 64 pixels or
+    more get the ImageNet stem (7x7 stride-2 convolution, 3x3 stride-2 max
+    pool), smaller ones a 3x3 stride-1 stem (CIFAR-style)."""
+
+    num_classes: int = 1000
+    stages: Sequence[int] = (2, 2, 2, 2)
+    bottleneck: bool = False
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        if x.shape[1] >= 64:
+            x = nn.relu(_norm(self.width)(Conv(self.width, (7, 7), 2)(x)))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        else:
+            x = nn.relu(_norm(self.width)(Conv(self.width, (3, 3))(x)))
+        block = _Bottleneck if self.bottleneck else _Basic
+        for stage, count in enumerate(self.stages):
+            for i in range(count):
+                x = block(self.width * 2**stage, 2 if stage and i == 0 else 1)(x)
+        return Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+class ViT(nn.Module):
+    """A vision transformer (Dosovitskiy et al. 2021): patches of
+    ``patch`` pixels embedded by an approximate convolution, a class token,
+    learned positions, pre-norm blocks with approximate attention and MLP.
+    ``vit_tiny`` is dim 192, depth 12, 3 heads (DeiT-Ti); the patch is 16
+    pixels for images of 64 or more, else 4."""
+
+    num_classes: int = 1000
+    dim: int = 192
+    depth: int = 12
+    heads: int = 3
+    patch: int | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        patch = self.patch or (16 if x.shape[1] >= 64 else 4)
+        x = Conv(self.dim, (patch, patch), patch, padding="VALID")(x)
+        x = x.reshape(x.shape[0], -1, self.dim)
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), x], axis=1)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
+        for _ in range(self.depth):
+            x = x + MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
+            h = nn.gelu(Dense(4 * self.dim)(nn.LayerNorm()(x)))
+            x = x + Dense(self.dim)(h)
+        return Dense(self.num_classes)(nn.LayerNorm()(x[:, 0]))
+
+
 class CharTransformer(nn.Module):
     """A small character-level transformer language model (causal attention)."""
 
@@ -116,23 +204,37 @@ class CharTransformer(nn.Module):
         return Dense(self.vocab)(nn.LayerNorm()(x))
 
 
+IMAGENET_RESNETS = {
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+}
+MODELS = "mlp, cnn, lenet5, resnet8, resnet20, resnet18, resnet34, resnet50, resnet101, "
+MODELS += "vit_tiny, transformer, scnn"
+
+
 def build(name: str, num_classes: int, time_steps: int = 8) -> nn.Module:
-    """A model by name: mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn
-    (a spiking CNN over ``time_steps``)."""
+    """A model by name (see ``MODELS``): resnet8/20 are CIFAR-style ResNets,
+    resnet18/34/50/101 ImageNet-style; scnn a spiking CNN over
+    ``time_steps``."""
     if name == "scnn":
         from approxjax._src.flax.snn import SpikingCNN
 
         return SpikingCNN(num_classes, time_steps=time_steps)
+    if name in IMAGENET_RESNETS:
+        stages, bottleneck = IMAGENET_RESNETS[name]
+        return ImageNetResNet(num_classes, stages, bottleneck)
+    if name == "vit_tiny":
+        return ViT(num_classes)
     if name == "mlp":
         return MLP(num_classes)
     if name == "cnn":
         return SmallCNN(num_classes)
     if name == "lenet5":
         return LeNet5(num_classes)
-    if name.startswith("resnet") and name[6:].isdigit():
+    if name.startswith("resnet") and name[6:].isdigit() and (int(name[6:]) - 2) % 6 == 0:
         return ResNet(num_classes, depth=int(name[6:]))
     if name == "transformer":
         return CharTransformer(vocab=num_classes)
-    raise ValueError(
-        f"unknown model {name!r}; known: mlp, cnn, lenet5, resnet8, resnet20, transformer, scnn"
-    )
+    raise ValueError(f"unknown model {name!r}; known: {MODELS}")
