@@ -324,8 +324,9 @@ def run_sweep(
         "data": checkpoints.data_fingerprint(data),
         "multipliers": {m.name: checkpoints.table_fingerprint(m) for _, m in loaded},
         "arithmetic": {m.name: describe(m) for _, m in loaded},
-        "init_params": None if cfg.init_params is None else params_fingerprint(params0),
     }
+    if cfg.init_params is not None:
+        identity["init_params"] = params_fingerprint(params0)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out is not None:
         checkpoints.prepare_output(out, identity, cfg.resume, cfg.on_existing)
