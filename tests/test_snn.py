@@ -72,6 +72,38 @@ def test_leak_product_goes_through_the_multiplier():
     np.testing.assert_array_equal(np.asarray(own), np.asarray(got))
 
 
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16", "e4m3"])
+@pytest.mark.parametrize("rounding", ["nearest_even", "toward_zero", "away_from_zero"])
+def test_membrane_sums_round_once_to_the_accumulator(fmt, rounding):
+    """leak + current rounded once to the accumulator format: equal to the
+    exact (float64) sum rounded by the reference, including sums that a
+    float32 addition would first round onto a tie."""
+    from approxjax._src.arithmetic.reference import round_to_format
+    from approxjax._src.flax.snn import rounded_sum
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-6, 6, n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-6, 6, n)).astype(np.float32)
+    # 1 + 2^-8 + 2^-30: float32 drops 2^-30 onto bfloat16's tie 1 + 2^-8.
+    a[:3] = [1.0, 1.0, -1.0]
+    b[:3] = [np.float32(2**-8), np.float32(2**-8 + 2**-30), np.float32(-(2**-8) - 2**-30)]
+    f = ax.formats.get(fmt)
+    got = np.asarray(rounded_sum(jnp.asarray(a), jnp.asarray(b), f, rounding))
+    want = round_to_format(a.astype(np.float64) + b.astype(np.float64), f, rounding)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    if fmt == "bfloat16" and rounding == "nearest_even":  # twice rounded: the tie's even side
+        twice = np.asarray(ax.formats.convert(jnp.asarray(a) + jnp.asarray(b), f, rounding))
+        assert twice[1] == 1.0 and got[1] == np.float32(1 + 2**-7)
+    arith = ax.Arithmetic(accumulator=fmt, accumulator_rounding=rounding)
+    v0 = jnp.asarray(a)
+    with ax.using(arith):
+        v, _ = snn.LIF(beta=0.75, threshold=1e9).apply({}, v0, jnp.asarray(b))
+    leak = np.asarray(ax.multiply(0.75, v0, arith)).astype(np.float64)
+    want = round_to_format(leak + b.astype(np.float64), f, rounding)
+    np.testing.assert_array_equal(np.asarray(v).view(np.uint32), want.view(np.uint32))
+
+
 def test_encoders():
     x = jnp.asarray([1.0, 0.5, 0.0, 0.005, 0.75])
     spikes = np.asarray(snn.latency_encode(x, 5))
@@ -152,3 +184,11 @@ def test_runner_trains_the_spiking_cnn(tmp_path):
             log=lambda m: None,
             show_progress=False,
         )
+
+
+def test_stochastic_membrane_sums_are_refused():
+    arith = ax.Arithmetic(
+        accumulator="bfloat16", accumulator_rounding="stochastic", key=jax.random.key(0)
+    )
+    with ax.using(arith), pytest.raises(NotImplementedError, match="stochastic accumulator"):
+        snn.LIF().apply({}, jnp.zeros(3), jnp.ones(3))

@@ -12,8 +12,11 @@ synaptic currents come from approxjax's own ``Dense``/``Conv`` (``SpikingDense``
 and ``SpikingConv`` bundle one with a neuron), so every synaptic product of
 the forward and backward passes, and the membrane leak products, go through
 the multiplier of :func:`approxjax.using` (or the module's ``multiplier``);
-the membrane sums are float32 additions (the synaptic GEMMs' own sums follow
-an :class:`~approxjax.Arithmetic`'s accumulator and adder). Under an integer
+the membrane sums ``leak + current`` are rounded once to an
+:class:`~approxjax.Arithmetic`'s accumulator format with its rounding (as an
+adder of that format would; float32 otherwise; a stochastic accumulator is
+refused and an approximate adder is not applied to them: the synaptic
+GEMMs' own sums follow the accumulator and the adder). Under an integer
 multiplier (a quantized GEMM) the synapses are quantized and the leak
 product stays exact (an elementwise product has no quantized form here).
 
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from approxjax._src.arithmetic.arithmetic import Arithmetic
+from approxjax._src.arithmetic.formats import convert
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.flax.modules import CONTEXT, Conv, Dense, resolve
 from approxjax._src.ops.multiply import multiply
@@ -111,6 +115,22 @@ def _check_steps(time_steps: Any) -> None:
         raise ValueError(f"time_steps must be an int >= 1; got {time_steps!r}")
 
 
+def rounded_sum(a: jax.Array, b: jax.Array, fmt, rounding: str = "nearest_even") -> jax.Array:
+    """The exact sums ``a + b`` of float32 values rounded once to ``fmt``
+    (a format of at most 21 mantissa bits): the float32 sum rounded to odd
+    (TwoSum gives the exact error), then to the format, which equals one
+    rounding of the exact sum (Boldo and Melquiond 2008)."""
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)
+    bits = jax.lax.bitcast_convert_type(s, jnp.uint32)
+    fix = jnp.isfinite(s) & (err != 0) & ((bits & 1) == 0)
+    toward = (err > 0) == (s > 0)  # the exact sum lies beyond s (away from zero)
+    one = jnp.uint32(1)
+    bits = jnp.where(fix & toward, bits + one, jnp.where(fix & ~toward, bits - one, bits))
+    return convert(jax.lax.bitcast_convert_type(bits, jnp.float32), fmt, rounding)
+
+
 class LIF(nn.Module):
     """A leaky integrate-and-fire neuron: one time step of ``(v, current) ->
     (v, spikes)`` (see the module docstring). ``beta`` is the leak factor
@@ -135,10 +155,24 @@ class LIF(nn.Module):
         _check_surrogate(self.surrogate, self.slope)
         if v.shape != current.shape:
             raise ValueError(f"v {v.shape} and current {current.shape} must have one shape")
-        v = self._leak(v) + current
+        v = self._integrate(self._leak(v), current)
         s = spike(v - self.threshold, self.surrogate, self.slope)
         v = v - s * self.threshold if self.reset == "subtract" else v * (1.0 - s)
         return v, s
+
+    def _integrate(self, leak: jax.Array, current: jax.Array) -> jax.Array:
+        """``leak + current``, rounded once to the accumulator format of an
+        Arithmetic (as its adder would; float32 otherwise)."""
+        mult = resolve(self.multiplier).forward
+        spec = mult.spec if isinstance(mult, Arithmetic) else None
+        if spec is None or spec.accumulator is None or spec.accumulator.is_float32:
+            return leak + current
+        if spec.accumulator_rounding == "stochastic":
+            raise NotImplementedError(
+                "membrane sums under a stochastic accumulator are not simulated (the synaptic "
+                "GEMMs' sums are); use a deterministic accumulator_rounding"
+            )
+        return rounded_sum(leak, current, spec.accumulator, spec.accumulator_rounding)
 
     def _leak(self, v: jax.Array) -> jax.Array:
         if self.beta == 1.0:
