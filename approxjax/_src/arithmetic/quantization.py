@@ -153,6 +153,13 @@ def calibrate(x, axes, bits: int, signed: bool, spec: QuantSpec):
 GRADIENTS = ("ste", "float", "quantized", "lut")
 
 
+def default_smoothing(bits: tuple[int, int]) -> int:
+    """The lut gradient's default half-width in codes: 2**(bits - 6) for the
+    wider operand, at least 1 (4 at 8 bits: measured best of 1, 4 and 16 for
+    three of four 8-bit designs on LeNet-5, docs/results.md)."""
+    return min(64, max(1, 2 ** (max(bits) - 6)))
+
+
 @jax.tree_util.register_pytree_node_class
 class Quantized:
     """A quantized GEMM under an integer multiplier, for float operands:
@@ -178,8 +185,10 @@ class Quantized:
       operands);
     * ``"lut"``: the derivative of the approximate product itself,
       estimated from the table: central differences of width
-      ``2 * smoothing`` codes along each operand, in value order, then the
-      best rank-``lut_rank`` approximation of each derivative table, so the
+      ``2 * smoothing`` codes along each operand, in value order
+      (``smoothing`` by default :func:`default_smoothing`: 4 at 8 bits;
+      coarse designs such as DRUM with k = 2 want 16), then the best
+      rank-``lut_rank`` approximation of each derivative table, so the
       backward pass is ``lut_rank`` float32 GEMMs per operand (for the
       exact multiplier it equals ``"ste"``).
 
@@ -200,7 +209,7 @@ class Quantized:
         gradient: str = "ste",
         grad_multiplier=None,
         lut_rank: int = 4,
-        smoothing: int = 1,
+        smoothing: int | None = None,
     ):
         from approxjax._src.arithmetic.arithmetic import Arithmetic
         from approxjax._src.arithmetic.integer import IntegerMultiplier
@@ -229,6 +238,8 @@ class Quantized:
                 f"gradient='quantized' quantizes signed gradients: {multiplier.name} has "
                 f"unsigned operands (signed={multiplier.signed})"
             )
+        if smoothing is None:
+            smoothing = default_smoothing(multiplier.bits)
         for label, value in (("lut_rank", lut_rank), ("smoothing", smoothing)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
                 raise ValueError(f"{label} must be an int in [1, 64]; got {value!r}")
@@ -263,7 +274,7 @@ class Quantized:
             parts += [f"{side}-{c}" for side, c in zip(("lhs", "rhs"), calib, strict=True)]
         if self.gradient == "lut" and self.lut_rank != 4:
             parts.append(f"rank{self.lut_rank}")
-        if self.gradient == "lut" and self.smoothing != 1:
+        if self.gradient == "lut" and self.smoothing != default_smoothing(self.multiplier.bits):
             parts.append(f"smooth{self.smoothing}")
         return parts
 
