@@ -405,3 +405,22 @@ def test_gemm_bad_input():
         np.ones((3, 0), np.int8), np.ones((0, 2), np.int8), MATMUL, multiplier=mult
     )
     np.testing.assert_array_equal(np.asarray(out), np.zeros((3, 2), np.int32))
+
+
+def test_characterize_cli_takes_integer_multipliers(tmp_path, capsys):
+    """`approxjax characterize` with float and integer names: a table for each
+    kind (the integer one with the field's metrics, equal to characterize's),
+    the rank report for the float ones, a plot per kind."""
+    from approxjax._src.runner.cli import main
+
+    png = tmp_path / "errors.png"
+    assert main(["characterize", "mitchell4s", "drum4u_k2", "mitchell3", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    want = ax.characterize(ax.integer.get("drum4u_k2"))
+    assert float(lines["drum4u_k2"][1]) == pytest.approx(want.mae, rel=1e-3)
+    assert float(lines["drum4u_k2"][6]) == pytest.approx(want.ep, abs=0.01)
+    assert "mitchell3:" in out and "mitchell4s:" not in out  # ranks: float multipliers only
+    assert png.stat().st_size > 10_000 and (tmp_path / "errors_integer.png").stat().st_size > 10_000
+    with pytest.raises(TypeError, match="not both in one figure"):
+        ax.plot_errors([ax.mitchell(3), ax.integer.get("mitchell4s")])

@@ -62,6 +62,7 @@ def _lut_info(args: argparse.Namespace) -> int:
 
 
 def _characterize(args: argparse.Namespace) -> int:
+    from approxjax._src.arithmetic.multipliers import Multiplier
     from approxjax._src.runner.specs import load_multiplier
     from approxjax._src.tools import characterize
 
@@ -70,12 +71,27 @@ def _characterize(args: argparse.Namespace) -> int:
     print(characterize.format_table(results))
     from approxjax._src.tools.decompose import decompose
 
-    print("\nrank (exact) and the best rank-r approximation's relative error per entry:")
-    for m in mults:
+    floats = [m for m in mults if isinstance(m, Multiplier)]
+    if floats:
+        print("\nrank (exact) and the best rank-r approximation's relative error per entry:")
+    for m in floats:
         print(decompose(m))
     if args.plot:
-        characterize.plot_errors(mults, args.plot)
-        print(f"plot: {args.plot} (one row per multiplier)")
+        from pathlib import Path
+
+        plot = Path(args.plot)
+        integer = [m for m in mults if not isinstance(m, Multiplier)]
+        for kind, group, path in (
+            ("float", floats, plot),
+            (
+                "integer",
+                integer,
+                plot.with_name(f"{plot.stem}_integer{plot.suffix}") if floats else plot,
+            ),
+        ):
+            if group:
+                characterize.plot_errors(group, path)
+                print(f"plot: {path} ({kind} multipliers, one row each)")
     return 0
 
 
@@ -316,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     char.add_argument(
         "multipliers",
         nargs="+",
-        help="catalog names (mitchell, mitchell7, drum7:k=4), .npz or ApproxTrain .bin files",
+        help="catalog names (mitchell, mitchell7, drum7:k=4; integer: mitchell8s, drum8u_k4), "
+        ".npz or ApproxTrain .bin files, file.c@function:m or file.c@function:s8",
     )
     char.add_argument("-m", "--mantissa-bits", type=int, help="m for names without one")
     char.add_argument(

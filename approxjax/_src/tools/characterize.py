@@ -157,8 +157,20 @@ def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) 
     )
 
 
-def format_table(results: Sequence[Characterization]) -> str:
-    """Several characterizations side by side, one row per multiplier and view."""
+def format_table(results: Sequence[Any]) -> str:
+    """Several characterizations side by side, one row per multiplier and view
+    (integer multipliers' in a table of their own, after the float ones)."""
+    from approxjax._src.tools.integer_errors import IntegerCharacterization, format_integer_table
+
+    integer = [r for r in results if isinstance(r, IntegerCharacterization)]
+    results = [r for r in results if not isinstance(r, IntegerCharacterization)]
+    tables = [_format_float_table(results)] if results else []
+    if integer:
+        tables.append(format_integer_table(integer))
+    return "\n\n".join(tables)
+
+
+def _format_float_table(results: Sequence[Characterization]) -> str:
     head = (
         f"{'multiplier':<22} {'view':<8} {'bias':>10} {'MRED':>10} {'NMED':>10} "
         f"{'max |rel|':>10} {'at (a, b)':>22} {'P(err)':>7}"
@@ -225,8 +237,14 @@ def plot_errors(multipliers: Multiplier | Sequence[Multiplier], path: str | None
     """
     single = isinstance(multipliers, (Multiplier, IntegerMultiplier))
     mults = [multipliers] if single else list(multipliers)
-    if all(isinstance(m, IntegerMultiplier) for m in mults):
+    integer = [isinstance(m, IntegerMultiplier) for m in mults]
+    if all(integer):
         return plot_integer_errors(mults, path)
+    if any(integer):
+        raise TypeError(
+            "plot_errors draws float or integer multipliers, not both in one figure; got "
+            + ", ".join(m.name for m in mults)
+        )
     plt = pyplot()
     fig, axes = plt.subplots(len(mults), 2, figsize=(11, 4.2 * len(mults)), squeeze=False)
     for (ax0, ax1), mult in zip(axes, mults, strict=True):
