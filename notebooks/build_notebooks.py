@@ -241,6 +241,88 @@ fig.tight_layout()"""),
                "is 0.5): they round to zero and the model does not learn. Scaling (per tensor "
                "or per block) belongs to the training recipe: apply it around the GEMM."),
     ],
+    "06_integer_multipliers": [
+        ("md", "# Integer multipliers on an int8-quantized CNN\n\nMost published approximate "
+               "multipliers are integer circuits. Here: an 8-bit C model of your own (with the "
+               "power figure its header states), the catalog's designs, their error metrics, "
+               "and one vmapped program training a quantized CNN under all of them at once, "
+               "with straight-through gradients and with the gradient of the table itself."),
+        ("code", SETUP),
+        ("code", """# A C functional model as EvoApproxLib ships them; the power figure in its header
+# is illustrative here (not a measured circuit), and becomes mult.cost.
+source = r'''
+// PDK45_PWR = 0.301 mW
+#include <stdint.h>
+int16_t mul8s_drop6(int8_t a, int8_t b) {  /* the six lowest product bits dropped */
+    int p = (int)a * (int)b;
+    return (int16_t)(p < 0 ? -((-p) & ~63) : (p & ~63));
+}
+'''
+mine = ax.from_c(source, "mul8s_drop6", bits=8, signed=True)
+print(mine, mine.cost)
+designs = [ax.integer.exact(8), mine, ax.integer.mitchell(8), ax.integer.kulkarni(8, signed=True),
+           ax.integer.drum(8, 4), ax.integer.drum(8, 2)]
+print(f"{'multiplier':14s} {'MAE%':>8s} {'WCE%':>8s} {'EP%':>7s} {'MRE%':>7s}")
+stats = {}
+for m in designs:
+    c = ax.characterize(m)
+    stats[m.name] = c
+    print(f"{m.name:14s} {c.mae_percent:8.4f} {c.wce_percent:8.4f} {c.ep:7.2f} {c.mre:7.3f}")
+fig = ax.plot_errors(designs[1:3])"""),
+        ("code", """from approxjax import datasets
+data = datasets.load("digits")
+
+class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(ax.Conv(16, (3, 3))(x))
+        x = nn.relu(ax.Conv(32, (3, 3), strides=2)(x))
+        return ax.Dense(10)(x.reshape(x.shape[0], -1))
+
+model = CNN()
+params0 = model.init(jax.random.key(0), data.x_train[:1])
+opt = optax.adam(3e-3)
+stack = ax.stack(designs)                 # six tables, one program
+epochs, bs = (1, 64) if SMALL else (8, 64)
+
+def train(gradient):
+    quantized = lambda m: ax.Quantized(m, gradient=gradient)   # int8 codes, this gradient
+    step = jax.jit(jax.vmap(make_train_step(model.apply, opt, policy=quantized),
+                            in_axes=(0, 0, None, None, 0)))
+    evaluate = jax.jit(jax.vmap(make_eval_step(model.apply, policy=quantized),
+                                in_axes=(0, None, None, 0)))
+    params = jax.tree_util.tree_map(lambda a: jnp.stack([a] * len(designs)), params0)
+    state = jax.vmap(opt.init)(params)
+    for epoch in range(epochs):
+        order = np.random.default_rng(epoch).permutation(len(data.x_train))
+        for i in range(0, len(order) - bs + 1, bs):
+            idx = order[i:i + bs]
+            params, state, loss, _ = step(params, state, data.x_train[idx], data.y_train[idx], stack)
+    return np.asarray(evaluate(params, data.x_test, data.y_test, stack)[1]["accuracy"])
+
+accuracy = {g: train(g) for g in ("ste", "lut")}
+print(f"{'multiplier':14s} {'ste':>7s} {'lut':>7s}")
+for i, m in enumerate(designs):
+    print(f"{m.name:14s} {accuracy['ste'][i]:7.4f} {accuracy['lut'][i]:7.4f}")"""),
+        ("code", """import matplotlib.pyplot as plt
+from approxjax._src.runner.outputs import pareto_front
+fig, ax0 = plt.subplots(figsize=(7, 4.5))
+for g, color in (("ste", "C0"), ("lut", "C1")):
+    points = [(m.name, stats[m.name].mae_percent, float(a)) for m, a in zip(designs, accuracy[g])]
+    for name, x, y in points:
+        ax0.scatter(x, y, color=color)
+        ax0.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto_front(points)  # no design has fewer errors and more accuracy
+    ax0.step([p[1] for p in front], [p[2] for p in front], where="post", color=color,
+             label=f"{g} gradients: Pareto front")
+ax0.set_xlabel("mean absolute error (% of the largest product)")
+ax0.set_ylabel("test accuracy")
+ax0.legend()
+fig.tight_layout()"""),
+        ("md", "`approxjax sweep --quantize int8 --multipliers mitchell,file.c@mul8s_drop6:s8` "
+               "runs the same experiment from the command line, and plots accuracy against "
+               "every cost figure the multipliers carry (`pareto_power_mW.png`)."),
+    ],
 }
 
 
