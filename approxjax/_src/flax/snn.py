@@ -190,37 +190,40 @@ class IF(LIF):
     beta: float = 1.0
 
 
-class SpikingDense(nn.Module):
+class _SpikingLayer(nn.Module):
+    """Synaptic currents (``_synapse``) into a :class:`LIF` neuron:
+    ``(v, x) -> (v, spikes)``."""
+
+    features: int
+    beta: float = 0.9
+    threshold: float = 1.0
+    reset: Literal["subtract", "zero"] = "subtract"
+    surrogate: str = "fast_sigmoid"
+    slope: float = 25.0
+
+    def _synapse(self) -> nn.Module:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, v, x):
+        current = self._synapse()(x)
+        return LIF(self.beta, self.threshold, self.reset, self.surrogate, self.slope)(v, current)
+
+
+class SpikingDense(_SpikingLayer):
     """``approxjax.Dense`` into a :class:`LIF` neuron: ``(v, x) -> (v, spikes)``."""
 
-    features: int
-    beta: float = 0.9
-    threshold: float = 1.0
-    reset: Literal["subtract", "zero"] = "subtract"
-    surrogate: str = "fast_sigmoid"
-    slope: float = 25.0
-
-    @nn.compact
-    def __call__(self, v, x):
-        current = Dense(self.features)(x)
-        return LIF(self.beta, self.threshold, self.reset, self.surrogate, self.slope)(v, current)
+    def _synapse(self) -> nn.Module:
+        return Dense(self.features)
 
 
-class SpikingConv(nn.Module):
+class SpikingConv(_SpikingLayer):
     """``approxjax.Conv`` (SAME padding) into a :class:`LIF` neuron."""
 
-    features: int
     kernel_size: tuple[int, ...] = (3, 3)
-    beta: float = 0.9
-    threshold: float = 1.0
-    reset: Literal["subtract", "zero"] = "subtract"
-    surrogate: str = "fast_sigmoid"
-    slope: float = 25.0
 
-    @nn.compact
-    def __call__(self, v, x):
-        current = Conv(self.features, self.kernel_size)(x)
-        return LIF(self.beta, self.threshold, self.reset, self.surrogate, self.slope)(v, current)
+    def _synapse(self) -> nn.Module:
+        return Conv(self.features, self.kernel_size)
 
 
 class _SpikingCNNStep(nn.Module):
