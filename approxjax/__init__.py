@@ -12,8 +12,9 @@ rounding, the accumulator's format and rounding, and approximate adders. An
 The public API is what this module exports (``__all__``) and the namespaces
 :mod:`approxjax.nn` (Flax modules), :mod:`approxjax.reference` (the pure-JAX
 model), :mod:`approxjax.training` (training steps), :mod:`approxjax.networks`
-(the model zoo), :mod:`approxjax.snn` (spiking networks) and
-:mod:`approxjax.datasets`; everything under
+(the model zoo), :mod:`approxjax.snn` (spiking networks),
+:mod:`approxjax.translation` (sentence pairs, the encoder-decoder, decoding,
+BLEU) and :mod:`approxjax.datasets`; everything under
 ``approxjax._src`` is private.
 """
 

@@ -127,6 +127,8 @@ def _sweep(args: argparse.Namespace) -> int:
         first_exact=args.first_exact,
         last_exact=args.last_exact,
         data_dir=args.data_dir,
+        data_file=args.data_file,
+        beam=args.beam,
         init_params=args.init_params,
         train_limit=args.train_limit,
         out_dir=args.out,
@@ -221,15 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="cnn",
         help="mlp, cnn, lenet5, resnet8/20 (CIFAR-style), resnet18/34/50/101 (ImageNet-style), "
-        "vit_tiny, transformer, scnn (spiking CNN)",
+        "vit_tiny, transformer, scnn (spiking CNN), translator (encoder-decoder)",
     )
     sweep.add_argument(
         "--time-steps", type=int, default=8, help="time steps of a spiking model (scnn)"
     )
     sweep.add_argument(
-        "--dataset", default="digits", help="digits, mnist, fashion_mnist, cifar10, text"
+        "--dataset",
+        default="digits",
+        help="digits, mnist, fashion_mnist, cifar10, text, pairs (sentence pairs: translator)",
     )
-    sweep.add_argument("--data-dir", help="dataset folder (for text: the text file)")
+    sweep.add_argument("--data-dir", help="dataset folder (mnist, fashion_mnist, cifar10)")
+    sweep.add_argument(
+        "--data-file",
+        help="text: the text file; pairs: sentence pairs, one per line, source<TAB>target "
+        "(or Tatoeba's id<TAB>source<TAB>id<TAB>target); default: a synthetic task",
+    )
+    sweep.add_argument(
+        "--beam",
+        type=int,
+        default=1,
+        help="translator: decode the test set for BLEU greedily (1) or by beam search of this "
+        "width",
+    )
     sweep.add_argument(
         "--init-params",
         help="float32 parameters trained elsewhere: an .npz of the parameter tree's leaves by "

@@ -62,6 +62,8 @@ class SweepConfig:
     first_exact: bool = False
     last_exact: bool = False
     data_dir: str | None = None
+    data_file: str | None = None  # text: the text file; pairs: the tab-separated pairs
+    beam: int = 1  # a translator's decoding for BLEU: 1 greedy, K > 1 beam search
     init_params: str | None = None  # .npz or orbax checkpoint of float32 parameters
     train_limit: int | None = None
     out_dir: str = "approxjax-results"
@@ -105,6 +107,12 @@ def validate(cfg: SweepConfig) -> None:
     _positive_int("--epochs", cfg.epochs)
     _positive_int("--batch-size", cfg.batch_size)
     _positive_int("--time-steps", cfg.time_steps)
+    _positive_int("--beam", cfg.beam)
+    if (cfg.model == "translator") != (cfg.dataset == "pairs"):
+        raise ConfigError(
+            f"--model translator goes with --dataset pairs (and pairs with translator); got "
+            f"--model {cfg.model} --dataset {cfg.dataset}"
+        )
     _positive_int("--train-limit", cfg.train_limit, allow_none=True)
     if cfg.mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")
@@ -180,6 +188,8 @@ def validate(cfg: SweepConfig) -> None:
         raise ConfigError(f"--init-params {cfg.init_params!r} does not exist")
     if cfg.data_dir is not None and not os.path.exists(cfg.data_dir):
         raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist")
+    if cfg.data_file is not None and not os.path.isfile(cfg.data_file):
+        raise ConfigError(f"--data-file {cfg.data_file!r} is not a file")
     if cfg.out_dir:
         check_writable(cfg.out_dir)
 

@@ -7,6 +7,9 @@
   where Debian's ``dataset-fashion-mnist`` installs it.
 * ``cifar10``: the standard python batch files (``data_batch_1`` .. ``_5``,
   ``test_batch``) in ``data_dir`` (or its ``cifar-10-batches-py`` folder).
+* ``text``: a character-level corpus (a text file; pydoc's topics by default).
+* ``pairs``: sentence pairs for translation, a tab-separated file, or a
+  synthetic task (:mod:`approxjax._src.runner.translation`).
 
 Images come as float32 NHWC in [0, 1], labels as int32.
 """
@@ -165,8 +168,15 @@ def load_text(path: str | Path | None = None, context: int = 64, seed: int = 0) 
     return Dataset(f"text:{path.name}", x[:cut], y[:cut], x[cut:], y[cut:], len(chars))
 
 
-def load(name: str, data_dir: str | None = None, seed: int = 0) -> Dataset:
-    """A dataset by name: digits, mnist, fashion_mnist, cifar10 or text."""
+DATASETS = "cifar10, digits, fashion_mnist, mnist, pairs, text"
+
+
+def load(
+    name: str, data_dir: str | None = None, seed: int = 0, data_file: str | None = None
+) -> Dataset:
+    """A dataset by name (``DATASETS``); ``text`` and ``pairs`` read
+    ``data_file`` (text: also ``data_dir``, as before), the others
+    ``data_dir``."""
     if name == "digits":
         return load_digits(seed)
     if name in ("mnist", "fashion_mnist"):
@@ -174,7 +184,9 @@ def load(name: str, data_dir: str | None = None, seed: int = 0) -> Dataset:
     if name == "cifar10":
         return load_cifar10(data_dir)
     if name == "text":
-        return load_text(data_dir, seed=seed)
-    raise DatasetError(
-        f"unknown dataset {name!r}; known: cifar10, digits, fashion_mnist, mnist, text"
-    )
+        return load_text(data_file or data_dir, seed=seed)
+    if name == "pairs":
+        from approxjax._src.runner.translation import load_pairs
+
+        return load_pairs(data_file, seed)
+    raise DatasetError(f"unknown dataset {name!r}; known: {DATASETS}")

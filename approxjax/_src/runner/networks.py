@@ -211,13 +211,25 @@ IMAGENET_RESNETS = {
     "resnet101": ((3, 4, 23, 3), True),
 }
 MODELS = "mlp, cnn, lenet5, resnet8, resnet20, resnet18, resnet34, resnet50, resnet101, "
-MODELS += "vit_tiny, transformer, scnn"
+MODELS += "vit_tiny, transformer, scnn, translator"
 
 
-def build(name: str, num_classes: int, time_steps: int = 8) -> nn.Module:
+def build(name: str, num_classes: int, time_steps: int = 8, data=None) -> nn.Module:
     """A model by name (see ``MODELS``): resnet8/20 are CIFAR-style ResNets,
     resnet18/34/50/101 ImageNet-style; scnn a spiking CNN over
-    ``time_steps``."""
+    ``time_steps``; translator an encoder-decoder transformer sized for
+    ``data`` (sentence pairs: :mod:`approxjax._src.runner.translation`)."""
+    if name == "translator":
+        from approxjax._src.runner.translation import TranslationData, Translator
+
+        if not isinstance(data, TranslationData):
+            raise ValueError(
+                f"the translator model needs sentence pairs (--dataset pairs); got "
+                f"{getattr(data, 'name', data)!r}"
+            )
+        return Translator(
+            len(data.source_vocab), len(data.target_vocab), data.source_len, data.target_len
+        )
     if name == "scnn":
         from approxjax._src.flax.snn import SpikingCNN
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import json
 import platform
@@ -29,6 +30,7 @@ def versions() -> dict[str, str]:
         "flax": flax.__version__,
         "optax": optax.__version__,
         "numpy": np.__version__,
+        "sacrebleu": importlib.metadata.version("sacrebleu"),  # BLEU's definition
         "python": platform.python_version(),
         "backend": jax.default_backend(),
     }
@@ -39,7 +41,7 @@ def run_summary(history: dict[str, list], member: int, group: str, **extra) -> d
     acc = [a[member] for a in history["accuracy"]]
     loss = [v[member] for v in history["loss"]]
     secs = [s for s in history.get("step_seconds", []) if s is not None and s == s]
-    return {
+    run = {
         "group": group,
         "test_accuracy": acc[-1],
         "test_loss": loss[-1],
@@ -47,8 +49,11 @@ def run_summary(history: dict[str, list], member: int, group: str, **extra) -> d
         "accuracy_curve": acc,
         "loss_curve": loss,
         "step_seconds": float(np.median(secs)) if secs else None,
-        **extra,
     }
+    if "bleu" in history:  # a translation model's test BLEU (its accuracy is per token)
+        run["bleu_curve"] = [b[member] for b in history["bleu"]]
+        run["test_bleu"] = run["bleu_curve"][-1]
+    return run | extra
 
 
 def check_results(results: Any, source: str) -> dict[str, Any]:
@@ -76,6 +81,8 @@ def format_results(results: dict[str, Any]) -> str:
     head = f"{'multiplier':<{width}} "
     head += f"{'before':>8} {'after':>8}" if finetune else f"{'test acc':>9}"
     head += f" {'vs f32':>8} {'test loss':>10} {'ms/step*':>9}"
+    bleu = any("test_bleu" in r for r in results["runs"].values())
+    head += f" {'BLEU':>7}" if bleu else ""
     lines = [head, "-" * len(head)]
     for name, r in results["runs"].items():
         ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
@@ -88,6 +95,7 @@ def format_results(results: dict[str, Any]) -> str:
         else:
             row += f"{r['test_accuracy']:>9.4f}"
         row += f" {change:>8} {r['test_loss']:>10.4f} {ms:>9}"
+        row += f" {r.get('test_bleu', float('nan')):>7.2f}" if bleu else ""
         lines.append(row)
     epochs = results["config"]["epochs"]
     notes = []
@@ -107,6 +115,14 @@ def format_results(results: dict[str, Any]) -> str:
         notes.append("every model is the --init-params one, evaluated as named")
     elif mode == "inference":
         notes.append(f"every model is the float32 one after {epochs} epoch(s), evaluated as named")
+    if bleu:
+        decoding = "greedy" if results["config"].get("beam", 1) == 1 else "beam search"
+        notes.append(
+            f"test acc is per target token (teacher-forced); BLEU (sacrebleu) of the test set "
+            f"decoded by {decoding}"
+        )
+    if results.get("data", {}).get("synthetic"):
+        notes.append(f"data: {results['data'].get('name', 'the default')}, SYNTHETIC (generated)")
     notes.append(
         "* ms per training step of the whole group: the float32 model alone, or all "
         "multipliers of one vmapped stack together (each member shows its group's time)"
@@ -125,14 +141,16 @@ def write_outputs(results: dict[str, Any], out: Path, costs: list[str] | None = 
     c = results["config"]
     w.writerow(
         ["multiplier", "group", "test_accuracy", "before_accuracy", "accuracy_change",
-         "test_loss", "step_seconds", "model", "dataset", "mode", "epochs", "seed"]
+         "test_loss", "step_seconds", "model", "dataset", "mode", "epochs", "seed", "test_bleu",
+         "synthetic_data"]
     )  # fmt: skip
     base = results["runs"].get("float32", {}).get("test_accuracy")
     for name, r in results["runs"].items():
         w.writerow(
             [name, r.get("group"), r["test_accuracy"], r.get("before_accuracy"),
              None if base is None else r["test_accuracy"] - base, r["test_loss"],
-             r.get("step_seconds"), c["model"], c["dataset"], c["mode"], c["epochs"], c["seed"]]
+             r.get("step_seconds"), c["model"], c["dataset"], c["mode"], c["epochs"], c["seed"],
+             r.get("test_bleu"), bool(results.get("data", {}).get("synthetic"))]
         )  # fmt: skip
     written.append(write_text_atomically(out / "results.csv", buf.getvalue()))
     written.append(plot_curves(results, out / "curves.png"))
@@ -208,8 +226,8 @@ def plot_pareto(results: dict[str, Any], key: str, path: Path) -> Path:
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path:
-    """Test accuracy and loss per epoch, one line per run (float32 in black);
-    bars where every run has a single evaluation."""
+    """Test accuracy and loss (and BLEU, for translation) per epoch, one line
+    per run (float32 in black); bars where every run has a single evaluation."""
     from matplotlib.ticker import MaxNLocator
 
     from approxjax._src.tools.characterize import pyplot
@@ -217,36 +235,42 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
     runs = results["runs"]
     c = results["config"]
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
+    panels = [("accuracy_curve", "test accuracy"), ("loss_curve", "test loss (cross-entropy)")]
+    if all("bleu_curve" in r for r in runs.values()):
+        panels.append(("bleu_curve", "test BLEU (sacrebleu)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    title = f"{c['model']} on {c['dataset']} ({c['mode']})"
+    if results.get("data", {}).get("synthetic"):
+        title += ", synthetic data"
     single = all(len(r["accuracy_curve"]) == 1 for r in runs.values())
-    if single:
-        names = list(runs)
-        colors = ["k" if n == "float32" else f"C{i % 10}" for i, n in enumerate(names)]
-        for ax, key in ((a0, "accuracy_curve"), (a1, "loss_curve")):
+    names = list(runs)
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        if single:
+            colors = ["k" if n == "float32" else f"C{i % 10}" for i, n in enumerate(names)]
             values = [runs[n][key][0] for n in names]
             ax.bar(range(len(names)), values, color=colors)
             ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
             lo, hi = min(values), max(values)
             pad = max(0.1 * (hi - lo), 1e-3)
-            ax.set_ylim(max(0.0, lo - pad) if key == "accuracy_curve" else 0.0, hi + pad)
-        epoch = runs[names[0]]["epochs"][0]
-        a0.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): test accuracy, epoch {epoch}")
-        a1.set_title("test loss (one evaluation per model)")
-    else:
-        for name, r in runs.items():
-            style = {"color": "k", "lw": 2} if name == "float32" else {}
-            a0.plot(r["epochs"], r["accuracy_curve"], marker="o", label=name, **style)
-            a1.plot(r["epochs"], r["loss_curve"], marker="o", label=name, **style)
-        a0.set_title(f"{c['model']} on {c['dataset']} ({c['mode']}): test accuracy")
-        a1.set_title("test loss")
-        for ax in (a0, a1):
+            ax.set_ylim(0.0 if key == "loss_curve" else max(0.0, lo - pad), hi + pad)
+        else:
+            for name, r in runs.items():
+                style = {"color": "k", "lw": 2} if name == "float32" else {}
+                ax.plot(r["epochs"], r[key], marker="o", label=name, **style)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a0.legend(fontsize=8)
-    a0.set_ylabel("test accuracy")
-    a1.set_ylabel("test loss (cross-entropy)")
-    for ax in (a0, a1):
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if single:
+        epoch = runs[names[0]]["epochs"][0]
+        axes[0].set_title(f"{title}: test accuracy, epoch {epoch}")
+        axes[1].set_title("test loss (one evaluation per model)")
+    else:
+        axes[0].set_title(f"{title}: test accuracy")
+        axes[1].set_title("test loss")
+        axes[0].legend(fontsize=8)
+    if len(panels) == 3:
+        axes[2].set_title("test BLEU")
     return _save(plt, fig, path)
 
 

@@ -49,15 +49,32 @@ def make_loss(
     policy(multiplier))`` (``route="approximate"``: any model, and policies
     that need the whole program, such as ``last_exact``)."""
 
+    run = under(route, policy)
+
     def loss_fn(params, x, y, multiplier):
-        if route == "approximate":
-            outputs = approximate(apply_fn, policy(multiplier))(params, x)
-        else:
-            with using(policy(multiplier)):
-                outputs = apply_fn(params, x)
-        return loss(outputs, y)
+        return loss(run(apply_fn, multiplier)(params, x), y)
 
     return loss_fn
+
+
+def under(
+    route: Literal["using", "approximate"] = "using",
+    policy: Callable[[Any], Any] = _identity,
+) -> Callable[[Callable, Any], Callable]:
+    """``run(fn, multiplier)``: ``fn`` traced under ``using(policy(multiplier))``
+    (``route="using"``) or wrapped by ``approximate(fn, policy(multiplier))``."""
+
+    def run(fn, multiplier):
+        if route == "approximate":
+            return approximate(fn, policy(multiplier))
+
+        def traced(*args):
+            with using(policy(multiplier)):
+                return fn(*args)
+
+        return traced
+
+    return run
 
 
 def make_train_step(
