@@ -129,6 +129,7 @@ def _sweep(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         data_file=args.data_file,
         beam=args.beam,
+        image_size=args.image_size,
         init_params=args.init_params,
         train_limit=args.train_limit,
         out_dir=args.out,
@@ -231,13 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--dataset",
         default="digits",
-        help="digits, mnist, fashion_mnist, cifar10, text, pairs (sentence pairs: translator)",
+        help="digits, mnist, fashion_mnist, cifar10, text, pairs (sentence pairs: translator), "
+        "imagefolder (one folder per class in --data-dir, streamed with augmentation)",
     )
     sweep.add_argument("--data-dir", help="dataset folder (mnist, fashion_mnist, cifar10)")
     sweep.add_argument(
         "--data-file",
         help="text: the text file; pairs: sentence pairs, one per line, source<TAB>target "
         "(or Tatoeba's id<TAB>source<TAB>id<TAB>target); default: a synthetic task",
+    )
+    sweep.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="imagefolder: the side of the square crops the model sees",
     )
     sweep.add_argument(
         "--beam",

@@ -10,6 +10,8 @@
 * ``text``: a character-level corpus (a text file; pydoc's topics by default).
 * ``pairs``: sentence pairs for translation, a tab-separated file, or a
   synthetic task (:mod:`approxjax._src.runner.translation`).
+* ``imagefolder``: one folder per class of JPEG/PNG images, streamed with
+  augmentation (:mod:`approxjax._src.runner.image_folders`).
 
 Images come as float32 NHWC in [0, 1], labels as int32.
 """
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +32,54 @@ FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclasses.dataclass
 class Dataset:
+    """A dataset held in memory, with the interface the runner reads every
+    dataset through (a streamed one, :mod:`.image_folders`, has the same)."""
+
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+
+    @property
+    def train_size(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.x_test)
+
+    def train_batches(self, seed: int, batch_size: int, limit: int) -> Iterator:
+        """``max(limit // batch_size, 1)`` batches of the first ``limit``
+        training examples in an order shuffled with ``seed``."""
+        order = np.random.default_rng(seed).permutation(limit)
+        for i in range(max(limit // batch_size, 1)):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            yield self.x_train[idx], self.y_train[idx]
+
+    def test_batches(self, batch_size: int) -> Iterator:
+        for i in range(0, len(self.x_test), batch_size):
+            yield self.x_test[i : i + batch_size], self.y_test[i : i + batch_size]
+
+    def sample(self, count: int):
+        """The first ``count`` training examples and labels (shapes for tracing)."""
+        return self.x_train[:count], self.y_train[:count]
+
+    def fingerprint(self) -> dict:
+        """What identifies the data: its name, sizes and a hash of its arrays."""
+        digest = hashlib.sha256()
+        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(array)
+            digest.update(str((a.shape, a.dtype.str)).encode())
+            digest.update(a[: min(len(a), 512)].tobytes())
+            digest.update(a[-min(len(a), 512) :].tobytes())
+        return identity(self.name, self.train_size, self.test_size, digest)
+
+
+def identity(name: str, train: int, test: int, digest) -> dict:
+    """A dataset's fingerprint record (checkpoints and results.json keep it)."""
+    return {"name": name, "train": int(train), "test": int(test), "sha256": digest.hexdigest()[:32]}
 
 
 class DatasetError(ValueError):
@@ -168,15 +214,19 @@ def load_text(path: str | Path | None = None, context: int = 64, seed: int = 0) 
     return Dataset(f"text:{path.name}", x[:cut], y[:cut], x[cut:], y[cut:], len(chars))
 
 
-DATASETS = "cifar10, digits, fashion_mnist, mnist, pairs, text"
+DATASETS = "cifar10, digits, fashion_mnist, imagefolder, mnist, pairs, text"
 
 
 def load(
-    name: str, data_dir: str | None = None, seed: int = 0, data_file: str | None = None
+    name: str,
+    data_dir: str | None = None,
+    seed: int = 0,
+    data_file: str | None = None,
+    image_size: int = 224,
 ) -> Dataset:
     """A dataset by name (``DATASETS``); ``text`` and ``pairs`` read
     ``data_file`` (text: also ``data_dir``, as before), the others
-    ``data_dir``."""
+    ``data_dir``; ``imagefolder`` streams its images at ``image_size``."""
     if name == "digits":
         return load_digits(seed)
     if name in ("mnist", "fashion_mnist"):
@@ -185,6 +235,10 @@ def load(
         return load_cifar10(data_dir)
     if name == "text":
         return load_text(data_file or data_dir, seed=seed)
+    if name == "imagefolder":
+        from approxjax._src.runner.image_folders import load_image_folder
+
+        return load_image_folder(data_dir, image_size, seed)
     if name == "pairs":
         from approxjax._src.runner.translation import load_pairs
 

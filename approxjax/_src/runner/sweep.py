@@ -92,9 +92,7 @@ class Trainer:
         self._decode = make_decoder(model, cfg.beam, under(route, policy)) if translation else None
         self._decoders: dict[bool, Callable] = {}
         self.n_train = (
-            len(data.x_train)
-            if cfg.train_limit is None
-            else min(cfg.train_limit, len(data.x_train))
+            data.train_size if cfg.train_limit is None else min(cfg.train_limit, data.train_size)
         )
 
     def compiled(self, stacked: bool):
@@ -107,8 +105,7 @@ class Trainer:
     def check_policy(self, mult: Arith) -> None:
         """Traces the loss once under ``mult`` (no computation): a rule that
         matches no layer raises here, before anything is trained."""
-        x = self.data.x_train[:2]
-        y = self.data.y_train[:2]
+        x, y = self.data.sample(2)
         params = jax.eval_shape(self.model.init, jax.random.key(0), x)
         jax.eval_shape(self._eval, params, x, y, mult)
 
@@ -116,17 +113,16 @@ class Trainer:
         """Test loss and accuracy (and BLEU of a translation model), one
         value per member of a stack: batches weighed by their examples (or
         by the ``count`` a loss reports: target tokens)."""
-        x, y = self.data.x_test, self.data.y_test
         bs = max(self.cfg.batch_size, 256)
         losses, accs, weights = [], [], []
-        starts = range(0, len(x), bs)
-        for i in tqdm(starts, desc=f"{label}: test", leave=False, disable=not self.show,
-                      file=sys.stderr, unit="batch"):  # fmt: skip
-            xb, yb = self.placement.batch(x[i : i + bs]), self.placement.batch(y[i : i + bs])
-            loss, metrics = ev(params, xb, yb, mult)
+        count = -(-self.data.test_size // bs)
+        bar = tqdm(self.data.test_batches(bs), desc=f"{label}: test", leave=False, total=count,
+                   disable=not self.show, file=sys.stderr, unit="batch")  # fmt: skip
+        for x, y in bar:
+            loss, metrics = ev(params, self.placement.batch(x), self.placement.batch(y), mult)
             losses.append(np.asarray(loss))
             accs.append(np.asarray(metrics["accuracy"]))
-            weights.append(np.asarray(metrics.get("count", len(x[i : i + bs])), np.float64))
+            weights.append(np.asarray(metrics.get("count", len(x)), np.float64))
         losses, accs, w = np.stack(losses), np.stack(accs), np.stack(weights)
         w = w.reshape(w.shape + (1,) * (losses.ndim - w.ndim))  # a stack's members
         w = w / w.sum(axis=0)
@@ -196,15 +192,14 @@ def train_group(
     steps = max(n // bs, 1)
     for epoch in range(start, epochs):
         number = first_epoch + epoch + 1
-        order = np.random.default_rng(cfg.seed + number - 1).permutation(n)
         times = []
-        bar = tqdm(range(steps), desc=f"{label}: epoch {number}", leave=False, unit="step",
-                   disable=not trainer.show, file=sys.stderr)  # fmt: skip
-        for i in bar:
-            idx = order[i * bs : (i + 1) * bs]
+        batches = data.train_batches(cfg.seed + number - 1, bs, n)
+        bar = tqdm(batches, desc=f"{label}: epoch {number}", leave=False, unit="step",
+                   total=steps, disable=not trainer.show, file=sys.stderr)  # fmt: skip
+        for i, (x, y) in enumerate(bar):
             t = time.perf_counter()
             params, opt_state, loss, _ = step(
-                params, opt_state, place.batch(data.x_train[idx]), place.batch(data.y_train[idx]),
+                params, opt_state, place.batch(x), place.batch(y),
                 _fresh_noise(mult, stacked, number * steps + i),
             )  # fmt: skip
             jax.block_until_ready(loss)
@@ -347,7 +342,7 @@ def run_sweep(
     """
     validate(cfg)
     sizes = parse_mesh(cfg.mesh, jax.device_count(), cfg.batch_size)
-    data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed, cfg.data_file)
+    data = datasets.load(cfg.dataset, cfg.data_dir, cfg.seed, cfg.data_file, cfg.image_size)
     model = networks.build(cfg.model, data.num_classes, cfg.time_steps, data)
     loaded = _load_multipliers(cfg)
     groups = _groups(loaded)
@@ -356,7 +351,7 @@ def run_sweep(
     trainer = Trainer(cfg, model, data, placement, bool(show))
     for members in groups.values():
         trainer.check_policy(members[0])
-    params0 = model.init(jax.random.key(cfg.seed), data.x_train[:2])
+    params0 = model.init(jax.random.key(cfg.seed), data.sample(2)[0])
     if cfg.init_params is not None:
         params0 = load_params(cfg.init_params, params0)
     # Parameters trained elsewhere are evaluated (inference) or fine-tuned as
@@ -384,7 +379,7 @@ def run_sweep(
     synthetic = bool(getattr(data, "synthetic", False))
     log(
         f"sweep: {cfg.model} on {data.name}{' (synthetic)' if synthetic else ''} "
-        f"({trainer.n_train} of {len(data.x_train)} train, {len(data.x_test)} test), mode "
+        f"({trainer.n_train} of {data.train_size} train, {data.test_size} test), mode "
         f"{cfg.mode}, {len(loaded)} multiplier(s) in {len(groups)} vmapped group(s); "
         f"{placement.describe()}" + (f"; {data.note}" if getattr(data, "note", "") else "")
     )
