@@ -192,3 +192,56 @@ def test_stochastic_membrane_sums_are_refused():
     )
     with ax.using(arith), pytest.raises(NotImplementedError, match="stochastic accumulator"):
         snn.LIF().apply({}, jnp.zeros(3), jnp.ones(3))
+
+
+def test_approximate_runs_a_spyx_model():
+    """approximate(fn) on a model written with Spyx (flax.nnx LIF layers run by
+    spyx.nn.run's lax.scan): its synaptic products go through the multiplier,
+    forward and backward, matching the same network written out by hand with
+    approxjax.dot_general."""
+    spyx = pytest.importorskip("spyx")  # the optional extra approxjax[spyx]
+    from flax import nnx
+
+    rngs = nnx.Rngs(0)
+    model = spyx.nn.Sequential(
+        nnx.Linear(12, 10, rngs=rngs), spyx.nn.LIF((10,), beta=0.8, rngs=rngs),
+        nnx.Linear(10, 4, rngs=rngs), spyx.nn.LIF((4,), beta=0.7, rngs=rngs),
+    )  # fmt: skip
+    graphdef, state = nnx.split(model)
+    x = jax.random.uniform(jax.random.key(1), (6, 5, 12), minval=0.2, maxval=1.5)  # T, B, in
+
+    def forward(state, x):
+        outputs, _ = spyx.nn.run(nnx.merge(graphdef, state), x)
+        return outputs.mean(0)  # spike rates (B, 4)
+
+    mult = ax.mitchell(3)
+    records = []
+    got = jax.jit(ax.approximate(forward, mult, report=records))(state, x)
+    assert len(records) >= 2  # both Linear layers' dot_generals, inside the scan
+
+    def by_hand(x):
+        dims = (((1,), (0,)), ((), ()))
+        v1, v2, rates = jnp.zeros((5, 10)), jnp.zeros((5, 4)), []
+        for t in range(x.shape[0]):
+            lin1, lif1, lin2, lif2 = model.layers
+            h = ax.dot_general(x[t], lin1.kernel[...], dims, multiplier=mult) + lin1.bias[...]
+            s1 = lif1.spike(v1 - 1.0)
+            v1 = 0.8 * v1 + h - s1
+            h = ax.dot_general(s1, lin2.kernel[...], dims, multiplier=mult) + lin2.bias[...]
+            s2 = lif2.spike(v2 - 1.0)
+            v2 = 0.7 * v2 + h - s2
+            rates.append(s2)
+        return jnp.stack(rates).mean(0)
+
+    np.testing.assert_allclose(got, jax.jit(by_hand)(x), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(got, jax.jit(forward)(state, x))  # float32 spikes differ
+    # Surrogate gradients flow through the approximate products: a few steps train.
+    target = jnp.asarray([[1.0, 0.0, 1.0, 0.0]] * 5)
+    loss = lambda s: jnp.mean((ax.approximate(forward, mult)(s, x) - target) ** 2)  # noqa: E731
+    step = jax.jit(jax.value_and_grad(loss))
+    first, grads = step(state)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+    for _ in range(20):
+        value, grads = step(state)
+        state = jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, state, grads)
+    assert float(value) < float(first)
