@@ -14,7 +14,8 @@ The public API is what this module exports (``__all__``) and the namespaces
 model), :mod:`approxjax.training` (training steps), :mod:`approxjax.networks`
 (the model zoo), :mod:`approxjax.snn` (spiking networks),
 :mod:`approxjax.translation` (sentence pairs, the encoder-decoder, decoding,
-BLEU) and :mod:`approxjax.datasets`; everything under
+BLEU), :mod:`approxjax.detection` (COCO data, the detector, NMS, mAP) and
+:mod:`approxjax.datasets`; everything under
 ``approxjax._src`` is private.
 """
 

@@ -48,6 +48,7 @@ SLOW = {
     "test_init_params_are_evaluated_and_fine_tuned",
     "test_runner_trains_the_spiking_cnn",
     "test_runner_translator_sweep",
+    "test_runner_detector_sweep",
     "test_runner_trains_a_resnet_on_an_image_folder",
     "test_sweep_end_to_end_and_resume",
     "test_new_run_refuses_a_folder_with_another_run",

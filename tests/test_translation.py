@@ -249,7 +249,8 @@ def test_runner_translator_sweep(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["runs"]["mitchell5"]["test_bleu"] == results["runs"]["mitchell5"]["test_bleu"]
     head, row = (tmp_path / "out" / "results.csv").read_text().splitlines()[:2]
-    assert head.endswith("test_bleu,synthetic_data") and row.endswith("True")
+    assert "test_bleu" in head.split(",") and head.endswith("synthetic_data")
+    assert row.endswith("True")
 
 
 def test_runner_reads_a_pair_file_and_checks_its_settings(tmp_path):

@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="cnn",
         help="mlp, cnn, lenet5, resnet8/20 (CIFAR-style), resnet18/34/50/101 (ImageNet-style), "
-        "vit_tiny, transformer, scnn (spiking CNN), translator (encoder-decoder)",
+        "vit_tiny, transformer, scnn (spiking CNN), translator (encoder-decoder), detector "
+        "(YOLO-style)",
     )
     sweep.add_argument(
         "--time-steps", type=int, default=8, help="time steps of a spiking model (scnn)"
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         default="digits",
         help="digits, mnist, fashion_mnist, cifar10, text, pairs (sentence pairs: translator), "
-        "imagefolder (one folder per class in --data-dir, streamed with augmentation)",
+        "imagefolder (one folder per class in --data-dir, streamed with augmentation), coco "
+        "(COCO-format detection data in --data-dir, default: synthetic shapes; detector)",
     )
     sweep.add_argument("--data-dir", help="dataset folder (mnist, fashion_mnist, cifar10)")
     sweep.add_argument(
@@ -244,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--image-size",
         type=int,
-        default=224,
-        help="imagefolder: the side of the square crops the model sees",
+        default=None,
+        help="the side of the square images the model sees: imagefolder (default 224), coco "
+        "(64; its synthetic shapes 32)",
     )
     sweep.add_argument(
         "--beam",

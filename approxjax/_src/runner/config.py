@@ -64,7 +64,7 @@ class SweepConfig:
     data_dir: str | None = None
     data_file: str | None = None  # text: the text file; pairs: the tab-separated pairs
     beam: int = 1  # a translator's decoding for BLEU: 1 greedy, K > 1 beam search
-    image_size: int = 224  # imagefolder: the side of the (square) crops
+    image_size: int | None = None  # imagefolder (224) / coco (64; synthetic 32): image side
     init_params: str | None = None  # .npz or orbax checkpoint of float32 parameters
     train_limit: int | None = None
     out_dir: str = "approxjax-results"
@@ -109,12 +109,13 @@ def validate(cfg: SweepConfig) -> None:
     _positive_int("--batch-size", cfg.batch_size)
     _positive_int("--time-steps", cfg.time_steps)
     _positive_int("--beam", cfg.beam)
-    _positive_int("--image-size", cfg.image_size)
-    if (cfg.model == "translator") != (cfg.dataset == "pairs"):
-        raise ConfigError(
-            f"--model translator goes with --dataset pairs (and pairs with translator); got "
-            f"--model {cfg.model} --dataset {cfg.dataset}"
-        )
+    _positive_int("--image-size", cfg.image_size, allow_none=True)
+    for model, dataset in (("translator", "pairs"), ("detector", "coco")):
+        if (cfg.model == model) != (cfg.dataset == dataset):
+            raise ConfigError(
+                f"--model {model} goes with --dataset {dataset} (and {dataset} with {model}); "
+                f"got --model {cfg.model} --dataset {cfg.dataset}"
+            )
     _positive_int("--train-limit", cfg.train_limit, allow_none=True)
     if cfg.mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {cfg.mode!r}")

@@ -12,6 +12,8 @@
   synthetic task (:mod:`approxjax._src.runner.translation`).
 * ``imagefolder``: one folder per class of JPEG/PNG images, streamed with
   augmentation (:mod:`approxjax._src.runner.image_folders`).
+* ``coco``: COCO-format detection data, or synthetic shapes
+  (:mod:`approxjax._src.runner.detection`).
 
 Images come as float32 NHWC in [0, 1], labels as int32.
 """
@@ -214,7 +216,7 @@ def load_text(path: str | Path | None = None, context: int = 64, seed: int = 0) 
     return Dataset(f"text:{path.name}", x[:cut], y[:cut], x[cut:], y[cut:], len(chars))
 
 
-DATASETS = "cifar10, digits, fashion_mnist, imagefolder, mnist, pairs, text"
+DATASETS = "cifar10, coco, digits, fashion_mnist, imagefolder, mnist, pairs, text"
 
 
 def load(
@@ -222,11 +224,12 @@ def load(
     data_dir: str | None = None,
     seed: int = 0,
     data_file: str | None = None,
-    image_size: int = 224,
+    image_size: int | None = None,
 ) -> Dataset:
     """A dataset by name (``DATASETS``); ``text`` and ``pairs`` read
     ``data_file`` (text: also ``data_dir``, as before), the others
-    ``data_dir``; ``imagefolder`` streams its images at ``image_size``."""
+    ``data_dir``; ``imagefolder`` streams its images at ``image_size`` (224
+    by default), ``coco`` resizes them (64; its synthetic default: 32)."""
     if name == "digits":
         return load_digits(seed)
     if name in ("mnist", "fashion_mnist"):
@@ -238,7 +241,11 @@ def load(
     if name == "imagefolder":
         from approxjax._src.runner.image_folders import load_image_folder
 
-        return load_image_folder(data_dir, image_size, seed)
+        return load_image_folder(data_dir, image_size or 224, seed)
+    if name == "coco":
+        from approxjax._src.runner.detection import load_detection
+
+        return load_detection(data_dir, image_size, seed)
     if name == "pairs":
         from approxjax._src.runner.translation import load_pairs
 

@@ -211,7 +211,7 @@ IMAGENET_RESNETS = {
     "resnet101": ((3, 4, 23, 3), True),
 }
 MODELS = "mlp, cnn, lenet5, resnet8, resnet20, resnet18, resnet34, resnet50, resnet101, "
-MODELS += "vit_tiny, transformer, scnn, translator"
+MODELS += "vit_tiny, transformer, scnn, translator, detector"
 
 
 def build(name: str, num_classes: int, time_steps: int = 8, data=None) -> nn.Module:
@@ -219,6 +219,10 @@ def build(name: str, num_classes: int, time_steps: int = 8, data=None) -> nn.Mod
     resnet18/34/50/101 ImageNet-style; scnn a spiking CNN over
     ``time_steps``; translator an encoder-decoder transformer sized for
     ``data`` (sentence pairs: :mod:`approxjax._src.runner.translation`)."""
+    if name == "detector":
+        from approxjax._src.runner.detection import Detector
+
+        return Detector(num_classes)
     if name == "translator":
         from approxjax._src.runner.translation import TranslationData, Translator
 

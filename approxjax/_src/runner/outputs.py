@@ -15,6 +15,12 @@ import numpy as np
 from approxjax._src.atomic import write_text_atomically
 
 SCHEMA = "approxjax-results/2"
+# A task's test metrics beyond accuracy and loss: key -> (column, label, decimals).
+TASK_METRICS = {
+    "bleu": ("BLEU", "BLEU (sacrebleu)", 2),
+    "map50": ("mAP@.5", "mAP@0.5 (pycocotools)", 4),
+    "map": ("mAP", "mAP@[.5:.95] (pycocotools)", 4),
+}
 
 
 def versions() -> dict[str, str]:
@@ -50,9 +56,10 @@ def run_summary(history: dict[str, list], member: int, group: str, **extra) -> d
         "loss_curve": loss,
         "step_seconds": float(np.median(secs)) if secs else None,
     }
-    if "bleu" in history:  # a translation model's test BLEU (its accuracy is per token)
-        run["bleu_curve"] = [b[member] for b in history["bleu"]]
-        run["test_bleu"] = run["bleu_curve"][-1]
+    for key in TASK_METRICS:  # a translator's BLEU, a detector's mAP
+        if key in history:
+            run[f"{key}_curve"] = [v[member] for v in history[key]]
+            run[f"test_{key}"] = run[f"{key}_curve"][-1]
     return run | extra
 
 
@@ -81,8 +88,8 @@ def format_results(results: dict[str, Any]) -> str:
     head = f"{'multiplier':<{width}} "
     head += f"{'before':>8} {'after':>8}" if finetune else f"{'test acc':>9}"
     head += f" {'vs f32':>8} {'test loss':>10} {'ms/step*':>9}"
-    bleu = any("test_bleu" in r for r in results["runs"].values())
-    head += f" {'BLEU':>7}" if bleu else ""
+    extra = [k for k in TASK_METRICS if any(f"test_{k}" in r for r in results["runs"].values())]
+    head += "".join(f" {TASK_METRICS[k][0]:>7}" for k in extra)
     lines = [head, "-" * len(head)]
     for name, r in results["runs"].items():
         ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
@@ -95,7 +102,8 @@ def format_results(results: dict[str, Any]) -> str:
         else:
             row += f"{r['test_accuracy']:>9.4f}"
         row += f" {change:>8} {r['test_loss']:>10.4f} {ms:>9}"
-        row += f" {r.get('test_bleu', float('nan')):>7.2f}" if bleu else ""
+        row += "".join(f" {r.get(f'test_{k}', float('nan')):>7.{TASK_METRICS[k][2]}f}"
+                       for k in extra)  # fmt: skip
         lines.append(row)
     epochs = results["config"]["epochs"]
     notes = []
@@ -115,11 +123,16 @@ def format_results(results: dict[str, Any]) -> str:
         notes.append("every model is the --init-params one, evaluated as named")
     elif mode == "inference":
         notes.append(f"every model is the float32 one after {epochs} epoch(s), evaluated as named")
-    if bleu:
+    if "bleu" in extra:
         decoding = "greedy" if results["config"].get("beam", 1) == 1 else "beam search"
         notes.append(
             f"test acc is per target token (teacher-forced); BLEU (sacrebleu) of the test set "
             f"decoded by {decoding}"
+        )
+    if "map" in extra:
+        notes.append(
+            "test acc is the class accuracy at the cells holding a box; mAP@.5 and "
+            "mAP@[.5:.95] by pycocotools' COCOeval after non-maximum suppression"
         )
     if results.get("data", {}).get("synthetic"):
         notes.append(f"data: {results['data'].get('name', 'the default')}, SYNTHETIC (generated)")
@@ -141,8 +154,8 @@ def write_outputs(results: dict[str, Any], out: Path, costs: list[str] | None = 
     c = results["config"]
     w.writerow(
         ["multiplier", "group", "test_accuracy", "before_accuracy", "accuracy_change",
-         "test_loss", "step_seconds", "model", "dataset", "mode", "epochs", "seed", "test_bleu",
-         "synthetic_data"]
+         "test_loss", "step_seconds", "model", "dataset", "mode", "epochs", "seed",
+         *(f"test_{k}" for k in TASK_METRICS), "synthetic_data"]
     )  # fmt: skip
     base = results["runs"].get("float32", {}).get("test_accuracy")
     for name, r in results["runs"].items():
@@ -150,7 +163,8 @@ def write_outputs(results: dict[str, Any], out: Path, costs: list[str] | None = 
             [name, r.get("group"), r["test_accuracy"], r.get("before_accuracy"),
              None if base is None else r["test_accuracy"] - base, r["test_loss"],
              r.get("step_seconds"), c["model"], c["dataset"], c["mode"], c["epochs"], c["seed"],
-             r.get("test_bleu"), bool(results.get("data", {}).get("synthetic"))]
+             *(r.get(f"test_{k}") for k in TASK_METRICS),
+             bool(results.get("data", {}).get("synthetic"))]
         )  # fmt: skip
     written.append(write_text_atomically(out / "results.csv", buf.getvalue()))
     written.append(plot_curves(results, out / "curves.png"))
@@ -236,8 +250,9 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     runs = results["runs"]
     c = results["config"]
     panels = [("accuracy_curve", "test accuracy"), ("loss_curve", "test loss (cross-entropy)")]
-    if all("bleu_curve" in r for r in runs.values()):
-        panels.append(("bleu_curve", "test BLEU (sacrebleu)"))
+    for key, (_, label, _) in TASK_METRICS.items():
+        if all(f"{key}_curve" in r for r in runs.values()):
+            panels.append((f"{key}_curve", f"test {label}"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     title = f"{c['model']} on {c['dataset']} ({c['mode']})"
     if results.get("data", {}).get("synthetic"):
@@ -269,8 +284,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
         axes[0].set_title(f"{title}: test accuracy")
         axes[1].set_title("test loss")
         axes[0].legend(fontsize=8)
-    if len(panels) == 3:
-        axes[2].set_title("test BLEU")
+    for ax, (_, label) in zip(axes[2:], panels[2:], strict=True):
+        ax.set_title(f"test {label}")
     return _save(plt, fig, path)
 
 

@@ -47,12 +47,7 @@ from approxjax._src.runner.steps import (
     make_train_step,
     under,
 )
-from approxjax._src.runner.translation import (
-    TranslationData,
-    bleu,
-    make_decoder,
-    sequence_loss,
-)
+from approxjax._src.runner.tasks import Task, task_for
 
 Arith = Multiplier | Arithmetic | Quantized
 
@@ -83,14 +78,13 @@ class Trainer:
         # First/last-layer rules need the whole model: through approximate().
         route = "approximate" if cfg.first_exact or cfg.last_exact else "using"
         policy = lambda mult: make_policy(cfg, mult)  # noqa: E731
-        translation = isinstance(data, TranslationData)
-        loss = sequence_loss if translation else classification_loss
+        self.task: Task | None = task_for(data, model, cfg, under(route, policy))
+        loss = self.task.loss if self.task else classification_loss
         self._step = make_train_step(
             model.apply, self.optimizer, loss=loss, policy=policy, route=route
         )
         self._eval = make_eval_step(model.apply, loss=loss, policy=policy, route=route)
-        self._decode = make_decoder(model, cfg.beam, under(route, policy)) if translation else None
-        self._decoders: dict[bool, Callable] = {}
+        self._predictors: dict[bool, Callable] = {}
         self.n_train = (
             data.train_size if cfg.train_limit is None else min(cfg.train_limit, data.train_size)
         )
@@ -110,7 +104,7 @@ class Trainer:
         jax.eval_shape(self._eval, params, x, y, mult)
 
     def evaluate(self, ev, params, mult, label: str) -> dict[str, np.ndarray]:
-        """Test loss and accuracy (and BLEU of a translation model), one
+        """Test loss and accuracy (and a task's metrics: BLEU, mAP), one
         value per member of a stack: batches weighed by their examples (or
         by the ``count`` a loss reports: target tokens)."""
         bs = max(self.cfg.batch_size, 256)
@@ -127,29 +121,29 @@ class Trainer:
         w = w.reshape(w.shape + (1,) * (losses.ndim - w.ndim))  # a stack's members
         w = w / w.sum(axis=0)
         scores = {"loss": np.sum(w * losses, axis=0), "accuracy": np.sum(w * accs, axis=0)}
-        if self._decode is not None:
-            scores["bleu"] = self.bleu(params, mult, label)
+        if self.task is not None:
+            scores |= self.task_scores(params, mult, label)
         return scores
 
-    def bleu(self, params, mult, label: str) -> np.ndarray:
-        """Corpus BLEU of the decoded test set, one value per stack member."""
-        data = self.data
+    def task_scores(self, params, mult, label: str) -> dict[str, np.ndarray]:
+        """The task's own test metrics (BLEU, mAP), one value per stack
+        member, from its predictions on the test set in batches."""
+        task = self.task
         stacked = mult is not None and bool(mult.batch_shape)
-        if stacked not in self._decoders:
-            axes = (0, None, 0) if stacked else (None, None, None)
-            fn = jax.vmap(self._decode, in_axes=axes) if stacked else self._decode
-            self._decoders[stacked] = jax.jit(fn)
-        decode = self._decoders[stacked]
-        source = data.x_test[:, : data.source_len]
+        if stacked not in self._predictors:
+            fn = jax.vmap(task.predict, in_axes=(0, None, 0)) if stacked else task.predict
+            self._predictors[stacked] = jax.jit(fn)
+        predict = self._predictors[stacked]
+        inputs = task.inputs(self.data)
         bs = max(self.cfg.batch_size, 256)
         outs = []
-        for i in tqdm(range(0, len(source), bs), desc=f"{label}: decode", leave=False,
+        for i in tqdm(range(0, len(inputs), bs), desc=f"{label}: {task.verb}", leave=False,
                       disable=not self.show, file=sys.stderr, unit="batch"):  # fmt: skip
-            ids = decode(params, self.placement.batch(source[i : i + bs]), mult)
-            outs.append(np.asarray(ids).reshape(-1, *np.shape(ids)[-2:]))
+            out = np.asarray(predict(params, self.placement.batch(inputs[i : i + bs]), mult))
+            outs.append(out if stacked else out[None])
         members = np.concatenate(outs, axis=1)
-        vocab = data.target_vocab
-        return np.array([bleu([vocab.decode(r) for r in m], data.test_references) for m in members])
+        scores = [task.score(self.data, m) for m in members]
+        return {key: np.array([s[key] for s in scores]) for key in scores[0]}
 
 
 def train_group(
@@ -461,8 +455,9 @@ def _single(epoch: int, scores: dict[str, np.ndarray]) -> dict:
 def _scores_text(scores: dict[str, np.ndarray]) -> str:
     """``accuracy 0.9417`` (and ``, BLEU 31.20``), each member's value."""
     text = "accuracy " + ", ".join(f"{a:.4f}" for a in np.atleast_1d(scores["accuracy"]))
-    if "bleu" in scores:
-        text += "; BLEU " + ", ".join(f"{b:.2f}" for b in np.atleast_1d(scores["bleu"]))
+    for key, (name, _, digits) in outputs.TASK_METRICS.items():
+        if key in scores:
+            text += f"; {name} " + ", ".join(f"{v:.{digits}f}" for v in np.atleast_1d(scores[key]))
     return text
 
 
