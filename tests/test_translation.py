@@ -275,3 +275,19 @@ def test_runner_reads_a_pair_file_and_checks_its_settings(tmp_path):
             SweepConfig(model="translator", dataset="pairs", data_file=str(tmp_path), out_dir=""),
             log=lambda _: None,
         )
+
+
+@pytest.mark.parametrize("mode", ["train", "inference", "finetune"])
+def test_results_table_shows_bleu_in_every_mode(mode):
+    from approxjax._src.runner.outputs import format_results
+
+    run = {"test_accuracy": 0.5, "test_loss": 1.0, "step_seconds": None, "test_bleu": 12.345,
+           "before_accuracy": 0.4}  # fmt: skip
+    results = {
+        "config": {"mode": mode, "epochs": 1, "finetune_epochs": 1, "init_params": None, "beam": 3},
+        "runs": {"float32": run, "mitchell5": {**run, "test_bleu": 10.0}},
+        "data": {"name": "synthetic-pairs", "synthetic": True},
+    }
+    table = format_results(results)
+    assert "BLEU" in table.splitlines()[0] and "12.35" in table and "10.00" in table
+    assert "decoded by beam search" in table and "SYNTHETIC" in table

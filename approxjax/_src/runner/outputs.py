@@ -88,8 +88,8 @@ def format_results(results: dict[str, Any]) -> str:
     head = f"{'multiplier':<{width}} "
     head += f"{'before':>8} {'after':>8}" if finetune else f"{'test acc':>9}"
     head += f" {'vs f32':>8} {'test loss':>10} {'ms/step*':>9}"
-    extra = [k for k in TASK_METRICS if any(f"test_{k}" in r for r in results["runs"].values())]
-    head += "".join(f" {TASK_METRICS[k][0]:>7}" for k in extra)
+    tasks = [k for k in TASK_METRICS if any(f"test_{k}" in r for r in results["runs"].values())]
+    head += "".join(f" {TASK_METRICS[k][0]:>7}" for k in tasks)
     lines = [head, "-" * len(head)]
     for name, r in results["runs"].items():
         ms = f"{1e3 * r['step_seconds']:.1f}" if r.get("step_seconds") else "-"
@@ -103,7 +103,7 @@ def format_results(results: dict[str, Any]) -> str:
             row += f"{r['test_accuracy']:>9.4f}"
         row += f" {change:>8} {r['test_loss']:>10.4f} {ms:>9}"
         row += "".join(f" {r.get(f'test_{k}', float('nan')):>7.{TASK_METRICS[k][2]}f}"
-                       for k in extra)  # fmt: skip
+                       for k in tasks)  # fmt: skip
         lines.append(row)
     epochs = results["config"]["epochs"]
     notes = []
@@ -123,13 +123,13 @@ def format_results(results: dict[str, Any]) -> str:
         notes.append("every model is the --init-params one, evaluated as named")
     elif mode == "inference":
         notes.append(f"every model is the float32 one after {epochs} epoch(s), evaluated as named")
-    if "bleu" in extra:
+    if "bleu" in tasks:
         decoding = "greedy" if results["config"].get("beam", 1) == 1 else "beam search"
         notes.append(
             f"test acc is per target token (teacher-forced); BLEU (sacrebleu) of the test set "
             f"decoded by {decoding}"
         )
-    if "map" in extra:
+    if "map" in tasks:
         notes.append(
             "test acc is the class accuracy at the cells holding a box; mAP@.5 and "
             "mAP@[.5:.95] by pycocotools' COCOeval after non-maximum suppression"
