@@ -196,12 +196,11 @@ class Vocabulary:
 class TranslationData(Dataset):
     """Sentence pairs packed for the runner (module docstring), with what
     decoding and BLEU need: both vocabularies, the source length, and the
-    test set's sources and reference sentences."""
+    test set's reference sentences."""
 
     source_vocab: Vocabulary | None = None
     target_vocab: Vocabulary | None = None
     source_len: int = 0
-    test_sources: list[str] = dataclasses.field(default_factory=list)
     test_references: list[str] = dataclasses.field(default_factory=list)
     synthetic: bool = False
     note: str = ""
@@ -253,7 +252,7 @@ def load_pairs(
     return TranslationData(
         name, x_train, y_train, x_test, y_test, len(tgt_vocab),
         source_vocab=src_vocab, target_vocab=tgt_vocab, source_len=s_len,
-        test_sources=[pairs[i][0] for i in test], test_references=[pairs[i][1] for i in test],
+        test_references=[pairs[i][1] for i in test],
         synthetic=synthetic, note=note,
     )  # fmt: skip
 
