@@ -11,6 +11,11 @@ Usage: python benchmarks/bench_integer.py [--record] [--repeats N] [--size N]
    size^3.
 3. Wider tables: 10 x 10 and 12 x 12 bits (int32 entries; 12 bits: a 64 MiB
    table) at 256 x 128 x 256 and 1024 x 128 x 1024 (K bounded by the int32 sums).
+4. 16 x 16-bit function models (from_c with bits=16: one call of the compiled
+   C model per product, sums in int64, float32 results) at 256 x 128 x 256:
+   the exact product (the cost of the call itself) and a bit-level
+   truncated array multiplier (256 partial-product bits per call, as
+   gate-level EvoApproxLib models compute).
 All timed in the same run, alternately (bench_gemm.time_pair).
 """
 
@@ -37,6 +42,21 @@ def _codes(rng, mult, operand, shape):
     wide = mult.bits[operand] > 8
     dtype = [[np.uint8, np.int8], [np.uint16, np.int16]][wide][mult.signed[operand]]
     return jnp.asarray(rng.integers(lo, hi + 1, shape).astype(dtype))
+
+
+WIDE_MODELS = """
+#include <stdint.h>
+int64_t mul16s_exact(int16_t a, int16_t b) { return (int64_t)a * b; }
+/* A 16 x 16 array multiplier without the partial-product bits of weight
+   below 2**8, bit by bit. */
+uint32_t mul16u_array_k8(uint16_t a, uint16_t b) {
+  uint32_t sum = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j)
+      if (i + j >= 8) sum += (uint32_t)(((a >> i) & (b >> j) & 1u)) << (i + j);
+  return sum;
+}
+"""
 
 
 def _call(fn, *args):
@@ -102,6 +122,23 @@ def main(argv=None) -> int:
         label = f"{m}x{k}x{nn}"
         wide_rows.append([mult.name, label, f"{lut:.1f}", f"{f32:.2f}", "", f"{lut / f32:.1f}", ""])
         print(f"{mult.name:<22} {label:<14} {lut:>8.1f} {f32:>8.2f} {lut / f32:>8.1f}", flush=True)
+    print("\n16-bit function models (ms)", flush=True)
+    fn_rows = []
+    m, k, nn = 256, 128, 256
+    ga = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+    gb = jnp.asarray(rng.standard_normal((k, nn)), jnp.float32)
+    for function in ("mul16s_exact", "mul16u_array_k8"):
+        mult = ax.from_c(WIDE_MODELS, function, bits=16, signed=function.startswith("mul16s"))
+        a, b = _codes(rng, mult, 0, (m, k)), _codes(rng, mult, 1, (k, nn))
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(
+            a, b, DN, multiplier=mult, preferred_element_type=jnp.float32))  # fmt: skip
+        t, f32 = time_pair(_call(fn, a, b), _call(dot, ga, gb), 3)
+        ns = t * 1e6 / (m * k * nn)
+        label = f"{m}x{k}x{nn}"
+        fn_rows.append([mult.name, label, f"{t:.1f}", f"{f32:.2f}", f"{t / f32:.0f}",
+                        f"{ns:.2f}"])  # fmt: skip
+        print(f"{mult.name:<22} {label:<14} {t:>8.1f} {f32:>8.2f} {t / f32:>8.0f} "
+              f"({ns:.2f} ns per product)", flush=True)  # fmt: skip
     if args.record:
         record(
             "bench_integer.py",
@@ -112,6 +149,14 @@ def main(argv=None) -> int:
              "lut/int8"],
             rows + [stack_row] + wide_rows,
         )  # fmt: skip
+        record(
+            "bench_integer.py (function models)",
+            "16 x 16-bit integer function models (from_c with bits=16): one call of the "
+            "compiled C model per product, int64 sums rounded to float32, against jnp.dot of "
+            "float32 operands of the same shape, timed alternately.",
+            ["model", "shape", "ms", "f32 dot ms", "ratio", "ns per product"],
+            fn_rows,
+        )
     return 0
 
 

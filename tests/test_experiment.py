@@ -210,7 +210,7 @@ def test_new_run_refuses_a_folder_with_another_run(tmp_path):
         (("--method", "native"), "--method native: method='native': mitchell5 has no exact"),
         (("--method", "fast", "--surrogate-rank", "0"), "--surrogate-rank must be an integer"),
         (("--multipliers", "lowblock5+acc=bf16", "--method", "native"), "cannot simulate product"),
-        (("--quantize", "int13"), "--quantize must be int<bits> or uint<bits>"),
+        (("--quantize", "int17"), "--quantize must be int<bits> or uint<bits>"),
         (("--quantize", "int8", "--multipliers", "mitchell4s"), "but --quantize is int8"),
         (("--multipliers", "mitchell8s+fast"), "unknown option 'fast' for an integer"),
         (("--multipliers", "mitchell8s+grad=sign"), "gradient must be one of"),
@@ -444,6 +444,29 @@ def test_quantized_sweep_stacks_and_matches_single_runs(tmp_path):
     proc = _cli("report", str(tmp_path / "out" / "results.json"), "--cost", "area_um2",
                 cwd=tmp_path, check=False)  # fmt: skip
     assert proc.returncode == 1 and "these have: power_mW" in proc.stderr
+
+
+def test_sweep_of_sixteen_bit_function_models(tmp_path):
+    """--quantize int16: the exact baseline and a C model as function models,
+    each alone in its group; both exact, so the same loss."""
+    model = tmp_path / "mul16.c"
+    model.write_text("#include <stdint.h>\nint64_t m16(int16_t a, int16_t b) { return a * b; }")
+    cfg = experiment_config.SweepConfig(
+        model="mlp",
+        quantize="int16",
+        multipliers=[f"{model}@m16:s16"],
+        epochs=1,
+        train_limit=128,
+        mode="inference",
+        out_dir=str(tmp_path / "out"),
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    assert list(res["runs"]) == ["float32", "exact16s/ste", "m16/ste"]
+    assert res["runs"]["m16/ste"]["group"] != res["runs"]["exact16s/ste"]["group"]
+    assert res["runs"]["m16/ste"]["test_loss"] == res["runs"]["exact16s/ste"]["test_loss"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    record = {m["name"]: m for m in saved["multipliers"]}
+    assert record["m16/ste"]["runs_as"] == "integer function model"
 
 
 def test_pareto_front_against_brute_force():

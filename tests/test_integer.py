@@ -119,8 +119,10 @@ def test_catalog_by_name():
 def test_catalog_bad_parameters():
     with pytest.raises(ValueError, match="operand widths must be 2 to 16"):
         ax.integer.exact(1)
+    with pytest.raises(ValueError, match="the catalog tabulates drum up to 12 bits"):
+        ax.integer.drum(13)
     with pytest.raises(ValueError, match="integer tables hold operands of up to 12"):
-        ax.integer.exact(13)
+        ax.IntegerMultiplier(np.zeros((1 << 13, 4), np.int32), bits=(13, 2))
     with pytest.raises(ValueError, match=r"vbl must be in \[0, 16\]"):
         ax.integer.broken_array(8, 0, 17)
     with pytest.raises(TypeError, match="k must be an int"):
@@ -215,8 +217,8 @@ def test_from_c_integer_errors():
         ax.from_c("int f(int a, int b) { return a * b; }", "f", 4, bits=8)
     with pytest.raises(TypeError, match="exactly one"):
         ax.from_c("int f(int a, int b) { return a * b; }", "f")
-    with pytest.raises(ValueError, match="function model inside the kernel"):
-        ax.from_c("int f(int a, int b) { return a * b; }", "f", bits=16)
+    with pytest.raises(ValueError, match=r"2 to 16 bits; got bits=17"):
+        ax.from_c("int f(int a, int b) { return a * b; }", "f", bits=17)
     with pytest.raises(ValueError, match="does not fit int32"):
         ax.from_c("long long f(long long a, long long b) { return a * b << 20; }", "f", bits=8)
     with pytest.raises(ax.CModelError, match=r"crashed .* at entry \[3, 0\] \(f\(3, 0\)\)"):
@@ -424,3 +426,139 @@ def test_characterize_cli_takes_integer_multipliers(tmp_path, capsys):
     assert png.stat().st_size > 10_000 and (tmp_path / "errors_integer.png").stat().st_size > 10_000
     with pytest.raises(TypeError, match="not both in one figure"):
         ax.plot_errors([ax.mitchell(3), ax.integer.get("mitchell4s")])
+
+
+# --- function models (operands over 12 bits) ----------------------------------
+
+WIDE = """
+#include <stdint.h>
+// PDK45_PWR = 2.5 mW
+/* a 16 x 16 multiplier that drops the 6 low product bits (floor) */
+int64_t mul16s_floor6(int16_t a, int16_t b) { return ((int64_t)a * b) >> 6 << 6; }
+/* 16 x 8 unsigned: the exact product minus its 3 low bits, ORed with 1 */
+uint32_t mul16x8u_or1(uint16_t a, uint8_t b) { return (((uint32_t)a * b) & ~7u) | 1u; }
+"""
+
+
+def floor6(a, b):
+    return (a.astype(np.int64) * b.astype(np.int64)) >> 6 << 6
+
+
+def or1(a, b):
+    return ((a.astype(np.int64) * b.astype(np.int64)) & ~7) | 1
+
+
+@pytest.fixture(scope="module")
+def wide():
+    return (
+        ax.from_c(WIDE, "mul16s_floor6", bits=16, signed=True),
+        ax.from_c(WIDE, "mul16x8u_or1", bits=(16, 8), signed=False),
+    )
+
+
+def test_function_model_gemm_matches_numpy(wide):
+    s16, u16x8 = wide
+    assert repr(s16).endswith("ss, function model)") and s16.cost == {"power_mW": 2.5}
+    assert s16.batch_shape == () and not jax.tree_util.tree_leaves(s16)
+    rng = np.random.default_rng(3)
+    # full-range codes: sums beyond int32, asked for as float32 (each exact sum rounded once)
+    a, b = codes(rng, s16, 0, (2, 5, 9)), codes(rng, s16, 1, (2, 9, 4))
+    a[0] = rng.integers(16384, 32768, (5, 9))  # sums of large products: beyond int32
+    b[0] = rng.integers(16384, 32768, (9, 4))
+    dn = (((2,), (1,)), ((0,), (0,)))
+    want = (floor6(a[:, :, :, None], b[:, None, :, :])).sum(2)
+    got = jax.jit(
+        lambda a, b: ax.dot_general(a, b, dn, multiplier=s16, preferred_element_type=jnp.float32)
+    )(a, b)
+    assert got.dtype == jnp.float32 and (np.abs(want) > 2**31).any()
+    np.testing.assert_array_equal(np.asarray(got), want.astype(np.float32))
+    # small codes fit int32 sums: exact int32, and vmap over the operands
+    a, b = a % 300, b % 300
+    want = (floor6(a[:, :, :, None], b[:, None, :, :])).sum(2)
+    got = jax.vmap(lambda x, y: ax.dot_general(x, y, MATMUL, multiplier=s16))(a, b)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), want)
+    # unequal widths, contraction over the lhs's first axis
+    x, y = codes(rng, u16x8, 0, (7, 3)), codes(rng, u16x8, 1, (7, 6))
+    got = ax.dot_general(x, y, (((0,), (0,)), ((), ())), multiplier=u16x8,
+                         preferred_element_type=jnp.float32)  # fmt: skip
+    want = or1(x.T[:, :, None], y[None]).sum(1)
+    np.testing.assert_array_equal(np.asarray(got), want.astype(np.float32))
+    np.testing.assert_array_equal(u16x8.products([65535, 3], [255, 9]), or1(
+        np.array([65535, 3]), np.array([255, 9])))  # fmt: skip
+
+
+def test_function_model_errors(wide):
+    s16, _ = wide
+    big = np.full((2, 4), 30000, np.int16)
+    with pytest.raises(Exception, match=r"does not fit int32 \(ask for float32 sums"):
+        ax.dot_general(big, big.T, MATMUL, multiplier=s16).block_until_ready()
+    with pytest.raises(ValueError, match=r"lhs\[0, 0\] = 40000 is outside the 16-bit signed"):
+        ax.dot_general(np.full((1, 2), 40000, np.int32), big.T, MATMUL, multiplier=s16)
+    traced = jax.jit(lambda a, b: ax.dot_general(a, b, MATMUL, multiplier=s16))
+    with pytest.raises(Exception, match=r"rhs holds -40000, outside the operand range"):
+        traced(big, jnp.full((4, 2), -40000, jnp.int32)).block_until_ready()
+    with pytest.raises(TypeError, match="function model .* no table to stack"):
+        ax.stack([s16, s16])
+    with pytest.raises(TypeError, match="products are multiplier.products"):
+        ax.reference.integer_multiply(1, 2, s16)
+    with pytest.raises(ValueError, match="gradient='lut' differentiates a table"):
+        ax.Quantized(s16, gradient="lut")
+    with pytest.raises(ValueError, match="quantize symmetrically"):
+        ax.Quantized(s16, rhs=ax.QuantSpec(symmetric=False))
+    with pytest.raises(ValueError, match=r"wider operands are function models: from_c its C twin"):
+        ax.integer.mitchell(16)
+    wide_exact = ax.integer.exact(14, signed=False)
+    assert wide_exact.name == "exact14u" and wide_exact.function is not None
+    assert wide_exact.products([16383], [16383])[0] == 16383**2
+    with pytest.raises(ValueError, match="samples apply to function models"):
+        ax.characterize(ax.integer.exact(4), samples=100)
+    crash = (
+        "#include <stdlib.h>\n"
+        "int f(int a, int b) { if (a == -8192 && b == 8191) abort(); return a * b; }"
+    )
+    with pytest.raises(ax.CModelError, match=r"crashed .* at the operands \(-8192, 8191\)"):
+        ax.from_c(crash, "f", bits=14)
+
+
+def test_function_model_quantized_layers(wide):
+    from approxjax._src.arithmetic.quantization import calibrate, quantize
+
+    s16, _ = wide
+    q = ax.Quantized(s16, gradient="quantized")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 20)).astype(np.float32)
+    w = rng.standard_normal((20, 5)).astype(np.float32)
+    got = ax.dot_general(x, w, MATMUL, multiplier=q)
+    # the same quantization by hand, the sums in NumPy int64
+    sa, _ = calibrate(x, (0, 1), 16, True, q.lhs)
+    sb, _ = calibrate(w, (0,), 16, True, q.rhs)
+    qa = np.asarray(quantize(x, sa, 0, 16, True))
+    qb = np.asarray(quantize(w, sb, 0, 16, True))
+    sums = floor6(qa[:, :, None], qb[None]).sum(1).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(got), sums * (np.asarray(sa) * np.asarray(sb)))
+    np.testing.assert_allclose(np.asarray(got), x @ w, atol=2e-3)
+    da, dw = jax.grad(lambda x, w: ax.dot_general(x, w, MATMUL, multiplier=q).sum(), (0, 1))(x, w)
+    np.testing.assert_allclose(np.asarray(da), np.ones((6, 5)) @ w.T, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(dw), x.T @ np.ones((6, 5)), atol=2e-3)
+    img = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+    out = ax.conv_general_dilated(img, k, (1, 1), "SAME", dimension_numbers=dn,
+                                  multiplier=ax.Quantized(s16))  # fmt: skip
+    ref = jax.lax.conv_general_dilated(img, k, (1, 1), "SAME", dimension_numbers=dn)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=3e-3)
+
+
+def test_function_model_characterization_is_sampled(wide, tmp_path):
+    s16, _ = wide
+    r = ax.characterize(s16, samples=5000, seed=7)
+    rng = np.random.default_rng(7)
+    a = rng.integers(-32768, 32768, 5000)
+    b = rng.integers(-32768, 32768, 5000)
+    e = floor6(a, b) - a * b
+    assert not r.exhaustive and r.count == 5000 and "(sampled)" in str(r)
+    assert r.wce == np.abs(e).max() and r.mae == np.abs(e).mean() and r.bias == e.mean()
+    assert r.ep == 100 * np.count_nonzero(e) / 5000 and r.mse == (e * e).mean()
+    ax.plot_errors([s16], tmp_path / "wide.png")
+    assert (tmp_path / "wide.png").stat().st_size > 10_000

@@ -30,6 +30,7 @@ XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxConvGemmCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCpu);
 XLA_FFI_DECLARE_HANDLER_SYMBOL(IntegerGemmCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(IntegerFunctionGemmCpu);
 
 // Name of the default kernel variant on this CPU ("Avx2", "Baseline", ...).
 const char* CpuKernelName();

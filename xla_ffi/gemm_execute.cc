@@ -853,13 +853,7 @@ ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
     auto state = std::make_shared<SharedState>();
     state->problem = std::move(problem);
     state->workers = workers;
-    state->done = ffi::CountDownPromise(workers);
-    ffi::Future future(state->done);
-    for (int64_t w = 1; w < workers; ++w) {
-      pool.Schedule([state] { Worker(state); });
-    }
-    Worker(state);
-    return future;
+    return RunOnWorkers(pool, state, workers, Worker);
   } catch (const std::bad_alloc&) {
     return Failed(OutOfMemory(target));
   } catch (const std::exception& e) {

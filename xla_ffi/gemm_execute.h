@@ -124,6 +124,20 @@ inline ffi::Future Done() {
   return future;
 }
 
+// Runs worker(state) on `workers` threads, this one and workers - 1 of the
+// pool; the future completes when each has counted state->done down.
+template <typename State, typename Worker>
+ffi::Future RunOnWorkers(ffi::ThreadPool& pool, std::shared_ptr<State> state,
+                         int64_t workers, Worker worker) {
+  state->done = ffi::CountDownPromise(workers);
+  ffi::Future future(state->done);
+  for (int64_t w = 1; w < workers; ++w) {
+    pool.Schedule([state, worker] { worker(state); });
+  }
+  worker(state);
+  return future;
+}
+
 // Plans and runs a checked problem (inputs set; the plan is made here).
 ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
                     const GemmOptions& options, const KernelTable& kernels,

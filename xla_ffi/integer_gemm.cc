@@ -96,19 +96,6 @@ struct IntState {
   ffi::CountDownPromise done;
 };
 
-// Which matrix of an operand with leading dims `dims` batch member g reads.
-int64_t MatrixOf(int64_t g, const std::vector<int64_t>& lead,
-                 const std::vector<int64_t>& dims) {
-  int64_t at = 0, stride = 1;
-  for (size_t d = lead.size(); d-- > 0;) {
-    const int64_t i = g % lead[d];
-    g /= lead[d];
-    if (dims[d] != 1) at += i * stride;
-    stride *= dims[d];
-  }
-  return at;
-}
-
 // A worker's per-tile table, at a 64-byte boundary (whole cache lines per
 // table row), kept between calls.
 struct TableScratch {
@@ -205,24 +192,19 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
                                 DimsString(td) + ", " + DimsString(od)));
     }
     auto p = std::make_unique<IntProblem>();
-    int64_t count_a = 1, count_b = 1;
-    for (size_t d = 0; d + 2 < rank; ++d) {
-      const auto fits = [&](int64_t x) { return x == od[d] || x == 1; };
-      if (!fits(ld[d]) || !fits(rd[d]) || !fits(td[d])) {
-        return Failed(Invalid("leading dimensions of lhs " + DimsString(ld) +
-                                  ", rhs " + DimsString(rd) + " and lut " +
-                                  DimsString(td) + " must be those of out " +
-                                  DimsString(od) + " or 1"));
-      }
-      p->lead.push_back(od[d]);
-      p->lead_a.push_back(ld[d]);
-      p->lead_b.push_back(rd[d]);
-      p->lead_l.push_back(td[d]);
-      p->batch *= od[d];
-      count_a *= ld[d];
-      count_b *= rd[d];
-      p->tables_count *= td[d];
+    std::vector<std::vector<int64_t>> of;
+    if (!LeadingDims(od, {ld, rd, td}, &p->lead, &of)) {
+      return Failed(Invalid("leading dimensions of lhs " + DimsString(ld) +
+                            ", rhs " + DimsString(rd) + " and lut " +
+                            DimsString(td) + " must be those of out " +
+                            DimsString(od) + " or 1"));
     }
+    p->lead_a = of[0];
+    p->lead_b = of[1];
+    p->lead_l = of[2];
+    p->batch = Product(p->lead);
+    const int64_t count_a = Product(p->lead_a), count_b = Product(p->lead_b);
+    p->tables_count = Product(p->lead_l);
     p->m_rows = ld[rank - 2];
     p->depth = ld[rank - 1];
     p->n_cols = rd[rank - 1];
@@ -330,13 +312,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     const int64_t workers = std::min(threads, p->units);
     auto state = std::make_shared<IntState>();
     state->problem = std::move(p);
-    state->done = ffi::CountDownPromise(workers);
-    ffi::Future future(state->done);
-    for (int64_t w = 1; w < workers; ++w) {
-      pool.Schedule([state] { IntWorker(state); });
-    }
-    IntWorker(state);
-    return future;
+    return RunOnWorkers(pool, state, workers, IntWorker);
   } catch (const std::bad_alloc&) {
     return Failed(ffi::Error(ffi::ErrorCode::kResourceExhausted,
                                  "approxjax_int_gemm: out of memory"));

@@ -65,6 +65,8 @@ NB_MODULE(_approxjax_cpu, m) {
     d["approxjax_multiply"] =
         EncapsulateFfiHandler(approxjax::ApproxMultiplyCpu);
     d["approxjax_int_gemm"] = EncapsulateFfiHandler(approxjax::IntegerGemmCpu);
+    d["approxjax_int_function_gemm"] =
+        EncapsulateFfiHandler(approxjax::IntegerFunctionGemmCpu);
     d["approxjax_analyze_lut"] = EncapsulateFfiHandler(approxjax::AnalyzeLutCpu);
     return d;
   });

@@ -8,10 +8,17 @@ it is a lookup table of int32 products, ``table[i, j]``, where ``i`` and
 operand, its two's complement bits for a signed one (code ``-1`` of an 8-bit
 signed operand is row 255). The table is a pytree leaf, as a float
 multiplier's is, so ``jit`` takes it as data and ``vmap`` maps over a stack.
+
+Wider operands (13 to 16 bits on either side) are *function models*: a
+compiled C model (:func:`approxjax.from_c` with ``bits=16``) that the CPU
+kernel calls once per product, in process (:class:`IntegerFunction`). It has
+no table and no pytree leaves (the compiled function is static), so it does
+not stack; its sums are exact in int64.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -80,6 +87,29 @@ def tabulate(
     return np.broadcast_to(out, (va.size, vb.size)).astype(np.int64)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class IntegerFunction:
+    """A compiled integer model the CPU kernel calls in process: ``address``
+    of ``long long approxjax_integer_entry(long long a, long long b)`` (the
+    operand values in, the product out) in the loaded library ``handle``;
+    ``evaluate(a, b)`` runs the same model on arrays of operand values in a
+    child process (for characterization and reference results: a model
+    that crashes there is an error, not a dead process). Equal when built
+    from the same source and flags."""
+
+    function: str
+    digest: str
+    address: int
+    evaluate: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    handle: Any = None
+
+    def __eq__(self, other):
+        return isinstance(other, IntegerFunction) and other.digest == self.digest
+
+    def __hash__(self):
+        return hash(self.digest)
+
+
 def _checked_table(table: Any, bits: tuple[int, int]) -> np.ndarray:
     try:
         raw = np.asarray(table)
@@ -138,7 +168,7 @@ class IntegerMultiplier:
       ((4, 4), 15)
     """
 
-    __slots__ = ("table", "bits", "signed", "names", "cost", "bound", "metadata")
+    __slots__ = ("table", "function", "bits", "signed", "names", "cost", "bound", "metadata")
 
     def __init__(
         self,
@@ -153,16 +183,43 @@ class IntegerMultiplier:
         pair = check_bits(bits)
         if max(pair) > MAX_TABLE_BITS:
             raise ValueError(
-                f"integer tables hold operands of up to {MAX_TABLE_BITS} bits; got bits={bits!r}"
+                f"integer tables hold operands of up to {MAX_TABLE_BITS} bits; got bits={bits!r} "
+                "(wider operands are function models: approxjax.from_c(..., bits=16))"
             )
         host = _checked_table(table, pair)
         self.table = jnp.asarray(host)
+        self.function = None
         self.bits = pair
         self.signed = check_signed(signed)
         self.names = names_of(name, host.shape[:-2], _default_name(pair, self.signed))
         self.cost = _checked_cost(cost)
         self.bound = int(np.abs(host.astype(np.int64)).max()) if host.size else 0
         self.metadata = dict(metadata or {})
+
+    @classmethod
+    def function_model(
+        cls,
+        function: IntegerFunction,
+        *,
+        bits: int | tuple[int, int],
+        signed: bool | tuple[bool, bool] = True,
+        name: str | None = None,
+        cost: Mapping[str, float] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> IntegerMultiplier:
+        """A multiplier of operands too wide for a table, computed by a
+        compiled model in the CPU kernel (see the module docstring; made by
+        :func:`approxjax.from_c` with ``bits`` above 12)."""
+        obj = object.__new__(cls)
+        obj.table = None
+        obj.function = function
+        obj.bits = check_bits(bits)
+        obj.signed = check_signed(signed)
+        obj.names = (name or function.function,)
+        obj.cost = _checked_cost(cost)
+        obj.bound = None  # unknown: the kernel sums in int64 and checks
+        obj.metadata = dict(metadata or {})
+        return obj
 
     @property
     def name(self) -> str:
@@ -172,7 +229,20 @@ class IntegerMultiplier:
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading shape of a stack; ``()`` for one multiplier."""
-        return tuple(self.table.shape[:-2])
+        return () if self.table is None else tuple(self.table.shape[:-2])
+
+    def products(self, a: Any, b: Any) -> np.ndarray:
+        """The multiplier's products of operand values ``a`` and ``b``
+        (broadcast; int64): table lookups, or a function model run in a
+        child process. Values must be within the operands' code ranges."""
+        a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+        if self.function is not None:
+            flat = self.function.evaluate(a.reshape(-1), b.reshape(-1))
+            return np.asarray(flat, np.int64).reshape(a.shape)
+        table = np.asarray(self.table, np.int64)
+        ia = a & ((1 << self.bits[0]) - 1)
+        ib = b & ((1 << self.bits[1]) - 1)
+        return table[..., ia, ib]
 
     def code_range(self, operand: int) -> tuple[int, int]:
         """The least and greatest code of operand 0 (lhs) or 1 (rhs)."""
@@ -195,6 +265,8 @@ class IntegerMultiplier:
         return self.batch_shape[0]
 
     def __getitem__(self, i: int) -> IntegerMultiplier:
+        if self.function is not None:
+            raise TypeError(f"{self.name} is a single function model, not a stack")
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"multiplier index {i} out of range for a stack of {n}")
@@ -205,7 +277,8 @@ class IntegerMultiplier:
         sign = "".join("s" if s else "u" for s in self.signed)
         shape = "x".join(map(str, self.batch_shape))
         stack = f", stack={shape}" if shape else ""
-        return f"IntegerMultiplier({self.name!r}, bits={self.bits}, {sign}{stack})"
+        model = ", function model" if self.function is not None else ""
+        return f"IntegerMultiplier({self.name!r}, bits={self.bits}, {sign}{stack}{model})"
 
     def with_cost(self, cost: Mapping[str, float]) -> IntegerMultiplier:
         """The same multiplier with ``cost`` as its hardware figures (such as
@@ -222,6 +295,7 @@ class IntegerMultiplier:
     def _with(self, table: Any, names: tuple[str, ...]) -> IntegerMultiplier:
         obj = object.__new__(IntegerMultiplier)
         obj.table = table
+        obj.function = self.function
         obj.bits = self.bits
         obj.signed = self.signed
         obj.names = names
@@ -232,12 +306,14 @@ class IntegerMultiplier:
 
     def tree_flatten(self):
         cost = tuple(sorted(self.cost.items()))
-        return (self.table,), (self.bits, self.signed, self.names, cost, self.bound)
+        aux = (self.bits, self.signed, self.names, cost, self.bound, self.function)
+        return (() if self.function is not None else (self.table,)), aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.table = children[0]
+        obj.function = aux[5]
+        obj.table = None if obj.function is not None else children[0]
         obj.bits, obj.signed, obj.names = aux[0], aux[1], tuple(aux[2])
         obj.cost = dict(aux[3])
         obj.bound = aux[4]
@@ -277,6 +353,12 @@ def stack_integer(multipliers: Sequence[IntegerMultiplier]) -> IntegerMultiplier
     for x in items:
         if not isinstance(x, IntegerMultiplier):
             raise TypeError(f"stack takes IntegerMultipliers only; got {type(x).__name__}")
+        if x.function is not None:
+            raise TypeError(
+                f"{x.name} is a function model ({x.bits[0]} x {x.bits[1]} bits): it has no table "
+                "to stack; sweep such multipliers one at a time (tables hold up to "
+                f"{MAX_TABLE_BITS} bits)"
+            )
         if (x.bits, x.signed) != (first.bits, first.signed):
             raise ValueError(
                 f"stacked integer multipliers must share widths and signedness: {first!r} and "

@@ -47,8 +47,15 @@ def _make(
     pair = check_bits(bits)
     sign = check_signed(signed)
     if max(pair) > MAX_TABLE_BITS:
+        if name == "exact":  # the baseline of wide sweeps: a one-line function model
+            from approxjax._src.tools.c_models import from_c
+
+            return from_c(_EXACT_C, "exact_imul", bits=pair, signed=sign,
+                          name=f"exact{_width(pair)}{_tag(sign)}")  # fmt: skip
         raise ValueError(
-            f"integer tables hold operands of up to {MAX_TABLE_BITS} bits; got bits={bits!r}"
+            f"the catalog tabulates {name} up to {MAX_TABLE_BITS} bits; got bits={bits!r}: "
+            f"wider operands are function models: from_c its C twin in luts/ "
+            f"(int_{name}.c) with bits={bits!r}"
         )
 
     def fn(a, b):
@@ -56,20 +63,32 @@ def _make(
         mag = core(np.abs(a), np.abs(b))
         return np.where((a < 0) != (b < 0), -mag, mag)
 
-    tag = "s" if sign[0] or sign[1] else "u"
-    width = f"{pair[0]}" if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
     extra = "".join(f"_{k[0]}{v}" for k, v in params.items())
     return IntegerMultiplier(
         tabulate(fn, pair, sign),
         bits=pair,
         signed=sign,
-        name=f"{name}{width}{tag}{extra}",
+        name=f"{name}{_width(pair)}{_tag(sign)}{extra}",
         metadata={"source": "catalog", "design": name, "paper": paper, **params},
     )
 
 
+_EXACT_C = "long long exact_imul(long long a, long long b) { return a * b; }"
+
+
+def _width(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}" if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
+def _tag(sign: tuple[bool, bool]) -> str:
+    return "s" if sign[0] or sign[1] else "u"
+
+
 def exact(bits=8, signed=True) -> IntegerMultiplier:
-    """The exact multiplier ``a * b``: the baseline of every comparison."""
+    """The exact multiplier ``a * b``: the baseline of every comparison
+    (above 12 bits a function model, compiled with the system C compiler;
+    the other designs stop at 12 bits: their C twins in ``luts/`` make wide
+    ones through :func:`approxjax.from_c`)."""
     return _make(lambda a, b: a * b, bits, signed, "exact", "exact product")
 
 

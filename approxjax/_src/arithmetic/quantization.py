@@ -197,7 +197,9 @@ class Quantized:
         ``grad_multiplier`` not a float Multiplier/Arithmetic.
       ValueError: an unknown gradient, ``"float"`` without a
         ``grad_multiplier``, ``"quantized"`` on unsigned operands, per-channel
-        lhs scales, or ``lut_rank``/``smoothing`` out of range.
+        lhs scales, ``lut_rank``/``smoothing`` out of range; under a function
+        model (operands over 12 bits, summed exactly in int64 and rounded
+        once to float32), ``"lut"`` or asymmetric quantization.
     """
 
     def __init__(
@@ -238,6 +240,17 @@ class Quantized:
                 f"gradient='quantized' quantizes signed gradients: {multiplier.name} has "
                 f"unsigned operands (signed={multiplier.signed})"
             )
+        if multiplier.function is not None:
+            if gradient == "lut":
+                raise ValueError(
+                    f"gradient='lut' differentiates a table: {multiplier.name} is a function "
+                    "model without one (use 'ste', 'float' or 'quantized')"
+                )
+            if not (lhs.symmetric and rhs.symmetric):
+                raise ValueError(
+                    f"{multiplier.name} is a function model: its sums are rounded to float32, "
+                    "so zero-point terms could not be exact; quantize symmetrically"
+                )
         if smoothing is None:
             smoothing = default_smoothing(multiplier.bits)
         for label, value in (("lut_rank", lut_rank), ("smoothing", smoothing)):

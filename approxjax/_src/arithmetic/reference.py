@@ -146,7 +146,14 @@ def integer_multiply(a: jax.Array, b: jax.Array, multiplier) -> jax.Array:
     """Products of integer operand codes under an integer multiplier:
     ``table[a mod 2**bits_a, b mod 2**bits_b]`` (bit patterns index the
     table), int32, broadcast like ``a * b``. Codes are taken as they are (the
-    kernels' callers check their range)."""
+    kernels' callers check their range). A function model (operands over 12
+    bits) has no table: its products, wider than int32, are
+    ``multiplier.products(a, b)`` (NumPy, int64)."""
+    if multiplier.table is None:
+        raise TypeError(
+            f"{multiplier.name} is a function model: the reference indexes tables; its int64 "
+            "products are multiplier.products(a, b)"
+        )
     ia = jnp.asarray(a).astype(jnp.int32) & ((1 << multiplier.bits[0]) - 1)
     ib = jnp.asarray(b).astype(jnp.int32) & ((1 << multiplier.bits[1]) - 1)
     ia, ib = jnp.broadcast_arrays(ia, ib)

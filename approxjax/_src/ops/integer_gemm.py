@@ -12,6 +12,12 @@ builds per-tile tables from the operand with fewer rows per table row, so
 the product is computed as ``out`` or as ``(rhs^T lut^T lhs^T)^T``,
 whichever amortises its tables better (the sums are exact, so both give the
 same bits).
+
+A function model (operands wider than 12 bits) has no table: its codes
+reach ``approxjax_int_function_gemm`` as int32 operand values, and the
+kernel calls the compiled model once per product, summing in int64; int32
+results are checked to fit (an error when the program runs otherwise),
+float32 results are the exact sums rounded once.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from approxjax._src.kernels.options import KernelOptions, check_options
 from approxjax._src.ops.checks import check_dimension_numbers
 
 INT_GEMM_TARGET = "approxjax_int_gemm"
+INT_FUNCTION_TARGET = "approxjax_int_function_gemm"
 
 
 def check_codes(name: str, x: Any, mult: IntegerMultiplier, operand: int) -> jax.Array:
@@ -67,13 +74,32 @@ def _indices(x: jax.Array, bits: int, lo: int, hi: int) -> jax.Array:
     return jnp.where(ok, wide & ((1 << bits) - 1), 0xFFFF).astype(jnp.uint16)
 
 
-def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
+def _check_cpu(what: str) -> None:
     if jax.default_backend() != "cpu":
         raise NotImplementedError(
-            "approxjax's integer LUT GEMM runs on the CPU only so far (its CUDA kernel is "
-            f"not written yet); the default backend is {jax.default_backend()!r}: run with "
-            "JAX_PLATFORMS=cpu"
+            f"approxjax's {what} runs on the CPU only so far (its CUDA kernel is not written "
+            f"yet); the default backend is {jax.default_backend()!r}: run with JAX_PLATFORMS=cpu"
         )
+
+
+def function_sums(qa, qb, function, bits, signed, dtype=jnp.int32) -> jax.Array:
+    """``sum_k f(qa, qb)`` for codes ``qa (G, M, K)`` and ``qb (G, K, N)``
+    under a function model ``function`` (an IntegerFunction), exact in
+    int64 and returned as ``dtype``: int32 (checked to fit when the program
+    runs) or float32 (rounded once)."""
+    _check_cpu("integer function-model GEMM")
+    (lo_a, hi_a), (lo_b, hi_b) = code_range(bits[0], signed[0]), code_range(bits[1], signed[1])
+    shape = jnp.broadcast_shapes(qa.shape[:-2], qb.shape[:-2])
+    out = jax.ShapeDtypeStruct((*shape, qa.shape[-2], qb.shape[-1]), dtype)
+    call = jax.ffi.ffi_call(INT_FUNCTION_TARGET, out, vmap_method="expand_dims")
+    return call(
+        qa.astype(jnp.int32), qb.astype(jnp.int32), address=np.int64(function.address),
+        lo_a=np.int64(lo_a), hi_a=np.int64(hi_a), lo_b=np.int64(lo_b), hi_b=np.int64(hi_b),
+    )  # fmt: skip
+
+
+def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
+    _check_cpu("integer LUT GEMM")
     shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], table.shape[:-2])
     out = jax.ShapeDtypeStruct((*shape, a.shape[-2], b.shape[-1]), jnp.int32)
     call = jax.ffi.ffi_call(INT_GEMM_TARGET, out, vmap_method="expand_dims")
@@ -153,6 +179,13 @@ def integer_dot_general(
     options = check_options(options)
     dimension_numbers = check_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     a, b, shape = canonical(lhs, rhs, dimension_numbers)  # (G, M, K), (G, K, N)
-    out = code_sums(a, b, mult.table, mult.bits, mult.signed, mult.bound, options, mult.name)
+    if mult.function is not None:
+        wide = preferred_element_type is not None and jnp.issubdtype(
+            jnp.dtype(preferred_element_type), jnp.floating
+        )
+        dtype = jnp.float32 if wide else jnp.int32
+        out = function_sums(a, b, mult.function, mult.bits, mult.signed, dtype)
+    else:
+        out = code_sums(a, b, mult.table, mult.bits, mult.signed, mult.bound, options, mult.name)
     out = out.reshape(shape)
     return out if preferred_element_type is None else out.astype(preferred_element_type)

@@ -32,7 +32,7 @@ from approxjax._src.arithmetic.quantization import (
 from approxjax._src.arithmetic.reference import canonical
 from approxjax._src.kernels.options import DEFAULT, KernelOptions
 from approxjax._src.ops import gemm as float_gemm
-from approxjax._src.ops.integer_gemm import code_sums
+from approxjax._src.ops.integer_gemm import code_sums, function_sums
 
 _PER_TENSOR = (0, 1, 2)
 
@@ -51,13 +51,17 @@ class QuantConfig:
     smoothing: int
     grad_spec: Any  # GemmSpec of the float gradient multiplier, or None
     options: KernelOptions = DEFAULT
+    function: Any = None  # the IntegerFunction of a function model (no table)
 
 
 def int_matmul(qa, za, qb, zb, table, cfg: QuantConfig):
     """``sum_k (qa - za)(qb - zb)`` in int32 for codes ``qa (G, M, K)`` and
     ``qb (G, K, N)``: the table's sum of ``table[qa, qb]`` and exact
-    zero-point terms. ``za`` is per tensor; ``zb`` varies along n
+    zero-point terms (a function model's exact sums rounded to float32, its
+    zero points 0). ``za`` is per tensor; ``zb`` varies along n
     (``(G, 1, N)``), along k (``(G, K, 1)``), or neither."""
+    if cfg.function is not None:  # symmetric only (Quantized checks): no zero-point terms
+        return function_sums(qa, qb, cfg.function, cfg.bits, cfg.signed, jnp.float32)
     k = qa.shape[2]
     out = code_sums(qa, qb, table, cfg.bits, cfg.signed, cfg.bound, cfg.options, "the multiplier")
     if zb.shape[-2] == 1:  # constant along k
@@ -213,6 +217,7 @@ def _config(q: Quantized, options) -> tuple[QuantConfig, tuple]:
         smoothing=q.smoothing,
         grad_spec=spec,
         options=options or DEFAULT,
+        function=mult.function,
     )
     return cfg, (mult.table, grad_leaves)
 

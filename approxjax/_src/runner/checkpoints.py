@@ -35,10 +35,13 @@ def data_fingerprint(data) -> dict[str, Any]:
 
 def table_fingerprint(multiplier) -> str:
     """A short hash of a multiplier's table (or a stack's tables); an
-    arithmetic's multiplier's, or ``"none"`` for IEEE products."""
+    arithmetic's multiplier's, ``"none"`` for IEEE products, and an integer
+    function model's source hash."""
     multiplier = getattr(multiplier, "multiplier", multiplier)
     if multiplier is None:
         return "none"
+    if getattr(multiplier, "function", None) is not None:
+        return multiplier.function.digest[:16]
     table = getattr(multiplier, "lut", None)
     table = (
         np.asarray(multiplier.table, np.int32) if table is None else np.asarray(table, np.float32)

@@ -23,14 +23,14 @@ def parse_quantize(value: str) -> tuple[int, bool]:
     """``"int8"`` -> ``(8, True)``, ``"uint4"`` -> ``(4, False)``.
 
     Raises:
-      ValueError: not ``int<bits>``/``uint<bits>`` with bits from 2 to 12.
+      ValueError: not ``int<bits>``/``uint<bits>`` with bits from 2 to 16.
     """
     match = _QUANTIZE.fullmatch(value.strip())
     bits = int(match["bits"]) if match else 0
-    if not 2 <= bits <= 12:
+    if not 2 <= bits <= 16:
         raise ValueError(
-            f"--quantize must be int<bits> or uint<bits> with bits from 2 to 12 (int8, uint4); "
-            f"got {value!r}"
+            f"--quantize must be int<bits> or uint<bits> with bits from 2 to 16 (int8, uint4; "
+            f"over 12 bits, C function models); got {value!r}"
         )
     return bits, not match["u"]
 
@@ -230,7 +230,7 @@ def describe(arith) -> dict:
             "lhs_quantization": dataclasses.asdict(arith.lhs),
             "rhs_quantization": dataclasses.asdict(arith.rhs),
             "cost": dict(m.cost),
-            "runs_as": "integer lut",
+            "runs_as": "integer lut" if m.function is None else "integer function model",
         }
     a = as_arithmetic(arith)
     if a is None:

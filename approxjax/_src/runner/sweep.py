@@ -308,7 +308,8 @@ def _group_label(mult: Arith) -> str:
         (a, b), signed = mult.multiplier.bits, mult.multiplier.signed
         widths = f"int{a}" if a == b else f"int{a}x{b}"
         sign = "".join(dict.fromkeys("s" if x else "u" for x in signed))
-        return "-".join([widths + sign, *mult.settings])
+        alone = [mult.multiplier.name] if mult.multiplier.function is not None else []
+        return "-".join([widths + sign, *mult.settings, *alone])  # function models: alone
     name = mult.name
     head = "exact" if mult.multiplier is None else f"m{mult.multiplier.mantissa_bits}"
     tail = name[name.index("[") + 1 : -1] if "[" in name else ""
@@ -408,7 +409,12 @@ def run_sweep(
     else:
         results["runs"]["float32"] = outputs.run_summary(base_hist, 0, "float32")
     for label, members in groups.items():
-        has_table = not isinstance(members[0], Arithmetic) or members[0].multiplier is not None
+        first = members[0]
+        has_table = (
+            first.multiplier is not None
+            if isinstance(first, Arithmetic)
+            else not isinstance(first, Quantized) or first.multiplier.function is None
+        )
         mults = stack(members) if has_table else members[0]
         if cfg.mode == "train":
             _, hist = train_group(

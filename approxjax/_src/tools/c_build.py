@@ -61,10 +61,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (argc >= 2 && strcmp(argv[1], "pairs") == 0) {
+    int each = argc >= 3 && atoi(argv[2]) != 0;
     aj_in_t ab[2];
     while (fread(ab, sizeof(aj_in_t), 2, stdin) == 2) {
       aj_out_t r = aj_pair(ab[0], ab[1]);
       fwrite(&r, sizeof(aj_out_t), 1, stdout);
+      if (each) fflush(stdout);
     }
     fflush(stdout);
     return 0;
@@ -290,10 +292,14 @@ class CModel:
         code, out = self._run(["pairs"], ab.tobytes(), timeout)
         if code == 0 and len(out) == len(ab) * size:
             return np.frombuffer(out, self.kind.out_dtype).copy()
-        k = min(len(out) // size, len(ab) - 1)
+        what = self._describe_exit(code, timeout)
+        # Find the pair: run again from the first one not written, flushing each.
+        done = len(out) // size
+        _, out2 = self._run(["pairs", "1"], ab[done:].tobytes(), min(timeout, 30.0))
+        k = min(done + len(out2) // size, len(ab) - 1)
         raise CModelError(
-            f"C model {self.function} {self._describe_exit(code, timeout)} at the operands "
-            f"({ab[k, 0]!r}, {ab[k, 1]!r})"
+            f"C model {self.function} {what} at the operands ({ab[k, 0].item()!r}, "
+            f"{ab[k, 1].item()!r})"
         )
 
 
@@ -336,22 +342,35 @@ def build(
     return CModel(exe, function, digest, kind)
 
 
+# The in-process entry points of build_library: (C type of the operands and
+# result, entry name). An adder is called as float(float, float); an integer
+# multiplier as long long(long long, long long) with operand values.
+LIBRARY_ENTRIES = {
+    "adder": ("float", "approxjax_adder_entry"),
+    "integer": ("long long", "approxjax_integer_entry"),
+}
+
+
 def build_library(
     source: str,
     function: str,
     *,
+    entry: str = "adder",
     cxx: bool = False,
     flags: Sequence[str] = (),
     include_dir: Path | None = None,
 ) -> Path:
-    """Compiles ``source`` as a shared library exporting ``function`` (cached
-    like :func:`build`), for a model the kernels call in process (an adder).
-    Build and run it with :func:`build` first: that compiles it with the same
-    flags and tries it in a child process.
+    """Compiles ``source`` as a shared library exporting ``function``
+    through the entry point ``LIBRARY_ENTRIES[entry]`` (cached like
+    :func:`build`), for a model the kernels call in process (an adder, an
+    integer multiplier of wide operands). Build and run it with :func:`build`
+    first: that compiles it with the same flags and tries it in a child
+    process.
 
     Raises:
       CModelError: it does not compile.
     """
+    ctype, name = LIBRARY_ENTRIES[entry]
     cc = compiler(cxx)
     argv = [*shlex.split(cc), "-O2", "-fPIC", "-shared", *flags]
     if include_dir is not None:
@@ -359,11 +378,15 @@ def build_library(
     wrapper = 'extern "C" ' if cxx else ""
     # A visible, unmangled entry point whatever the model's own linkage.
     text = (
-        f'{source}\n{wrapper}__attribute__((visibility("default"))) float '
-        f"approxjax_adder_entry(float a, float b) {{ return (float)({function}(a, b)); }}\n"
+        f'{source}\n{wrapper}__attribute__((visibility("default"))) {ctype} '
+        f"{name}({ctype} a, {ctype} b) {{ return ({ctype})({function}(a, b)); }}\n"
     )
     lib, _ = _compile_cached(
-        text, argv, cxx, ".so", lambda msg: CModelError(f"the C/C++ adder does not compile:\n{msg}")
+        text,
+        argv,
+        cxx,
+        ".so",
+        lambda msg: CModelError(f"the C/C++ {entry} model does not compile:\n{msg}"),
     )
     return lib
 

@@ -101,7 +101,14 @@ def from_c(
     operand, the table's row, whatever its name), compiled with
     ``-DINT_BITS_A=<a> -DINT_BITS_B=<b>``, and tabulated exhaustively in a
     child process into an :class:`~approxjax.IntegerMultiplier` (operands of
-    up to 12 bits). Hardware figures in the file's header comments
+    up to 12 bits). Wider operands (13 to 16 bits on either side) make a
+    *function model*: the model is tried in a child process on every pair of
+    extreme codes and on 65,536 random pairs, then compiled as a shared
+    library whose function the CPU kernel calls once per product (slow:
+    benchmarks/RESULTS.md; its sums are exact in int64; it neither stacks
+    nor gives table gradients; :func:`approxjax.characterize` samples it).
+    A function model is trusted on the codes it was not tried on: one that
+    crashes there takes the process with it. Hardware figures in the file's header comments
     (EvoApproxLib's ``PDK45_PWR = 0.363 mW``, ``PDK45_AREA = 635.0 um2``,
     ``PDK45_DELAY = 1.37 ns``) become its ``cost`` (``power_mW``,
     ``area_um2``, ``delay_ns``), and the error figures the header reports
@@ -140,7 +147,7 @@ def from_c(
         operands), returns NaN, inf or a negative product for positive
         operands, or (with validate=True) depends on more than the mantissas
         (with the worst case found); an integer model's product outside
-        int32, or widths outside 2..12.
+        int32, or widths outside 2..16.
       TypeError: neither or both of ``m`` and ``bits``; a function declared to
         return a float type given ``bits`` (or an integer type given ``m``).
     """
@@ -218,15 +225,16 @@ def _integer_from_c(text, path, function, bits, signed, name, cxx, flags, timeou
     )
 
     pair, sign = check_bits(bits), check_signed(signed)
-    if max(pair) > MAX_TABLE_BITS:
-        raise ValueError(
-            f"integer models of up to {MAX_TABLE_BITS} x {MAX_TABLE_BITS} bits are tabulated; "
-            f"bits={bits!r} would need a function model inside the kernel, which approxjax "
-            "does not have yet"
-        )
     widths = [f"-DINT_BITS_A={pair[0]}", f"-DINT_BITS_B={pair[1]}"]
     kind = c_build.integer_kind(*pair, *sign)
     model, provenance = _build(text, path, function, kind, cxx, flags, widths)
+    tag = "".join("s" if s else "u" for s in sign)
+    cost = header_cost(text)
+    metadata = {**provenance, "signedness": tag, "reported": header_metrics(text)}
+    if max(pair) > MAX_TABLE_BITS:
+        return _function_model(
+            model, text, path, function, pair, sign, name, cost, metadata, cxx, flags, timeout
+        )
     va, vb = operand_values(pair[0], sign[0]), operand_values(pair[1], sign[1])
     table = model.table(
         1 << pair[0],
@@ -241,15 +249,58 @@ def _integer_from_c(text, path, function, bits, signed, name, cxx, flags, timeou
             f"C model {function}({int(va[i])}, {int(vb[j])}) = {int(table[i, j])} does not fit "
             "int32"
         )
-    tag = "".join("s" if s else "u" for s in sign)
     return IntegerMultiplier(
-        table,
-        bits=pair,
-        signed=sign,
-        name=name or function,
-        cost=header_cost(text),
-        metadata={**provenance, "signedness": tag, "reported": header_metrics(text)},
+        table, bits=pair, signed=sign, name=name or function, cost=cost, metadata=metadata
     )
+
+
+TRIAL_PAIRS = 1 << 16  # random operand pairs a function model is tried on
+
+
+def _function_model(model, text, path, function, pair, sign, name, cost, metadata, cxx, flags,
+                    timeout):  # fmt: skip
+    """An integer model of operands wider than 12 bits as a function model
+    the kernel calls in process: first run in a child process on every pair
+    of the operands' extreme codes (least, -1, 0, 1, greatest) and on
+    TRIAL_PAIRS random pairs (a crash, exit or hang there is a CModelError
+    naming the operands; products outside int64 cannot occur, as the entry
+    returns long long), then loaded as a shared library."""
+    import ctypes
+
+    from approxjax._src.arithmetic.integer import IntegerFunction, IntegerMultiplier, code_range
+
+    def evaluate(a, b):
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        return model.pairs(a, b, timeout=max(timeout, 1e-6 * a.size))
+
+    (lo_a, hi_a), (lo_b, hi_b) = code_range(pair[0], sign[0]), code_range(pair[1], sign[1])
+
+    def corners(lo, hi):
+        return np.array(sorted({lo, min(max(-1, lo), hi), 0, min(1, hi), hi}), np.int64)
+
+    ca, cb = np.meshgrid(corners(lo_a, hi_a), corners(lo_b, hi_b), indexing="ij")
+    rng = np.random.default_rng(0)
+    a = np.concatenate([ca.ravel(), rng.integers(lo_a, hi_a + 1, TRIAL_PAIRS)])
+    b = np.concatenate([cb.ravel(), rng.integers(lo_b, hi_b + 1, TRIAL_PAIRS)])
+    evaluate(a, b)
+    include = path.resolve().parent if path is not None else None
+    widths = [f"-DINT_BITS_A={pair[0]}", f"-DINT_BITS_B={pair[1]}"]
+    lib = c_build.build_library(
+        text, function, entry="integer", cxx=cxx if cxx is not None else (
+            path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
+        ), flags=[*widths, *flags], include_dir=include,
+    )  # fmt: skip
+    library = ctypes.CDLL(str(lib))
+    entry = c_build.LIBRARY_ENTRIES["integer"][1]
+    address = ctypes.cast(getattr(library, entry), ctypes.c_void_p).value
+    fn = IntegerFunction(
+        function=function, digest=model.digest, address=int(address), evaluate=evaluate,
+        handle=library,
+    )  # fmt: skip
+    return IntegerMultiplier.function_model(
+        fn, bits=pair, signed=sign, name=name or function, cost=cost,
+        metadata={**metadata, "runs_as": "function model"},
+    )  # fmt: skip
 
 
 _COST = re.compile(r"\b\w*?_?(PWR|POWER|AREA|DELAY)\s*=\s*([-+0-9.eE]+)\s*([A-Za-z0-9]+)?")

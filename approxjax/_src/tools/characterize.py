@@ -130,13 +130,13 @@ def characterize(multiplier: Multiplier, samples: Any = None, *, seed: int = 0) 
       samples: optional operands: one array (pairs drawn from it), or a pair
         ``(a, b)`` (elementwise pairs when shapes match, else random pairs, for
         example weights and activations of a layer). Zeros and non-finite
-        values are left out.
+        values are left out. For an integer function model (operands over
+        12 bits): how many random operand pairs to draw (default 2**20);
+        integer tables are characterized exhaustively.
       seed: seed for the random pairs.
     """
     if isinstance(multiplier, IntegerMultiplier):
-        if samples is not None:
-            raise ValueError("samples apply to float multipliers; integer ones are exhaustive")
-        return characterize_integer(multiplier)
+        return characterize_integer(multiplier, samples, seed)
     if not isinstance(multiplier, Multiplier) or multiplier.batch_shape:
         raise TypeError("characterize takes one Multiplier (not a stack)")
     approx, exact, x, y = table_errors(multiplier, seed)

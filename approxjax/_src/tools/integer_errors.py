@@ -1,8 +1,9 @@
 """Error metrics of integer multipliers, as the field reports them.
 
-Over every pair of operand codes (integer tables hold up to 12 x 12 bits, so
-the metrics are always exhaustive; function models of wider operands, which
-would be sampled, do not exist yet), with ``P = a * b`` the exact and ``A`` the
+Over every pair of operand codes for a table (up to 12 x 12 bits), and over
+``samples`` uniformly random pairs (default 2**20, seed 0, evaluated in a
+child process) for a function model of wider operands, whose ``wce`` and
+``wcre_percent`` are then the worst cases *found*, with ``P = a * b`` the exact and ``A`` the
 multiplier's product, ``e = A - P`` and ``R = 2**(bits_a + bits_b)`` the
 product's range:
 
@@ -55,8 +56,27 @@ class IntegerCharacterization:
         return format_integer_table([self])
 
 
-def _pairs(mult: IntegerMultiplier):
-    """Blocks of rows of (approx, exact) products over all pairs."""
+SAMPLED_PAIRS = 1 << 20
+
+
+def _pairs(mult: IntegerMultiplier, samples: int | None, seed: int):
+    """Blocks of (approx, exact) products: over all pairs of a table, over
+    ``samples`` random pairs of a function model."""
+    if mult.function is not None:
+        rng = np.random.default_rng(seed)
+        (lo_a, hi_a), (lo_b, hi_b) = mult.code_range(0), mult.code_range(1)
+        count = SAMPLED_PAIRS if samples is None else samples
+        for start in range(0, count, 1 << 18):
+            n = min(1 << 18, count - start)
+            a = rng.integers(lo_a, hi_a + 1, n)
+            b = rng.integers(lo_b, hi_b + 1, n)
+            yield mult.products(a, b), a * b
+        return
+    if samples is not None:
+        raise ValueError(
+            f"{mult.name} is a table: its metrics are exhaustive (samples apply to function "
+            "models of operands over 12 bits)"
+        )
     table = np.asarray(mult.table, np.int64)
     va, vb = mult.values(0), mult.values(1)
     step = max(1, (1 << 20) // vb.size)
@@ -65,14 +85,27 @@ def _pairs(mult: IntegerMultiplier):
         yield table[rows], va[rows, None] * vb[None, :]
 
 
-def characterize_integer(mult: IntegerMultiplier) -> IntegerCharacterization:
-    """The error metrics of one integer multiplier (see the module docstring)."""
+def characterize_integer(
+    mult: IntegerMultiplier, samples: int | None = None, seed: int = 0
+) -> IntegerCharacterization:
+    """The error metrics of one integer multiplier (see the module docstring).
+
+    Raises:
+      TypeError: not one IntegerMultiplier.
+      ValueError: ``samples`` for a table, or not a positive int.
+    """
     if not isinstance(mult, IntegerMultiplier) or mult.batch_shape:
         raise TypeError("characterize takes one IntegerMultiplier (not a stack)")
+    if samples is not None and (
+        isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1
+    ):
+        raise ValueError(
+            f"samples of an integer function model is a count of random pairs; got {samples!r}"
+        )
     count = abs_sum = sq_sum = err_sum = wrong = wce = 0
     rel_sums: list[float] = []
     wcre = 0.0
-    for approx, exact in _pairs(mult):
+    for approx, exact in _pairs(mult, samples, seed):
         e = approx - exact
         ae = np.abs(e)
         count += e.size
@@ -120,6 +153,18 @@ def format_integer_table(results: list[IntegerCharacterization]) -> str:
     return "\n".join(lines)
 
 
+def _error_grid(mult: IntegerMultiplier, side: int = 256):
+    """Operand values (ascending) and the errors ``A - a*b`` over their
+    grid: every value of a table's operands, ``side`` evenly spaced values
+    of a function model's."""
+    if mult.function is None:
+        va, vb = np.sort(mult.values(0)), np.sort(mult.values(1))
+    else:
+        va, vb = (np.unique(np.linspace(*mult.code_range(i), side).round().astype(np.int64))
+                  for i in (0, 1))  # fmt: skip
+    return va, vb, mult.products(va[:, None], vb[None, :]) - va[:, None] * vb[None, :]
+
+
 def plot_integer_errors(mults: list[IntegerMultiplier], path: Any = None):
     """Error heat maps (``A - P`` over the operand values) and histograms,
     one row per integer multiplier; returns the figure (saved when ``path``)."""
@@ -128,9 +173,7 @@ def plot_integer_errors(mults: list[IntegerMultiplier], path: Any = None):
     plt = pyplot()
     fig, axes = plt.subplots(len(mults), 2, figsize=(11, 4.2 * len(mults)), squeeze=False)
     for (ax0, ax1), mult in zip(axes, mults, strict=True):
-        va, vb = mult.values(0), mult.values(1)
-        oa, ob = np.argsort(va), np.argsort(vb)  # rows and columns by value
-        err = (np.asarray(mult.table, np.int64) - mult.exact_table())[np.ix_(oa, ob)]
+        va, vb, err = _error_grid(mult)
         lim = max(1, int(np.abs(err).max()))
         im = ax0.imshow(
             err, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest",
