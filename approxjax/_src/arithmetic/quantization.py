@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -261,6 +261,41 @@ class Quantized:
         self.lhs, self.rhs = lhs, rhs
         self.gradient = gradient
         self.lut_rank, self.smoothing = lut_rank, smoothing
+        self.lhs_scale = self.rhs_scale = None
+
+    def with_scales(self, lhs: Any = None, rhs: Any = None) -> Quantized:
+        """The same GEMM with given scales instead of calibrated ones: from a
+        calibration set (fixed), or trainable parameters (learned step sizes,
+        LSQ: Esser et al., ICLR 2020). ``lhs`` is a scalar; ``rhs`` a scalar,
+        or with per-channel rhs quantization one scale per output channel
+        (a Dense layer's features; a convolution's output channels). ``None``
+        keeps that side calibrated. Given scales are symmetric (zero point
+        0), used by magnitude (at least 1e-12) and differentiated as LSQ
+        does: for ``q = clip(round(x / s))``, ``d(s q)/ds`` is ``q - x / s``
+        inside the range and the clipped code outside, times the incoming
+        gradient (that of the dequantized operand, by the ``gradient``
+        estimator) and LSQ's gradient scale ``1 / sqrt(n * q_max)`` (``n``
+        values per scale).
+
+        Raises:
+          ValueError: a side with asymmetric quantization; a scale of the
+            wrong rank (a per-channel count is checked when the GEMM runs).
+        """
+        out = Quantized.tree_unflatten(self.tree_flatten()[1], self.tree_flatten()[0])
+        for side, value, spec in (("lhs", lhs, self.lhs), ("rhs", rhs, self.rhs)):
+            if value is None:
+                continue
+            if not spec.symmetric:
+                raise ValueError(f"given {side} scales are symmetric: {side} is asymmetric")
+            value = jnp.asarray(value, jnp.float32)
+            if value.ndim > (1 if side == "rhs" and spec.per_channel else 0):
+                raise ValueError(
+                    f"{side} scale must be a scalar"
+                    + (" or one per output channel" if side == "rhs" and spec.per_channel else "")
+                    + f"; got shape {value.shape}"
+                )
+            setattr(out, f"{side}_scale", value)
+        return out
 
     @property
     def name(self) -> str:
@@ -306,12 +341,12 @@ class Quantized:
 
     def tree_flatten(self):
         aux = (self.lhs, self.rhs, self.gradient, self.lut_rank, self.smoothing)
-        return (self.multiplier, self.grad_multiplier), aux
+        return (self.multiplier, self.grad_multiplier, self.lhs_scale, self.rhs_scale), aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.multiplier, obj.grad_multiplier = children
+        obj.multiplier, obj.grad_multiplier, obj.lhs_scale, obj.rhs_scale = children
         obj.lhs, obj.rhs, obj.gradient, obj.lut_rank, obj.smoothing = aux
         return obj
 
@@ -332,5 +367,7 @@ def stack_quantized(items: Sequence[Quantized]) -> Quantized:
                 f"stacked Quantized GEMMs must share quantization and gradient settings (and "
                 f"have no grad_multiplier): {first.name} and {q.name} differ"
             )
-    children = (stack_integer([q.multiplier for q in items]), None)
+        if q.lhs_scale is not None or q.rhs_scale is not None:
+            raise ValueError(f"{q.name} has given scales: stack the multipliers, then give them")
+    children = (stack_integer([q.multiplier for q in items]), None, None, None)
     return Quantized.tree_unflatten(first.tree_flatten()[1], children)

@@ -73,10 +73,32 @@ def int_matmul(qa, za, qb, zb, table, cfg: QuantConfig):
     return out - za * jnp.sum(qb, axis=1, keepdims=True) + za * zb_sum
 
 
-def _quantize_operands(cfg, a, b):
-    sa, za = calibrate(a, _PER_TENSOR, cfg.bits[0], cfg.signed[0], cfg.lhs)
+def _given_scale(scale, shape):
+    """A given scale (``Quantized.with_scales``) as an array of ``shape``:
+    its magnitude, at least 1e-12 (a trained scale that crosses zero keeps
+    working; :func:`_scale_cotangent` gives its gradient the scale's sign),
+    and its zero point 0."""
+    scale = jnp.maximum(jnp.abs(jnp.asarray(scale, jnp.float32)), 1e-12)
+    if scale.size not in (1, int(np.prod(shape))):
+        raise ValueError(
+            f"a given per-channel scale has {scale.size} entries for {int(np.prod(shape))} "
+            "output channels"
+        )
+    return jnp.broadcast_to(scale.reshape(-1).reshape(shape) if scale.size > 1 else scale,
+                            shape), jnp.zeros(shape, jnp.int32)  # fmt: skip
+
+
+def _quantize_operands(cfg, a, b, scales=(None, None)):
+    if scales[0] is None:
+        sa, za = calibrate(a, _PER_TENSOR, cfg.bits[0], cfg.signed[0], cfg.lhs)
+    else:
+        sa, za = _given_scale(scales[0], (1, 1, 1))
     axes_b = (1,) if cfg.rhs.per_channel else _PER_TENSOR
-    sb, zb = calibrate(b, axes_b, cfg.bits[1], cfg.signed[1], cfg.rhs)
+    if scales[1] is None:
+        sb, zb = calibrate(b, axes_b, cfg.bits[1], cfg.signed[1], cfg.rhs)
+    else:
+        per = (b.shape[0], 1, b.shape[2]) if cfg.rhs.per_channel else (1, 1, 1)
+        sb, zb = _given_scale(scales[1], per)
     qa = quantize(a, sa, za, cfg.bits[0], cfg.signed[0])
     qb = quantize(b, sb, zb, cfg.bits[1], cfg.signed[1])
     return (qa, sa, za), (qb, sb, zb)
@@ -91,7 +113,7 @@ def _inside(x, s, z, bits, signed):
 
 def _forward(cfg, a, b, leaves):
     """The product and the quantized operands (the backward pass's residuals)."""
-    (qa, sa, za), (qb, sb, zb) = quantized = _quantize_operands(cfg, a, b)
+    (qa, sa, za), (qb, sb, zb) = quantized = _quantize_operands(cfg, a, b, leaves[2])
     c = int_matmul(qa, za, qb, zb, leaves[0], cfg)
     return c.astype(jnp.float32) * (sa * sb), quantized
 
@@ -120,7 +142,28 @@ def _bwd(cfg, residuals, g):
         opts = cfg.options
         da = float_gemm.bmm(g, xb, spec, grad_leaves, transpose_b=True, options=opts, role=1)
         db = float_gemm.bmm(xa, g, spec, grad_leaves, transpose_a=True, options=opts, role=2)
-    return da * mask_a, db * mask_b, float_gemm.zero_cotangents(leaves)
+    given = leaves[2]
+    scale_cts = (
+        None if given[0] is None else _scale_cotangent(cfg, 0, a, sa, da, given[0], _PER_TENSOR),
+        None if given[1] is None else _scale_cotangent(cfg, 1, b, sb, db, given[1], (1,)),
+    )
+    return da * mask_a, db * mask_b, (*float_gemm.zero_cotangents(leaves[:2]), scale_cts)
+
+
+def _scale_cotangent(cfg, side, x, s, dx, given, axes):
+    """LSQ's gradient of a given scale (``Quantized.with_scales``): the
+    operand's unmasked gradient ``dx`` times ``d(s q)/ds`` (``q - x/s``
+    inside the range, the clipped code outside), summed over the values
+    that share the scale, times ``1 / sqrt(n * q_max)``; in the shape of
+    ``given``."""
+    lo, hi = code_range(cfg.bits[side], cfg.signed[side])
+    v = x / s
+    q = jnp.round(v)
+    d = jnp.where(q < lo, float(lo), jnp.where(q > hi, float(hi), q - v))
+    per_scale = x.size if given.size == 1 else x.size // given.size
+    total = jnp.sum(dx * d, axis=_PER_TENSOR if given.size == 1 else axes)
+    sign = jnp.where(given < 0, -1.0, 1.0)  # the scale used is |given|
+    return (total / np.sqrt(per_scale * hi)).reshape(given.shape) * sign.astype(given.dtype)
 
 
 quantized_bmm.defvjp(_fwd, _bwd)
@@ -219,7 +262,7 @@ def _config(q: Quantized, options) -> tuple[QuantConfig, tuple]:
         options=options or DEFAULT,
         function=mult.function,
     )
-    return cfg, (mult.table, grad_leaves)
+    return cfg, (mult.table, grad_leaves, (q.lhs_scale, q.rhs_scale))
 
 
 def quantized_dot_general(
@@ -361,7 +404,7 @@ def quantized_conv(
     )  # fmt: skip
     cfg, leaves = _config(q, options)
     x, w = lhs.astype(jnp.float32), rhs.astype(jnp.float32)
-    if cfg.gradient == "ste":
+    if cfg.gradient == "ste" and all(s is None for s in leaves[2]):
         out = _ste_conv(cfg, conv, x, w, leaves)
     else:
         (out,) = _patch_gemm(conv, x, w, lambda a, b: (quantized_bmm(cfg, a, b, leaves),))
