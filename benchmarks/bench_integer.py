@@ -63,6 +63,28 @@ def _call(fn, *args):
     return lambda: fn(*args)
 
 
+def _function_models(rng, dot) -> list[list[str]]:
+    """Section 4: the 16-bit function models' rows."""
+    print("\n16-bit function models (ms)", flush=True)
+    fn_rows = []
+    m, k, nn = 256, 128, 256
+    ga = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+    gb = jnp.asarray(rng.standard_normal((k, nn)), jnp.float32)
+    for function in ("mul16s_exact", "mul16u_array_k8"):
+        mult = ax.from_c(WIDE_MODELS, function, bits=16, signed=function.startswith("mul16s"))
+        a, b = _codes(rng, mult, 0, (m, k)), _codes(rng, mult, 1, (k, nn))
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(
+            a, b, DN, multiplier=mult, preferred_element_type=jnp.float32))  # fmt: skip
+        t, f32 = time_pair(_call(fn, a, b), _call(dot, ga, gb), 3)
+        ns = t * 1e6 / (m * k * nn)
+        label = f"{m}x{k}x{nn}"
+        fn_rows.append([mult.name, label, f"{t:.1f}", f"{f32:.2f}", f"{t / f32:.0f}",
+                        f"{ns:.2f}"])  # fmt: skip
+        print(f"{mult.name:<22} {label:<14} {t:>8.1f} {f32:>8.2f} {t / f32:>8.0f} "
+              f"({ns:.2f} ns per product)", flush=True)  # fmt: skip
+    return fn_rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true")
@@ -122,23 +144,9 @@ def main(argv=None) -> int:
         label = f"{m}x{k}x{nn}"
         wide_rows.append([mult.name, label, f"{lut:.1f}", f"{f32:.2f}", "", f"{lut / f32:.1f}", ""])
         print(f"{mult.name:<22} {label:<14} {lut:>8.1f} {f32:>8.2f} {lut / f32:>8.1f}", flush=True)
-    print("\n16-bit function models (ms)", flush=True)
     fn_rows = []
-    m, k, nn = 256, 128, 256
-    ga = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
-    gb = jnp.asarray(rng.standard_normal((k, nn)), jnp.float32)
-    for function in ("mul16s_exact", "mul16u_array_k8"):
-        mult = ax.from_c(WIDE_MODELS, function, bits=16, signed=function.startswith("mul16s"))
-        a, b = _codes(rng, mult, 0, (m, k)), _codes(rng, mult, 1, (k, nn))
-        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(
-            a, b, DN, multiplier=mult, preferred_element_type=jnp.float32))  # fmt: skip
-        t, f32 = time_pair(_call(fn, a, b), _call(dot, ga, gb), 3)
-        ns = t * 1e6 / (m * k * nn)
-        label = f"{m}x{k}x{nn}"
-        fn_rows.append([mult.name, label, f"{t:.1f}", f"{f32:.2f}", f"{t / f32:.0f}",
-                        f"{ns:.2f}"])  # fmt: skip
-        print(f"{mult.name:<22} {label:<14} {t:>8.1f} {f32:>8.2f} {t / f32:>8.0f} "
-              f"({ns:.2f} ns per product)", flush=True)  # fmt: skip
+    if jax.default_backend() == "cpu":  # function models run in the CPU kernel only
+        fn_rows = _function_models(rng, dot)
     if args.record:
         record(
             "bench_integer.py",
@@ -149,15 +157,20 @@ def main(argv=None) -> int:
              "lut/int8"],
             rows + [stack_row] + wide_rows,
         )  # fmt: skip
-        record(
-            "bench_integer.py (function models)",
-            "16 x 16-bit integer function models (from_c with bits=16): one call of the "
-            "compiled C model per product, int64 sums rounded to float32, against jnp.dot of "
-            "float32 operands of the same shape, timed alternately.",
-            ["model", "shape", "ms", "f32 dot ms", "ratio", "ns per product"],
-            fn_rows,
-        )
+        if fn_rows:
+            _record_function_models(fn_rows)
     return 0
+
+
+def _record_function_models(fn_rows):
+    record(
+        "bench_integer.py (function models)",
+        "16 x 16-bit integer function models (from_c with bits=16): one call of the "
+        "compiled C model per product, int64 sums rounded to float32, against jnp.dot of "
+        "float32 operands of the same shape, timed alternately.",
+        ["model", "shape", "ms", "f32 dot ms", "ratio", "ns per product"],
+        fn_rows,
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
 #   3. a GPU subset of the suite (JAX_PLATFORMS=cuda, the fast tests of the
 #      GEMM, convolution, transform and Flax files);
 #   4. the headline benchmarks (bench_cuda.py: 4096^3 at m = 3..12 against
-#      cuBLAS and the prior art's kernel, a stack of 8; bench_training.py).
+#      cuBLAS and the prior art's kernel, a stack of 8; bench_training.py;
+#      bench_integer.py: the integer LUT GEMM).
 #
 # Usage, from the repository root on the device machine:
 #   OUT=/tmp/out bash benchmarks/device_run.sh      # about 9 minutes at most
@@ -42,4 +43,5 @@ step gpu-suite 150 env JAX_PLATFORMS=cuda $PY -m pytest -q -p no:cacheprovider -
   tests/test_dot_general.py tests/test_transforms.py tests/test_products.py tests/test_nn.py
 step bench-cuda 100 env JAX_PLATFORMS=cuda $PY benchmarks/bench_cuda.py --record
 step bench-training 60 env JAX_PLATFORMS=cuda $PY benchmarks/bench_training.py --repeats 5 --record
+step bench-integer 60 env JAX_PLATFORMS=cuda $PY benchmarks/bench_integer.py --repeats 5 --record
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"

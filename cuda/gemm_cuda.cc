@@ -1,5 +1,6 @@
-// CUDA host handlers of the FFI targets "approxjax_gemm" and
-// "approxjax_multiply" (and the benchmark-only "approxjax_prior_art_gemm").
+// CUDA host handlers of the FFI targets "approxjax_gemm",
+// "approxjax_multiply" and "approxjax_int_gemm" (and the benchmark-only
+// "approxjax_prior_art_gemm").
 // Shapes are checked by xla_ffi/shapes.h, exactly as on the CPU; the
 // operands are the CPU targets' (the tables' facts, which the CUDA kernels do
 // not read: they scan each table on the device) and so are the attributes
@@ -14,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "accumulate.h"
 #include "attribute_decoding.h"
@@ -181,7 +183,117 @@ ffi::Error ApproxMultiplyImpl(cudaStream_t stream, int32_t device,
                   false);
 }
 
+// approxjax_int_gemm on the GPU (the CPU target's operands and attributes;
+// variant, gemm, pairs and bytes choose CPU kernels and are ignored here).
+// The sums' overflow bound is checked on the Python side, as on the CPU
+// (whose handler also scans the table: here the table is on the device).
+// An index outside the table is reported after the kernel: the handler
+// synchronises with the stream to read the flag.
+ffi::Error IntegerGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                           ffi::Buffer<ffi::U16> lhs, ffi::Buffer<ffi::U16> rhs,
+                           ffi::Buffer<ffi::S32> lut, ffi::ResultBuffer<ffi::S32> out,
+                           int64_t, int64_t, bool, bool) {
+  const char* target = "approxjax_int_gemm";
+  const auto ld = lhs.dimensions(), rd = rhs.dimensions(), td = lut.dimensions(),
+             od = out->dimensions();
+  const size_t rank = od.size();
+  if (rank < 2 || ld.size() != rank || rd.size() != rank || td.size() != rank) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": lhs, rhs, lut and out must have one rank >= 2; got " +
+        DimsString(ld) + ", " + DimsString(rd) + ", " + DimsString(td) + ", " +
+        DimsString(od));
+  }
+  cuda::IntGemmArgs args{};
+  args.m_rows = ld[rank - 2];
+  args.depth = ld[rank - 1];
+  args.n_cols = rd[rank - 1];
+  args.side_a = td[rank - 2];
+  args.side_b = td[rank - 1];
+  if (rd[rank - 2] != args.depth || od[rank - 2] != args.m_rows ||
+      od[rank - 1] != args.n_cols) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": shapes do not chain: lhs " +
+                                       DimsString(ld) + ", rhs " + DimsString(rd) +
+                                       ", out " + DimsString(od));
+  }
+  if (args.side_a < 1 || args.side_a > 4096 || args.side_b < 1 || args.side_b > 4096) {
+    return ffi::Error::InvalidArgument(std::string(target) +
+                                       ": table sides must be 1..4096; got " + DimsString(td));
+  }
+  const std::vector<int64_t> lead(od.begin(), od.end() - 2);
+  if (lead.size() > size_t(cuda::kMaxLead)) {
+    return ffi::Error::InvalidArgument(std::string(target) + ": at most " +
+                                       std::to_string(cuda::kMaxLead) +
+                                       " leading dimensions on the GPU");
+  }
+  Operand a, b, l;
+  if (auto e = LeadStrides(target, "lhs", ld, lead, &a); e.failure()) return e;
+  if (auto e = LeadStrides(target, "rhs", rd, lead, &b); e.failure()) return e;
+  if (auto e = LeadStrides(target, "lut", td, lead, &l); e.failure()) return e;
+  args.batch = 1;
+  for (int64_t d : lead) args.batch *= d;
+  const int64_t out_elems = args.batch * args.m_rows * args.n_cols;
+  if (out_elems == 0) return ffi::Error::Success();
+  if (args.depth == 0) {
+    if (cudaError_t e = cudaMemsetAsync(out->typed_data(), 0, sizeof(int32_t) * out_elems,
+                                        stream);
+        e != cudaSuccess) {
+      return CudaError(target, "cudaMemsetAsync", e);
+    }
+    return ffi::Error::Success();
+  }
+  args.layout.nlead = static_cast<int>(lead.size());
+  for (size_t d = 0; d < lead.size(); ++d) {
+    args.layout.out_lead[d] = lead[d];
+    args.layout.a_stride[d] = a.lead_stride[d];
+    args.layout.b_stride[d] = b.lead_stride[d];
+    args.layout.l_stride[d] = l.lead_stride[d];
+  }
+  auto flag = scratch.Allocate(sizeof(int), alignof(int));
+  if (!flag.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(target) + ": no scratch memory for its flag");
+  }
+  args.lhs = lhs.typed_data();
+  args.rhs = rhs.typed_data();
+  args.lut = lut.typed_data();
+  args.out = out->typed_data();
+  args.bad = static_cast<int*>(*flag);
+  if (auto e = Launched(target, cuda::LaunchIntegerGemm(args, stream), stream, false);
+      e.failure()) {
+    return e;
+  }
+  int bad = 0;
+  if (cudaError_t e = cudaMemcpyAsync(&bad, args.bad, sizeof(int), cudaMemcpyDeviceToHost,
+                                      stream);
+      e != cudaSuccess) {
+    return CudaError(target, "reading the range flag", e);
+  }
+  if (cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) {
+    return CudaError(target, "kernel run", e);
+  }
+  if (bad != 0) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) +
+        ": an operand code is outside the multiplier's code range (its index is outside "
+        "the table " + DimsString(td) + ")");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IntegerGemmCuda, IntegerGemmImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::Buffer<ffi::U16>>()  // lhs [..., M, K]
+                                  .Arg<ffi::Buffer<ffi::U16>>()  // rhs [..., K, N]
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lut [..., A, B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // out [..., M, N]
+                                  .Attr<int64_t>("variant")      // CPU only
+                                  .Attr<int64_t>("gemm")         // CPU only
+                                  .Attr<bool>("pairs")           // CPU only
+                                  .Attr<bool>("bytes"));         // CPU only
 
 #define APPROXJAX_GEMM_BINDING                                   \
   ffi::Ffi::Bind()                                               \

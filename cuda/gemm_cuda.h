@@ -9,6 +9,7 @@ namespace approxjax {
 
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxGemmCuda);      // "approxjax_gemm"
 XLA_FFI_DECLARE_HANDLER_SYMBOL(ApproxMultiplyCuda);  // "approxjax_multiply"
+XLA_FFI_DECLARE_HANDLER_SYMBOL(IntegerGemmCuda);     // "approxjax_int_gemm"
 // The prior art's 16x16-tile design, for benchmarks only.
 XLA_FFI_DECLARE_HANDLER_SYMBOL(PriorArtGemmCuda);  // "approxjax_prior_art_gemm"
 

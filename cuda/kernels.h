@@ -56,6 +56,22 @@ cudaError_t LaunchApproxMultiply(const GemmArgs& args, cudaStream_t stream);
 // per thread, the table read from global memory through the read-only cache.
 cudaError_t LaunchPriorArtGemm(const GemmArgs& args, cudaStream_t stream);
 
+// An integer LUT GEMM (cuda/integer_kernels.cu): operands are table
+// indices (the codes' bit patterns), lut int32 [..., side_a, side_b].
+struct IntGemmArgs {
+  const uint16_t* lhs;  // [..., M, K]
+  const uint16_t* rhs;  // [..., K, N]
+  const int32_t* lut;   // [..., side_a, side_b]
+  int32_t* out;         // [..., M, N]
+  int64_t m_rows, n_cols, depth, side_a, side_b;
+  int64_t batch;  // product of the output's leading dims
+  BatchLayout layout;
+  int* bad;  // device flag: set where an index lies outside the table
+};
+
+// Clears args.bad, then runs the GEMM on `stream` (no synchronisation).
+cudaError_t LaunchIntegerGemm(const IntGemmArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace approxjax
 

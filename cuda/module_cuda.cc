@@ -18,6 +18,7 @@ NB_MODULE(_approxjax_cuda, m) {
     d["approxjax_gemm"] = EncapsulateFfiHandler(approxjax::ApproxGemmCuda);
     d["approxjax_multiply"] =
         EncapsulateFfiHandler(approxjax::ApproxMultiplyCuda);
+    d["approxjax_int_gemm"] = EncapsulateFfiHandler(approxjax::IntegerGemmCuda);
     d["approxjax_prior_art_gemm"] =
         EncapsulateFfiHandler(approxjax::PriorArtGemmCuda);
     return d;

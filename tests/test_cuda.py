@@ -56,7 +56,12 @@ needs_gpu_and_cpu = pytest.mark.skipif(
 def test_cuda_extension_is_built_where_nvcc_is():
     assert ax.cuda_available()
     targets = set(_ffi._approxjax_cuda.registrations())
-    assert targets == {"approxjax_gemm", "approxjax_multiply", "approxjax_prior_art_gemm"}
+    assert targets == {
+        "approxjax_gemm",
+        "approxjax_multiply",
+        "approxjax_int_gemm",
+        "approxjax_prior_art_gemm",
+    }
     # It imports and answers without a GPU: as many devices as JAX sees.
     gpus = len(jax.devices("gpu")) if "gpu" in _backends() else 0
     assert _ffi._approxjax_cuda.device_count() == gpus
@@ -189,3 +194,70 @@ def test_checked_launches_give_the_same_bits():
     plain = ax.dot_general(a, b, DN, multiplier=mult)
     checked = ax.dot_general(a, b, DN, multiplier=mult, options=ax.KernelOptions(check=True))
     np.testing.assert_array_equal(bits(checked), bits(plain))
+
+
+# --- integer multipliers -------------------------------------------------------
+
+
+@needs_gpu_and_cpu
+@pytest.mark.parametrize(
+    "mult, shape",
+    [
+        (ax.integer.mitchell(8), (70, 33, 129)),
+        (ax.integer.exact(8, signed=False), (5, 300, 17)),
+        (ax.integer.drum(10, 4), (64, 100, 48)),
+        (ax.integer.kulkarni((8, 4)), (1, 1, 1)),
+    ],
+)
+def test_integer_gemm_gpu_equals_cpu(mult, shape):
+    rng = np.random.default_rng(sum(shape))
+    mm, k, n = shape
+    (lo_a, hi_a), (lo_b, hi_b) = mult.code_range(0), mult.code_range(1)
+    a = rng.integers(lo_a, hi_a + 1, (mm, k)).astype(np.int16)
+    b = rng.integers(lo_b, hi_b + 1, (k, n)).astype(np.int16)
+
+    def f(a, b):
+        return ax.dot_general(a, b, DN, multiplier=mult)
+
+    cpu = _on(jax.devices("cpu")[0], f, a, b)
+    gpu = _on(jax.devices("gpu")[0], f, a, b)
+    np.testing.assert_array_equal(np.asarray(gpu), np.asarray(cpu))
+
+
+@needs_gpu_and_cpu
+def test_integer_sweep_and_quantized_training_gpu_equals_cpu():
+    rng = np.random.default_rng(5)
+    stack = ax.stack([ax.integer.mitchell(8), ax.integer.drum(8, 4), ax.integer.exact(8)])
+    a = rng.integers(-128, 128, (3, 40, 70)).astype(np.int8)
+    b = rng.integers(-128, 128, (3, 70, 24)).astype(np.int8)
+
+    def sweep(a, b, s):
+        dn = (((2,), (1,)), ((0,), (0,)))
+        return jax.vmap(lambda m: ax.dot_general(a, b, dn, multiplier=m))(s)
+
+    cpu = _on(jax.devices("cpu")[0], sweep, a, b, stack)
+    gpu = _on(jax.devices("gpu")[0], sweep, a, b, stack)
+    np.testing.assert_array_equal(np.asarray(gpu), np.asarray(cpu))
+    x = rng.standard_normal((32, 20)).astype(np.float32)
+    w = rng.standard_normal((20, 6)).astype(np.float32)
+    q = ax.Quantized(ax.integer.drum(8, 4), gradient="quantized")
+
+    def step(x, w):
+        return jax.value_and_grad(lambda w: ax.dot_general(x, w, DN, multiplier=q).sum())(w)
+
+    def run(device):
+        return [np.asarray(v) for v in jax.jit(step)(*jax.device_put((x, w), device))]
+
+    for c, g in zip(run(jax.devices("cpu")[0]), run(jax.devices("gpu")[0]), strict=True):
+        np.testing.assert_allclose(g, c, rtol=1e-6, atol=1e-6)
+
+
+@needs_gpu
+def test_integer_gemm_gpu_errors():
+    mult = ax.integer.mitchell(8)
+    f = jax.jit(lambda a, b: ax.dot_general(a, b, DN, multiplier=mult))
+    with pytest.raises(Exception, match="outside the multiplier's code range"):
+        f(jnp.ones((4, 5), jnp.int16), jnp.full((5, 2), 300, jnp.int16)).block_until_ready()
+    wide = ax.integer.exact(14)
+    with pytest.raises(NotImplementedError, match="run with JAX_PLATFORMS=cpu"):
+        ax.dot_general(np.ones((2, 3), np.int16), np.ones((3, 2), np.int16), DN, multiplier=wide)

@@ -74,20 +74,17 @@ def _indices(x: jax.Array, bits: int, lo: int, hi: int) -> jax.Array:
     return jnp.where(ok, wide & ((1 << bits) - 1), 0xFFFF).astype(jnp.uint16)
 
 
-def _check_cpu(what: str) -> None:
-    if jax.default_backend() != "cpu":
-        raise NotImplementedError(
-            f"approxjax's {what} runs on the CPU only so far (its CUDA kernel is not written "
-            f"yet); the default backend is {jax.default_backend()!r}: run with JAX_PLATFORMS=cpu"
-        )
-
-
 def function_sums(qa, qb, function, bits, signed, dtype=jnp.int32) -> jax.Array:
     """``sum_k f(qa, qb)`` for codes ``qa (G, M, K)`` and ``qb (G, K, N)``
     under a function model ``function`` (an IntegerFunction), exact in
     int64 and returned as ``dtype``: int32 (checked to fit when the program
     runs) or float32 (rounded once)."""
-    _check_cpu("integer function-model GEMM")
+    if jax.default_backend() != "cpu":
+        raise NotImplementedError(
+            "integer function models (operands over 12 bits) call a compiled C model in the "
+            f"CPU kernel; the default backend is {jax.default_backend()!r}: run with "
+            "JAX_PLATFORMS=cpu (tables of up to 12 bits run on the GPU too)"
+        )
     (lo_a, hi_a), (lo_b, hi_b) = code_range(bits[0], signed[0]), code_range(bits[1], signed[1])
     shape = jnp.broadcast_shapes(qa.shape[:-2], qb.shape[:-2])
     out = jax.ShapeDtypeStruct((*shape, qa.shape[-2], qb.shape[-1]), dtype)
@@ -99,7 +96,7 @@ def function_sums(qa, qb, function, bits, signed, dtype=jnp.int32) -> jax.Array:
 
 
 def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
-    _check_cpu("integer LUT GEMM")
+    # CPU and CUDA (cuda/integer_kernels.cu) both register this target.
     shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], table.shape[:-2])
     out = jax.ShapeDtypeStruct((*shape, a.shape[-2], b.shape[-1]), jnp.int32)
     call = jax.ffi.ffi_call(INT_GEMM_TARGET, out, vmap_method="expand_dims")
