@@ -29,14 +29,8 @@ __global__ void PriorArtKernel(GemmArgs p) {
   const int64_t i = int64_t{blockIdx.y} * kTile + ty;
   const int64_t n = int64_t{blockIdx.x} * kTile + tx;
   for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z) {
-    int64_t oa = 0, ob = 0, ol = 0, rest = g;
-    for (int d = p.layout.nlead - 1; d >= 0; --d) {
-      const int64_t x = rest % p.layout.out_lead[d];
-      rest /= p.layout.out_lead[d];
-      oa += x * p.layout.a_stride[d];
-      ob += x * p.layout.b_stride[d];
-      ol += x * p.layout.l_stride[d];
-    }
+    int64_t oa, ob, ol;
+    BatchMatrixOffsets(p.layout, g, &oa, &ob, &ol);
     const float* A = p.lhs + oa * M * K;
     const float* B = p.rhs + ob * K * N;
     const float* __restrict__ lut = p.lut + ol * lut_size;  // read-only cache

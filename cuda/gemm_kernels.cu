@@ -34,19 +34,6 @@ constexpr int kThreads = 256;  // 16 x 16, each 4 x 4 outputs
 constexpr int kMicro = 4;
 static_assert(kSumBlock % kTileK == 0, "sum blocks must end on k-slice boundaries");
 
-__device__ __forceinline__ void Offsets(const BatchLayout& layout, int64_t g,
-                                        int64_t* oa, int64_t* ob,
-                                        int64_t* ol) {
-  *oa = *ob = *ol = 0;
-  for (int d = layout.nlead - 1; d >= 0; --d) {
-    const int64_t i = g % layout.out_lead[d];
-    g /= layout.out_lead[d];
-    *oa += i * layout.a_stride[d];
-    *ob += i * layout.b_stride[d];
-    *ol += i * layout.l_stride[d];
-  }
-}
-
 // One block per table: exponent range of the nonzero entries, and validity.
 __global__ void ScanTablesKernel(const float* lut, int m, TableInfo* info) {
   const int64_t size = int64_t{1} << (2 * m);
@@ -135,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t g = z / m_tiles;
     const int64_t m0 = (z % m_tiles) * kTileM;
     int64_t oa, ob, ol;
-    Offsets(p.layout, g, &oa, &ob, &ol);
+    BatchMatrixOffsets(p.layout, g, &oa, &ob, &ol);
     const float* A = p.lhs + oa * M * K;
     const float* B = p.rhs + ob * K * N;
     const float* lut_g = p.lut + ol * lut_size;
@@ -269,7 +256,7 @@ __global__ void MultiplyKernel(GemmArgs p) {
        e += int64_t{gridDim.x} * blockDim.x) {
     const int64_t g = e / n, j = e % n;
     int64_t oa, ob, ol;
-    Offsets(p.layout, g, &oa, &ob, &ol);
+    BatchMatrixOffsets(p.layout, g, &oa, &ob, &ol);
     p.out[e] = p.tables[ol].invalid
                    ? BitsFloat(kNanBits)
                    : ApproxMultiply(p.lhs[oa * n + j], p.rhs[ob * n + j],

@@ -24,14 +24,8 @@ __global__ void IntegerGemmKernel(IntGemmArgs p) {
   const int64_t col = int64_t{blockIdx.x} * kTile + threadIdx.x;
   const bool inside = row < p.m_rows && col < p.n_cols;
   for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z) {
-    int64_t oa = 0, ob = 0, ol = 0, rest = g;
-    for (int d = p.layout.nlead - 1; d >= 0; --d) {
-      const int64_t i = rest % p.layout.out_lead[d];
-      rest /= p.layout.out_lead[d];
-      oa += i * p.layout.a_stride[d];
-      ob += i * p.layout.b_stride[d];
-      ol += i * p.layout.l_stride[d];
-    }
+    int64_t oa, ob, ol;
+    BatchMatrixOffsets(p.layout, g, &oa, &ob, &ol);
     const uint16_t* a = p.lhs + oa * p.m_rows * p.depth;
     const uint16_t* b = p.rhs + ob * p.depth * p.n_cols;
     const int32_t* lut = p.lut + ol * p.side_a * p.side_b;

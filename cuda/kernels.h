@@ -21,6 +21,19 @@ struct BatchLayout {
   int64_t a_stride[kMaxLead], b_stride[kMaxLead], l_stride[kMaxLead];
 };
 
+// Matrix offsets of batch member g in the lhs, the rhs and the tables.
+__host__ __device__ inline void BatchMatrixOffsets(const BatchLayout& layout, int64_t g,
+                                                   int64_t* oa, int64_t* ob, int64_t* ol) {
+  *oa = *ob = *ol = 0;
+  for (int d = layout.nlead - 1; d >= 0; --d) {
+    const int64_t i = g % layout.out_lead[d];
+    g /= layout.out_lead[d];
+    *oa += i * layout.a_stride[d];
+    *ob += i * layout.b_stride[d];
+    *ol += i * layout.l_stride[d];
+  }
+}
+
 // Per table: the unbiased exponent range of its nonzero entries and whether
 // it is valid (finite, >= +0.0 everywhere). Filled on the device.
 struct TableInfo {
