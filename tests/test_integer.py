@@ -560,5 +560,9 @@ def test_function_model_characterization_is_sampled(wide, tmp_path):
     assert not r.exhaustive and r.count == 5000 and "(sampled)" in str(r)
     assert r.wce == np.abs(e).max() and r.mae == np.abs(e).mean() and r.bias == e.mean()
     assert r.ep == 100 * np.count_nonzero(e) / 5000 and r.mse == (e * e).mean()
+    # errors near 2**30: their squares' sum overflows int64, the metrics stay exact
+    zero = ax.from_c("long long z(long long a, long long b) { return 0; }", "z", bits=16)
+    r = ax.characterize(zero, samples=5000, seed=7)
+    assert r.mse == sum(int(v) ** 2 for v in a * b) / 5000 and r.wce == np.abs(a * b).max()
     ax.plot_errors([s16], tmp_path / "wide.png")
     assert (tmp_path / "wide.png").stat().st_size > 10_000

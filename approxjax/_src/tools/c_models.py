@@ -108,7 +108,9 @@ def from_c(
     benchmarks/RESULTS.md; its sums are exact in int64; it neither stacks
     nor gives table gradients; :func:`approxjax.characterize` samples it).
     A function model is trusted on the codes it was not tried on: one that
-    crashes there takes the process with it. Hardware figures in the file's header comments
+    crashes there takes the process with it; and the kernel's threads call
+    it at once, so it must keep no state between calls (EvoApproxLib's
+    models keep none). Hardware figures in the file's header comments
     (EvoApproxLib's ``PDK45_PWR = 0.363 mW``, ``PDK45_AREA = 635.0 um2``,
     ``PDK45_DELAY = 1.37 ns``) become its ``cost`` (``power_mW``,
     ``area_um2``, ``delay_ns``), and the error figures the header reports

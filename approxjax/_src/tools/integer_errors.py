@@ -85,6 +85,30 @@ def _pairs(mult: IntegerMultiplier, samples: int | None, seed: int):
         yield table[rows], va[rows, None] * vb[None, :]
 
 
+_LIMB = 20  # blocks hold at most 2**20 values, so sums of 40-bit terms fit int64
+
+
+def _exact_sum(x: np.ndarray) -> int:
+    """The exact sum of an int64 block (Python int)."""
+    if x.size and int(np.abs(x).max()) >= 1 << (2 * _LIMB):
+        return sum(int(v) for v in x.reshape(-1))
+    return int(x.sum())
+
+
+def _exact_square_sum(ae: np.ndarray) -> int:
+    """The exact sum of squares of a block of non-negative int64 errors:
+    with ``ae = h 2**20 + l`` the three partial sums fit int64 (errors
+    below 2**40; beyond, Python ints)."""
+    if ae.size and int(ae.max()) >= 1 << (2 * _LIMB):
+        return sum(int(v) * int(v) for v in ae.reshape(-1))
+    h, lo = ae >> _LIMB, ae & ((1 << _LIMB) - 1)
+    return (
+        (int((h * h).sum()) << (2 * _LIMB))
+        + (int((h * lo).sum()) << (_LIMB + 1))
+        + int((lo * lo).sum())
+    )
+
+
 def characterize_integer(
     mult: IntegerMultiplier, samples: int | None = None, seed: int = 0
 ) -> IntegerCharacterization:
@@ -109,9 +133,9 @@ def characterize_integer(
         e = approx - exact
         ae = np.abs(e)
         count += e.size
-        abs_sum += int(ae.sum())
-        sq_sum += int((ae * ae).sum())
-        err_sum += int(e.sum())
+        abs_sum += _exact_sum(ae)
+        sq_sum += _exact_square_sum(ae)
+        err_sum += _exact_sum(e)
         wrong += int(np.count_nonzero(e))
         wce = max(wce, int(ae.max()))
         rel = ae / np.maximum(np.abs(exact), 1).astype(np.float64)
