@@ -218,6 +218,7 @@ def test_new_run_refuses_a_folder_with_another_run(tmp_path):
         (("--multipliers", "mitchell8s", "--method", "native"), "run by their tables"),
         (("--multipliers", "mitchell8s", "--approximate", "forward"), "chosen by +grad="),
         (("--multipliers", "exact8s,exact8s+power_mW=1"), "same multiplier"),
+        (("--multipliers", "mitchell8s+calib=learned", "--first-exact"), "learned scales are"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, argv, message):
@@ -467,6 +468,25 @@ def test_sweep_of_sixteen_bit_function_models(tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     record = {m["name"]: m for m in saved["multipliers"]}
     assert record["m16/ste"]["runs_as"] == "integer function model"
+
+
+def test_sweep_with_learned_scales(tmp_path):
+    """+calib=learned: the layers' scales are parameters, created from the
+    first batch for each group (a stack of two shares them) and trained."""
+    cfg = experiment_config.SweepConfig(
+        model="lenet5",
+        quantize="int4",
+        multipliers=["drum_k2", "drum_k2+calib=learned", "mitchell+calib=learned"],
+        epochs=1,
+        train_limit=256,
+        out_dir=str(tmp_path / "out"),
+    )
+    res = sweep.run_sweep(cfg, log=lambda m: None, show_progress=False)
+    learned = ["drum4s_k2/ste/learned", "mitchell4s/ste/learned"]
+    assert {res["runs"][n]["group"] for n in learned} == {"int4s-ste-learned"}
+    assert res["runs"]["drum4s_k2/ste"]["group"] == "int4s-ste"
+    assert res["runs"][learned[0]]["test_loss"] != res["runs"]["drum4s_k2/ste"]["test_loss"]
+    assert (tmp_path / "out" / "checkpoints" / "int4s-ste-learned").is_dir()
 
 
 def test_pareto_front_against_brute_force():

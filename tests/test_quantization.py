@@ -486,3 +486,60 @@ def test_given_scales_bad_input():
                        multiplier=q)  # fmt: skip
     with pytest.raises(ValueError, match="has given scales"):
         ax.stack([q, q])
+
+
+def test_learned_scales_in_flax_layers():
+    """calibration="learned": approxjax's Dense and Conv own their scales,
+    first set to the min-max scales of the operands they see (so the first
+    forward equals min-max calibration bit for bit), trained by LSQ; Flax
+    attention learns none."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(ax.nn.Conv(4, (3, 3))(x))
+            return ax.nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+    learned = ax.QuantSpec(calibration="learned")
+    mult = ax.integer.mitchell(6)
+    q = ax.Quantized(mult, lhs=learned, rhs=ax.QuantSpec(calibration="learned", per_channel=True))
+    minmax = ax.Quantized(mult)
+    assert q.learns_scales and q.name == "mitchell6s/ste/learned"
+    x = jax.random.normal(jax.random.key(0), (8, 6, 6, 1))
+    model = Net()
+    with ax.using(q):
+        params = model.init(jax.random.key(1), x)
+    shapes = jax.tree.map(jnp.shape, params)["params"]
+    assert shapes["Conv_0"]["lhs_scale"] == () and shapes["Conv_0"]["rhs_scale"] == (4,)
+    assert shapes["Dense_0"]["rhs_scale"] == (5,)
+    kernel = params["params"]["Dense_0"]["kernel"]
+    want, _ = qz.calibrate(kernel, (0,), 6, True, qz.QuantSpec())
+    np.testing.assert_array_equal(params["params"]["Dense_0"]["rhs_scale"], want.reshape(-1))
+    want, _ = qz.calibrate(x, (0, 1, 2, 3), 6, True, qz.QuantSpec())
+    assert float(params["params"]["Conv_0"]["lhs_scale"]) == float(want.reshape(()))
+    with ax.using(q):
+        out = model.apply(params, x)
+    plain = {"params": {k: {n: v for n, v in layer.items() if "scale" not in n}
+                        for k, layer in params["params"].items()}}  # fmt: skip
+    with ax.using(minmax):
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(model.apply(plain, x)))
+    # parameters made without the scales grow them in an apply that may add some
+    with ax.using(q):
+        _, grown = model.apply(plain, x, mutable=["params"], rngs={"params": jax.random.key(2)})
+    for a, b in zip(jax.tree.leaves(grown), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def loss(p):
+        with ax.using(q):
+            return jnp.mean(model.apply(p, x) ** 2)
+
+    grads = jax.grad(loss)(params)["params"]
+    assert float(jnp.abs(grads["Conv_0"]["lhs_scale"])) > 0
+    assert float(jnp.abs(grads["Dense_0"]["rhs_scale"]).sum()) > 0
+    attention = ax.nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8)
+    seq = jax.random.normal(jax.random.key(3), (2, 5, 8))
+    with ax.using(q):
+        p = attention.init(jax.random.key(4), seq)
+    assert not any("scale" in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(p))
+    with pytest.raises(ValueError, match="learned scales are symmetric"):
+        ax.Quantized(mult, lhs=ax.QuantSpec(calibration="learned", symmetric=False))

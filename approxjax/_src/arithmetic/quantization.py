@@ -32,7 +32,7 @@ import numpy as np
 
 from approxjax._src.arithmetic.integer import code_range, stack_integer
 
-CALIBRATIONS = ("minmax", "percentile", "mse")
+CALIBRATIONS = ("minmax", "percentile", "mse", "learned")
 _MSE_FRACTIONS = np.linspace(0.35, 1.0, 32, dtype=np.float32)
 
 
@@ -45,13 +45,21 @@ class QuantSpec:
       symmetric: zero point 0 (else an integer zero point from the range).
       per_channel: one scale per output channel (the free dimensions of the
         operand: a weight's output features) instead of one per tensor.
-      calibration: ``"minmax"``, ``"percentile"`` or ``"mse"``.
+      calibration: ``"minmax"``, ``"percentile"``, ``"mse"``, or
+        ``"learned"``: a trainable scale (LSQ, see
+        :meth:`Quantized.with_scales`), a parameter of approxjax's Flax
+        layers (``lhs_scale``, ``rhs_scale``: created when the layer is
+        initialized, or by an ``apply`` with ``mutable=["params"]``, from
+        the min-max range of its first operands), symmetric: in
+        ``approxjax.nn``'s ``Dense``, ``Conv`` and ``DenseGeneral`` with one
+        output axis; elsewhere (attention, ``approximate(fn)``, a bare
+        ``dot_general``) the scale is calibrated min-max.
       percentile: for ``"percentile"``, in (50, 100].
     """
 
     symmetric: bool = True
     per_channel: bool = False
-    calibration: Literal["minmax", "percentile", "mse"] = "minmax"
+    calibration: Literal["minmax", "percentile", "mse", "learned"] = "minmax"
     percentile: float = 99.99
 
     def __post_init__(self):
@@ -124,7 +132,10 @@ def dequantize(q, scale, zero):
 
 
 def calibrate(x, axes, bits: int, signed: bool, spec: QuantSpec):
-    """Scale and zero point of x over ``axes`` (keepdims), by ``spec``."""
+    """Scale and zero point of x over ``axes`` (keepdims), by ``spec`` (a
+    ``"learned"`` scale not given: its min-max initial value)."""
+    if spec.calibration == "learned":
+        spec = dataclasses.replace(spec, calibration="minmax")
     x = jax.lax.stop_gradient(x.astype(jnp.float32))
     lo, hi = _range(x, axes, spec, signed)
     scale, zero = _params(lo, hi, bits, signed, spec.symmetric)
@@ -240,6 +251,9 @@ class Quantized:
                 f"gradient='quantized' quantizes signed gradients: {multiplier.name} has "
                 f"unsigned operands (signed={multiplier.signed})"
             )
+        for side, spec in (("lhs", lhs), ("rhs", rhs)):
+            if spec.calibration == "learned" and not spec.symmetric:
+                raise ValueError(f"learned scales are symmetric: {side} is asymmetric")
         if multiplier.function is not None:
             if gradient == "lut":
                 raise ValueError(
@@ -325,6 +339,11 @@ class Quantized:
         if self.gradient == "lut" and self.smoothing != default_smoothing(self.multiplier.bits):
             parts.append(f"smooth{self.smoothing}")
         return parts
+
+    @property
+    def learns_scales(self) -> bool:
+        """Whether either side's calibration is ``"learned"``."""
+        return "learned" in (self.lhs.calibration, self.rhs.calibration)
 
     def __bool__(self) -> bool:  # truthy although a single one has no len()
         return True

@@ -35,6 +35,7 @@ unmodified ``flax.nnx`` model with approximate products (see the README).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from typing import Any
 
@@ -60,6 +61,51 @@ from approxjax._src.ops.conv import conv_general_dilated
 from approxjax._src.ops.dot_general import dot_general
 
 CONTEXT = "context"
+
+# The approxjax layer whose __call__ is running (and how many of its GEMMs
+# have asked for learned scales so far), for hooks that create parameters.
+_CALLER: contextvars.ContextVar = contextvars.ContextVar("approxjax_layer", default=None)
+
+
+def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
+    """``q`` with its learned scales as parameters of the calling layer:
+    ``lhs_scale`` (a scalar) and ``rhs_scale`` (one per output channel, or a
+    scalar), suffixed ``_1``, ``_2``... for the layer's later GEMMs, first
+    set to the min-max scales of the operands they first see. ``q`` itself
+    outside an approxjax layer or where the rhs is no weight
+    (``rhs_channel_axis`` None): calibrated min-max."""
+    from approxjax._src.arithmetic.quantization import QuantSpec, calibrate
+
+    caller = _CALLER.get()
+    if caller is None or rhs_channel_axis is None:
+        return q
+    module, count = caller
+    suffix = "" if count[0] == 0 else f"_{count[0]}"
+    count[0] += 1
+
+    def param(name, side, x, per_channel):
+        axes = tuple(d for d in range(x.ndim) if not (per_channel and d == rhs_channel_axis))
+        bits, signed = q.multiplier.bits[side], q.multiplier.signed[side]
+        shape = (-1,) if per_channel else ()
+        return module.param(
+            name + suffix, lambda _: calibrate(x, axes, bits, signed, QuantSpec())[0].reshape(shape)
+        )
+
+    sa = param("lhs_scale", 0, lhs, False) if q.lhs.calibration == "learned" else None
+    sb = param("rhs_scale", 1, rhs, q.rhs.per_channel) if q.rhs.calibration == "learned" else None
+    return q.with_scales(sa, sb)
+
+
+def _dense_channel_axis(rhs, dimension_numbers) -> int | None:
+    """The rhs's output-channel axis of a layer's dot_general (a weight:
+    no batch dims, one free dim), else None."""
+    (_, rhs_contract), (lhs_batch, _) = dimension_numbers
+    free = [d for d in range(rhs.ndim) if d not in tuple(rhs_contract)]
+    return free[0] if not lhs_batch and len(free) == 1 else None
+
+
+def _learns(multiplier) -> bool:
+    return getattr(multiplier, "learns_scales", False)
 
 
 def resolve(multiplier: Any, input_grad: Any = FORWARD, weight_grad: Any = FORWARD):
@@ -115,10 +161,15 @@ class ApproxConv(_Settings):
         c = self.choice()
         if c.exact:
             return lax.conv_general_dilated(*args, **kwargs)
+        forward = c.forward
+        if _learns(forward):
+            lhs, rhs = args[0], args[1]
+            dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, kwargs.get("dimension_numbers"))
+            forward = _learned_scales(forward, lhs, rhs, dn.rhs_spec[0])
         return conv_general_dilated(
             *args,
             **kwargs,
-            multiplier=c.forward,
+            multiplier=forward,
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
             options=self.options,
@@ -146,13 +197,17 @@ class _ChosenDotGeneral:
                 precision=precision,
                 preferred_element_type=preferred_element_type,
             )
+        forward = c.forward
+        if _learns(forward):
+            axis = _dense_channel_axis(rhs, dimension_numbers)
+            forward = _learned_scales(forward, lhs, rhs, axis)
         return dot_general(
             lhs,
             rhs,
             dimension_numbers,
             precision,
             preferred_element_type,
-            multiplier=c.forward,
+            multiplier=forward,
             input_grad_multiplier=c.input_grad,
             weight_grad_multiplier=c.weight_grad,
             options=self.options,
@@ -189,6 +244,17 @@ def _approx_module(base, doc: str, hooks=(), call=None):
                 object.__setattr__(self, field, make(self))
         base.__post_init__(self)
 
+    # Learned scales belong to layers whose rhs is their own weight; inside
+    # attention (whose projections are Flax's own layers) none are learned.
+    owner = base in (nn.Dense, nn.DenseGeneral, nn.Conv)
+
+    def __call__(self, *args, **kwargs):
+        token = _CALLER.set((self, [0]) if owner else None)
+        try:
+            return base.__call__(self, *args, **kwargs)
+        finally:
+            _CALLER.reset(token)
+
     namespace = {
         "__module__": "approxjax.nn",
         "__qualname__": base.__name__,
@@ -209,6 +275,8 @@ def _approx_module(base, doc: str, hooks=(), call=None):
     }
     if call is not None:
         namespace["__call__"] = nn.compact(call)
+    elif hooks:
+        namespace["__call__"] = __call__
     return type(base.__name__, (base,), namespace)
 
 

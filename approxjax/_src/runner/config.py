@@ -26,8 +26,8 @@ SPEC_HELP = (
 # An integer multiplier spec's +options (parsed by approxjax._src.runner.specs).
 COST_KEYS = ("power_mW", "area_um2", "delay_ns")
 INTEGER_OPTIONS = (
-    "grad=ste|quantized|lut, calib=minmax|percentile|mse, percentile=P, rank=R, smooth=S, asym, "
-    "per_tensor, " + ", ".join(f"{k}=X" for k in COST_KEYS)
+    "grad=ste|quantized|lut, calib=minmax|percentile|mse|learned, percentile=P, rank=R, "
+    "smooth=S, asym, per_tensor, " + ", ".join(f"{k}=X" for k in COST_KEYS)
 )
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from approxjax._src.arithmetic.arithmetic import Arithmetic, stack
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.arithmetic.quantization import Quantized
-from approxjax._src.interpret.policy import Policy
+from approxjax._src.interpret.policy import Policy, using
 from approxjax._src.runner import checkpoints, datasets, networks, outputs
 from approxjax._src.runner.config import (
     GEMMS,
@@ -101,7 +101,21 @@ class Trainer:
         matches no layer raises here, before anything is trained."""
         x, y = self.data.sample(2)
         params = jax.eval_shape(self.model.init, jax.random.key(0), x)
+        params = jax.eval_shape(lambda p: self.with_scales(p, mult), params)
         jax.eval_shape(self._eval, params, x, y, mult)
+
+    def with_scales(self, params, mult: Arith | None):
+        """``params`` plus the learned scales (``+calib=learned``) that the
+        layers create under ``mult`` (a group's first member: scales start
+        from the data's min-max range, the same for every member), set from
+        the first training batch; ``params`` itself for other arithmetics."""
+        if not getattr(mult, "learns_scales", False):
+            return params
+        x, _ = self.data.sample(self.cfg.batch_size)
+        key = jax.random.key(self.cfg.seed)
+        with using(make_policy(self.cfg, mult)):
+            _, grown = self.model.apply(params, x, mutable=["params"], rngs={"params": key})
+        return grown
 
     def evaluate(self, ev, params, mult, label: str) -> dict[str, np.ndarray]:
         """Test loss and accuracy (and a task's metrics: BLEU, mAP), one
@@ -345,6 +359,12 @@ def run_sweep(
     show = show_progress and sys.stderr.isatty() if show_progress == "auto" else show_progress
     trainer = Trainer(cfg, model, data, placement, bool(show))
     for members in groups.values():
+        if getattr(members[0], "learns_scales", False) and (cfg.first_exact or cfg.last_exact):
+            raise ConfigError(
+                f"{members[0].name}: learned scales are parameters of the model's layers; "
+                "--first-exact/--last-exact run the model through approximate(), which has "
+                "none: use --exact-layers, or another calibration"
+            )
         trainer.check_policy(members[0])
     params0 = model.init(jax.random.key(cfg.seed), data.sample(2)[0])
     if cfg.init_params is not None:
@@ -417,20 +437,22 @@ def run_sweep(
         )
         mults = stack(members) if has_table else members[0]
         if cfg.mode == "train":
+            start = trainer.with_scales(params0, first)
             _, hist = train_group(
-                trainer, label, mults, params0, cfg.epochs, group_ckpt(label, members), log
+                trainer, label, mults, start, cfg.epochs, group_ckpt(label, members), log
             )
             for i, mult in enumerate(members):
                 results["runs"][mult.name] = outputs.run_summary(hist, i, label)
             continue
         _, ev = trainer.compiled(has_table)
         count = len(members)
+        scaled = trainer.with_scales(base_params, first)
         if has_table:
-            ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), base_params)
+            ps = jax.tree_util.tree_map(lambda a, c=count: jnp.stack([a] * c), scaled)
             axis = placement.sweep_axis(count)
             ps, placed = placement.state(ps, axis), placement.state(mults, axis)
         else:
-            ps, placed = base_params, mults
+            ps, placed = scaled, mults
         scores = trainer.evaluate(ev, ps, placed, label)
         before = _single(base_epochs, scores)
         accs = zip(members, np.atleast_1d(scores["accuracy"]), strict=True)
@@ -440,7 +462,7 @@ def run_sweep(
                 results["runs"][mult.name] = outputs.run_summary(before, i, label)
             continue
         _, tuned = train_group(
-            trainer, label + "-finetune", mults, base_params, cfg.finetune_epochs,
+            trainer, label + "-finetune", mults, scaled, cfg.finetune_epochs,
             group_ckpt(label + "-finetune", members), log, first_epoch=base_epochs,
         )  # fmt: skip
         for i, mult in enumerate(members):
