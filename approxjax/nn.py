@@ -11,6 +11,7 @@ from approxjax._src.flax.modules import (
     DenseGeneral,
     Einsum,
     MultiHeadDotProductAttention,
+    calibrate_scales,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "DenseGeneral",
     "Einsum",
     "MultiHeadDotProductAttention",
+    "calibrate_scales",
 ]

@@ -543,3 +543,23 @@ def test_learned_scales_in_flax_layers():
     assert not any("scale" in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(p))
     with pytest.raises(ValueError, match="learned scales are symmetric"):
         ax.Quantized(mult, lhs=ax.QuantSpec(calibration="learned", symmetric=False))
+
+
+def test_calibrate_scales_over_a_set():
+    """ax.nn.calibrate_scales: each learned scale is the largest min-max
+    scale its layer sees over the batches; other parameters unchanged."""
+    learned = ax.QuantSpec(calibration="learned")
+    q = ax.Quantized(ax.integer.exact(8), lhs=learned, rhs=ax.QuantSpec(per_channel=True))
+    model = ax.nn.Dense(3)
+    batches = [jax.random.normal(jax.random.key(i), (4, 6)) * (i + 1) for i in range(3)]
+    params = model.init(jax.random.key(9), batches[0])  # no scales: made outside using()
+    got = ax.nn.calibrate_scales(model, params, batches, q)
+    scales = [qz.calibrate(b, (0, 1), 8, True, qz.QuantSpec())[0] for b in batches]
+    want = max(float(s.reshape(())) for s in scales)
+    assert float(got["params"]["lhs_scale"]) == want
+    assert "rhs_scale" not in got["params"]  # the weights calibrate min-max
+    np.testing.assert_array_equal(got["params"]["kernel"], params["params"]["kernel"])
+    with pytest.raises(ValueError, match="at least one batch"):
+        ax.nn.calibrate_scales(model, params, [], q)
+    with pytest.raises(ValueError, match="no layer learns scales"):
+        ax.nn.calibrate_scales(model, params, batches, ax.Quantized(ax.integer.exact(8)))

@@ -40,6 +40,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from flax.linen import module as flax_module
 from flax.linen.linear import canonicalize_padding
@@ -55,6 +56,7 @@ from approxjax._src.interpret.policy import (
     Policy,
     choose_in_context,
     current_path,
+    using,
 )
 from approxjax._src.ops.checks import INTEGER_KINDS
 from approxjax._src.ops.conv import conv_general_dilated
@@ -94,6 +96,49 @@ def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
     sa = param("lhs_scale", 0, lhs, False) if q.lhs.calibration == "learned" else None
     sb = param("rhs_scale", 1, rhs, q.rhs.per_channel) if q.rhs.calibration == "learned" else None
     return q.with_scales(sa, sb)
+
+
+def calibrate_scales(model, params, batches, multiplier, *, rng=None):
+    """``params`` with the learned-scale parameters of ``model``'s layers
+    under ``multiplier`` (a :class:`~approxjax.Quantized`, or a Policy of
+    them, with ``QuantSpec(calibration="learned")``) set from a calibration
+    set: each scale is the largest of the min-max scales its layer sees over
+    ``batches`` (an iterable of ``model.apply`` inputs), so the set's
+    extreme values quantize without clipping. Use them fixed (post-training
+    quantization) or as the start of training. Other parameters are
+    returned unchanged.
+
+    Raises:
+      ValueError: no batches, or no layer of ``model`` learns scales under
+        ``multiplier``.
+    """
+
+    def scale(path) -> bool:
+        return str(getattr(path[-1], "key", "")).startswith(("lhs_scale", "rhs_scale"))
+
+    def without_scales(tree):
+        if not isinstance(tree, dict):
+            return tree
+        return {k: without_scales(v) for k, v in tree.items()
+                if not str(k).startswith(("lhs_scale", "rhs_scale"))}  # fmt: skip
+
+    plain = without_scales(params)
+    rng = jax.random.key(0) if rng is None else rng
+    best = None
+    for x in batches:
+        with using(multiplier):
+            _, seen = model.apply(plain, x, mutable=["params"], rngs={"params": rng})
+        best = seen if best is None else jax.tree_util.tree_map_with_path(
+            lambda path, a, b: jnp.maximum(a, b) if scale(path) else a, best, seen
+        )  # fmt: skip
+    if best is None:
+        raise ValueError("calibrate_scales needs at least one batch")
+    if not any(scale(path) for path, _ in jax.tree_util.tree_leaves_with_path(best)):
+        raise ValueError(
+            "no layer learns scales under this multiplier: give approxjax's Dense/Conv layers "
+            "a Quantized with QuantSpec(calibration='learned')"
+        )
+    return best
 
 
 def _dense_channel_axis(rhs, dimension_numbers) -> int | None:
