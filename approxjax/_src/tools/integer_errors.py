@@ -206,7 +206,8 @@ def plot_integer_errors(mults: list[IntegerMultiplier], path: Any = None):
         )  # fmt: skip
         ax0.set_xlabel("operand b")
         ax0.set_ylabel("operand a")
-        ax0.set_title(f"{mult.name}: error A - a*b", fontsize=10)
+        grid = "" if mult.function is None else f" ({va.size} x {vb.size} values)"
+        ax0.set_title(f"{mult.name}: error A - a*b{grid}", fontsize=10)
         fig.colorbar(im, ax=ax0, fraction=0.046)
         values = err.reshape(-1)
         ax1.hist(values, bins=101, color="tab:blue")
