@@ -397,7 +397,7 @@ def test_integer_multiplier_specs():
     plain = specs.load_arithmetic("kulkarni8s")
     assert isinstance(plain, ax.Quantized) and plain.name == "kulkarni8s/ste"
     for bad, message in [
-        (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:s13", "bits"),
+        (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:s17", "2 to 16 bits"),
         (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:q8", "file.c@function:s8"),
         ("kulkarni8s+rank=two", "rank must be a number; got 'two'"),
         ("kulkarni8s+e4m3", "unknown option 'e4m3'"),
