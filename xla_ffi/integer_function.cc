@@ -45,7 +45,8 @@ struct FnProblem {
   float* out_f32 = nullptr;
   IntegerEntry fn = nullptr;
   int64_t batch = 1, m_rows = 0, n_cols = 0, depth = 0;
-  std::vector<int64_t> lead, lead_a, lead_b;
+  std::vector<int64_t> lead;  // out's leading dims
+  Operand a_lead, b_lead;     // the operands' broadcast leading dims
   int64_t chunks = 1, units = 0;
 };
 
@@ -62,8 +63,8 @@ struct FnState {
 bool RunRows(const FnProblem& p, int64_t g, int64_t r0, int64_t rows,
              std::vector<int64_t>& acc, std::string& why) {
   const int64_t n = p.n_cols, k_len = p.depth;
-  const int32_t* a = p.a + MatrixOf(g, p.lead, p.lead_a) * p.m_rows * k_len;
-  const int32_t* b = p.b + MatrixOf(g, p.lead, p.lead_b) * k_len * n;
+  const int32_t* a = p.a + MatrixOffset(g, p.lead, p.a_lead) * p.m_rows * k_len;
+  const int32_t* b = p.b + MatrixOffset(g, p.lead, p.b_lead) * k_len * n;
   acc.resize(static_cast<size_t>(n));
   for (int64_t r = r0; r < r0 + rows; ++r) {
     std::fill(acc.begin(), acc.end(), 0);
@@ -160,16 +161,16 @@ ffi::Future IntFunctionGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> lhs,
     }
     if (address == 0) return Failed(Invalid("no function address"));
     auto p = std::make_unique<FnProblem>();
-    std::vector<std::vector<int64_t>> of;
-    if (!LeadingDims(od, {ld, rd}, &p->lead, &of)) {
-      return Failed(Invalid("leading dimensions of lhs " + DimsString(ld) +
-                            " and rhs " + DimsString(rd) +
-                            " must be those of out " + DimsString(od) + " or 1"));
+    const char* target = "approxjax_int_function_gemm";
+    p->lead.assign(od.begin(), od.end() - 2);
+    if (auto e = LeadStrides(target, "lhs", ld, p->lead, &p->a_lead); e.failure()) {
+      return Failed(std::move(e));
     }
-    p->lead_a = of[0];
-    p->lead_b = of[1];
-    p->batch = Product(p->lead);
-    const int64_t count_a = Product(p->lead_a), count_b = Product(p->lead_b);
+    if (auto e = LeadStrides(target, "rhs", rd, p->lead, &p->b_lead); e.failure()) {
+      return Failed(std::move(e));
+    }
+    for (int64_t d : p->lead) p->batch *= d;
+    const int64_t count_a = p->a_lead.matrix_count, count_b = p->b_lead.matrix_count;
     p->m_rows = ld[rank - 2];
     p->depth = ld[rank - 1];
     p->n_cols = rd[rank - 1];

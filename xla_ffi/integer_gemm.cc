@@ -77,7 +77,7 @@ struct IntProblem {
   int32_t* out = nullptr;
   int64_t batch = 1, m_rows = 0, n_cols = 0, depth = 0, side_a = 0, side_b = 0;
   std::vector<int64_t> lead;                  // out's leading dimensions
-  std::vector<int64_t> lead_a, lead_b, lead_l;  // the operands' (each d or 1)
+  Operand a_lead, b_lead, l_lead;  // the operands' broadcast leading dims
   int64_t tables_count = 1;
   std::vector<EntryType> types;  // per table
   std::vector<int32_t> biases;   // per table (16-bit tables: entry - bias)
@@ -113,8 +113,8 @@ void RunBlock(const IntProblem& p, const IntegerBlockKernels<E>& kern,
               const E* lut, const uint8_t* planes, int32_t bias, int64_t g,
               int64_t r0, int64_t rows, int64_t n0, int64_t ncols,
               TableScratch& scratch) {
-  const int64_t ga = MatrixOf(g, p.lead, p.lead_a);
-  const int64_t gb = MatrixOf(g, p.lead, p.lead_b);
+  const int64_t ga = MatrixOffset(g, p.lead, p.a_lead);
+  const int64_t gb = MatrixOffset(g, p.lead, p.b_lead);
   const uint16_t* a = p.a + (ga * p.m_rows + r0) * p.depth;
   const uint16_t* b = p.b + gb * p.depth * p.n_cols + n0;
   int32_t* out = p.out + (g * p.m_rows + r0) * p.n_cols + n0;
@@ -144,7 +144,7 @@ void RunUnit(const IntProblem& p, int64_t u) {
   const int64_t ncols = std::min<int64_t>(kIntCols, p.n_cols - n0);
   if (rows <= 0) return;
   const int64_t size = p.side_a * p.side_b;
-  const int64_t gl = MatrixOf(g, p.lead, p.lead_l);
+  const int64_t gl = MatrixOffset(g, p.lead, p.l_lead);
   if (p.types[gl] == EntryType::kI16) {
     const uint8_t* planes =
         p.planes.empty() ? nullptr : p.planes.data() + gl * p.side_a * 512;
@@ -192,19 +192,20 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
                                 DimsString(td) + ", " + DimsString(od)));
     }
     auto p = std::make_unique<IntProblem>();
-    std::vector<std::vector<int64_t>> of;
-    if (!LeadingDims(od, {ld, rd, td}, &p->lead, &of)) {
-      return Failed(Invalid("leading dimensions of lhs " + DimsString(ld) +
-                            ", rhs " + DimsString(rd) + " and lut " +
-                            DimsString(td) + " must be those of out " +
-                            DimsString(od) + " or 1"));
+    const char* target = "approxjax_int_gemm";
+    p->lead.assign(od.begin(), od.end() - 2);
+    if (auto e = LeadStrides(target, "lhs", ld, p->lead, &p->a_lead); e.failure()) {
+      return Failed(std::move(e));
     }
-    p->lead_a = of[0];
-    p->lead_b = of[1];
-    p->lead_l = of[2];
-    p->batch = Product(p->lead);
-    const int64_t count_a = Product(p->lead_a), count_b = Product(p->lead_b);
-    p->tables_count = Product(p->lead_l);
+    if (auto e = LeadStrides(target, "rhs", rd, p->lead, &p->b_lead); e.failure()) {
+      return Failed(std::move(e));
+    }
+    if (auto e = LeadStrides(target, "lut", td, p->lead, &p->l_lead); e.failure()) {
+      return Failed(std::move(e));
+    }
+    for (int64_t d : p->lead) p->batch *= d;
+    const int64_t count_a = p->a_lead.matrix_count, count_b = p->b_lead.matrix_count;
+    p->tables_count = p->l_lead.matrix_count;
     p->m_rows = ld[rank - 2];
     p->depth = ld[rank - 1];
     p->n_cols = rd[rank - 1];

@@ -12,7 +12,6 @@
 #define APPROXJAX_SHAPES_H_
 
 #include <cstdint>
-#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -60,18 +59,24 @@ inline ffi::Error LeadStrides(const char* target, const char* name,
   return ffi::Error::Success();
 }
 
+// Matrix offset of batch element g in one broadcast operand.
+inline int64_t MatrixOffset(int64_t g, const std::vector<int64_t>& lead,
+                            const Operand& x) {
+  int64_t at = 0;
+  for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
+    at += (g % lead[d]) * x.lead_stride[d];
+    g /= lead[d];
+  }
+  return at;
+}
+
 // Matrix offsets of batch element g in three broadcast operands.
 inline void BatchOffsets(int64_t g, const std::vector<int64_t>& lead,
                          const Operand& x, const Operand& y, const Operand& z,
                          int64_t* ox, int64_t* oy, int64_t* oz) {
-  *ox = *oy = *oz = 0;
-  for (int d = static_cast<int>(lead.size()) - 1; d >= 0; --d) {
-    const int64_t i = g % lead[d];
-    g /= lead[d];
-    *ox += i * x.lead_stride[d];
-    *oy += i * y.lead_stride[d];
-    *oz += i * z.lead_stride[d];
-  }
+  *ox = MatrixOffset(g, lead, x);
+  *oy = MatrixOffset(g, lead, y);
+  *oz = MatrixOffset(g, lead, z);
 }
 
 // Mantissa bits of a table whose last two dimensions are (side, side).
@@ -279,47 +284,6 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
     return e;
   }
   return LeadStrides(target, "lut", lud, g.out_lead, &g.l);
-}
-
-// The leading (batch) dimensions of out, `lead`, and of each operand,
-// `of[i]`: false where an operand's rank differs from out's or one of its
-// leading dimensions is neither out's nor 1.
-inline bool LeadingDims(ffi::Span<const int64_t> out,
-                        std::initializer_list<ffi::Span<const int64_t>> operands,
-                        std::vector<int64_t>* lead,
-                        std::vector<std::vector<int64_t>>* of) {
-  const size_t rank = out.size();
-  if (rank < 2) return false;
-  lead->assign(out.begin(), out.end() - 2);
-  of->clear();
-  for (const auto& dims : operands) {
-    if (dims.size() != rank) return false;
-    of->emplace_back(dims.begin(), dims.end() - 2);
-    for (size_t d = 0; d + 2 < rank; ++d) {
-      if (dims[d] != out[d] && dims[d] != 1) return false;
-    }
-  }
-  return true;
-}
-
-inline int64_t Product(const std::vector<int64_t>& dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
-}
-
-// Which matrix of an operand with leading dimensions `dims` batch member g
-// of an output with leading dimensions `lead` reads (broadcast dims: 0).
-inline int64_t MatrixOf(int64_t g, const std::vector<int64_t>& lead,
-                        const std::vector<int64_t>& dims) {
-  int64_t at = 0, stride = 1;
-  for (size_t d = lead.size(); d-- > 0;) {
-    const int64_t i = g % lead[d];
-    g /= lead[d];
-    if (dims[d] != 1) at += i * stride;
-    stride *= dims[d];
-  }
-  return at;
 }
 
 }  // namespace approxjax

@@ -239,10 +239,9 @@ class IntegerMultiplier:
         if self.function is not None:
             flat = self.function.evaluate(a.reshape(-1), b.reshape(-1))
             return np.asarray(flat, np.int64).reshape(a.shape)
-        table = np.asarray(self.table, np.int64)
-        ia = a & ((1 << self.bits[0]) - 1)
-        ib = b & ((1 << self.bits[1]) - 1)
-        return table[..., ia, ib]
+        from approxjax._src.arithmetic.reference import integer_multiply
+
+        return np.asarray(integer_multiply(a, b, self), np.int64)
 
     def code_range(self, operand: int) -> tuple[int, int]:
         """The least and greatest code of operand 0 (lhs) or 1 (rhs)."""

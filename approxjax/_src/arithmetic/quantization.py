@@ -295,7 +295,8 @@ class Quantized:
           ValueError: a side with asymmetric quantization; a scale of the
             wrong rank (a per-channel count is checked when the GEMM runs).
         """
-        out = Quantized.tree_unflatten(self.tree_flatten()[1], self.tree_flatten()[0])
+        children, aux = self.tree_flatten()
+        out = Quantized.tree_unflatten(aux, children)
         for side, value, spec in (("lhs", lhs, self.lhs), ("rhs", rhs, self.rhs)):
             if value is None:
                 continue

@@ -196,13 +196,19 @@ def from_c(
     return mult
 
 
+def _language(path, cxx) -> tuple[bool, object]:
+    """Whether to compile as C++ (by the file's suffix unless ``cxx`` says)
+    and the folder to add to the include path (the file's)."""
+    if cxx is None:
+        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
+    return cxx, (path.resolve().parent if path is not None else None)
+
+
 def _build(text, path, function, kind, cxx, flags, defines):
     """The model compiled with ``kind``'s driver, ``defines`` and the user's
     ``flags`` (C++ by the file's suffix unless ``cxx`` says), and its
     provenance for the multiplier's metadata."""
-    if cxx is None:
-        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
-    include = path.resolve().parent if path is not None else None
+    cxx, include = _language(path, cxx)
     model = c_build.build(
         text, function, kind, cxx=cxx, flags=[*defines, *flags], include_dir=include
     )
@@ -235,8 +241,9 @@ def _integer_from_c(text, path, function, bits, signed, name, cxx, flags, timeou
     metadata = {**provenance, "signedness": tag, "reported": header_metrics(text)}
     if max(pair) > MAX_TABLE_BITS:
         return _function_model(
-            model, text, path, function, pair, sign, name, cost, metadata, cxx, flags, timeout
-        )
+            model, text, path, function, pair, sign, name, cost, metadata, cxx,
+            [*widths, *flags], timeout,
+        )  # fmt: skip
     va, vb = operand_values(pair[0], sign[0]), operand_values(pair[1], sign[1])
     table = model.table(
         1 << pair[0],
@@ -266,7 +273,8 @@ def _function_model(model, text, path, function, pair, sign, name, cost, metadat
     of the operands' extreme codes (least, -1, 0, 1, greatest) and on
     TRIAL_PAIRS random pairs (a crash, exit or hang there is a CModelError
     naming the operands; products outside int64 cannot occur, as the entry
-    returns long long), then loaded as a shared library."""
+    returns long long), then loaded as a shared library built with
+    ``flags`` (the widths' defines and the user's)."""
     import ctypes
 
     from approxjax._src.arithmetic.integer import IntegerFunction, IntegerMultiplier, code_range
@@ -285,13 +293,10 @@ def _function_model(model, text, path, function, pair, sign, name, cost, metadat
     a = np.concatenate([ca.ravel(), rng.integers(lo_a, hi_a + 1, TRIAL_PAIRS)])
     b = np.concatenate([cb.ravel(), rng.integers(lo_b, hi_b + 1, TRIAL_PAIRS)])
     evaluate(a, b)
-    include = path.resolve().parent if path is not None else None
-    widths = [f"-DINT_BITS_A={pair[0]}", f"-DINT_BITS_B={pair[1]}"]
+    cxx, include = _language(path, cxx)
     lib = c_build.build_library(
-        text, function, entry="integer", cxx=cxx if cxx is not None else (
-            path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
-        ), flags=[*widths, *flags], include_dir=include,
-    )  # fmt: skip
+        text, function, entry="integer", cxx=cxx, flags=flags, include_dir=include
+    )
     library = ctypes.CDLL(str(lib))
     entry = c_build.LIBRARY_ENTRIES["integer"][1]
     address = ctypes.cast(getattr(library, entry), ctypes.c_void_p).value
@@ -414,9 +419,7 @@ def adder_from_c(
     from approxjax._src.arithmetic.arithmetic import c_adder
 
     text, path = c_build.read_source(source_or_path)
-    if cxx is None:
-        cxx = path is not None and path.suffix in {".cc", ".cpp", ".cxx"}
-    include = path.resolve().parent if path is not None else None
+    cxx, include = _language(path, cxx)
     model = c_build.build(
         text, function, c_build.FLOAT_ADDER, cxx=cxx, flags=flags, include_dir=include
     )
