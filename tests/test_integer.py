@@ -325,7 +325,8 @@ def test_gemm_matches_reference(mult, m, k, n, batch, layout, seed):
     [
         dict(gemm="gathers"),
         dict(gemm="tables", variant="baseline"),
-        dict(gemm="tables", variant="avx2"),
+        dict(gemm="tables", variant="avx2"),  # transposing builds, paired sweeps
+        dict(gemm="tables", variant="avx2", pairs=False),  # one k at a time
         dict(gemm="tables", variant="avx512"),  # byte-permute builds, paired sweeps
         dict(gemm="tables", variant="avx512", codes=False),  # word-permute builds
         dict(gemm="tables", variant="avx512", pairs=False),  # one k at a time
@@ -340,7 +341,10 @@ def test_gemm_paths_and_variants(options):
     if variant == "avx512" and ax.cpu_kernel_variant() != "Avx512":
         pytest.skip("this CPU has no AVX-512")
     rng = np.random.default_rng(1)
-    for mult in GEMM_MULTS[:4]:  # int16 entries, biased uint16 ones, 8x4 bits, int32 ones
+    # int16 entries, biased uint16 ones, 8x4 bits, int32 ones, and tables of
+    # 16 and 8 rows (the transposing build's partial block of rows)
+    mults = GEMM_MULTS[:5] + [ax.integer.exact((3, 8), signed=True)]
+    for mult in mults:
         a = codes(rng, mult, 0, (300, 77))
         b = codes(rng, mult, 1, (77, 130))
         want = np.asarray(ax.reference.integer_dot_general(a, b, MATMUL, mult))

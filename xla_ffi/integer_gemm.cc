@@ -7,7 +7,7 @@
 // stack of tables under vmap shares the operands without copies).
 //
 // Two inner paths (integer_kernels.h): per-tile tables (tab[k][i][c] =
-// lut[i][b[k, c]] for a block of 64 columns and as many k as fit 512 KiB,
+// lut[i][b[k, c]] for a block of 64 columns and as many k as fit 256 KiB,
 // then every row adds tab[k][a[r, k]][0..64) as one vector stream) for
 // tables of up to 256 x 256 entries and outputs with at least half as many
 // rows as the table, and gathers of each product from the LUT row of the
@@ -35,7 +35,9 @@ namespace ffi = xla::ffi;
 namespace approxjax {
 namespace {
 
-constexpr int64_t kTableBudget = 512 * 1024;
+// Per-tile tables of up to 256 KiB: 8 k of 16-bit 8-bit tables (on a Zen 4,
+// 8 k per table beat 16 by 5-15% in the sweep, measured).
+constexpr int64_t kTableBudget = 256 * 1024;
 constexpr int64_t kMaxSide = 4096;  // 12-bit codes
 
 ffi::Error Invalid(const std::string& what) {
@@ -82,7 +84,8 @@ struct IntProblem {
   std::vector<EntryType> types;  // per table
   std::vector<int32_t> biases;   // per table (16-bit tables: entry - bias)
   std::vector<int16_t> t16;      // tables held as int16
-  std::vector<uint8_t> planes;   // their byte planes (cols <= 256)
+  std::vector<uint8_t> planes;   // their byte planes (ways.bytes)
+  std::vector<int16_t> columns;  // their columns as rows (ways.columns)
   const int32_t* lut = nullptr;
   bool tables = true;
   IntegerWays ways;
@@ -110,7 +113,7 @@ struct TableScratch {
 
 template <typename E>
 void RunBlock(const IntProblem& p, const IntegerBlockKernels<E>& kern,
-              const E* lut, const uint8_t* planes, int32_t bias, int64_t g,
+              const E* lut, TableSources sources, int32_t bias, int64_t g,
               int64_t r0, int64_t rows, int64_t n0, int64_t ncols,
               TableScratch& scratch) {
   const int64_t ga = MatrixOffset(g, p.lead, p.a_lead);
@@ -126,7 +129,7 @@ void RunBlock(const IntProblem& p, const IntegerBlockKernels<E>& kern,
   E* tab = scratch.Get<E>(p.kb * p.side_a * kIntCols);
   for (int64_t k0 = 0; k0 < p.depth; k0 += p.kb) {
     const int64_t kc = std::min(p.kb, p.depth - k0);
-    kern.build(tab, lut, planes, p.side_a, p.side_b, b + k0 * p.n_cols,
+    kern.build(tab, lut, sources, p.side_a, p.side_b, b + k0 * p.n_cols,
                p.n_cols, kc, ncols, p.ways);
     kern.sweep(out, p.n_cols, rows, a + k0, p.depth, kc, tab, p.side_a,
                ncols, k0 == 0, bias, p.ways);
@@ -146,13 +149,16 @@ void RunUnit(const IntProblem& p, int64_t u) {
   const int64_t size = p.side_a * p.side_b;
   const int64_t gl = MatrixOffset(g, p.lead, p.l_lead);
   if (p.types[gl] == EntryType::kI16) {
-    const uint8_t* planes =
-        p.planes.empty() ? nullptr : p.planes.data() + gl * p.side_a * 512;
-    RunBlock(p, p.kernels->i16, p.t16.data() + gl * size, planes, p.biases[gl],
+    TableSources sources;
+    if (!p.planes.empty()) sources.planes = p.planes.data() + gl * p.side_a * 512;
+    if (!p.columns.empty()) {
+      sources.columns = p.columns.data() + gl * p.side_b * ColumnStride(p.side_a);
+    }
+    RunBlock(p, p.kernels->i16, p.t16.data() + gl * size, sources, p.biases[gl],
              g, r0, rows, n0, ncols, scratch);
   } else {
-    RunBlock(p, p.kernels->i32, p.lut + gl * size, nullptr, 0, g, r0, rows, n0,
-             ncols, scratch);
+    RunBlock(p, p.kernels->i32, p.lut + gl * size, TableSources{}, 0, g, r0,
+             rows, n0, ncols, scratch);
   }
 }
 
@@ -279,24 +285,37 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
         const int32_t bias = p->biases[g];
         for (int64_t e = 0; e < size; ++e) d[e] = static_cast<int16_t>(t[e] - bias);
       }
-      if (p->side_b <= 256) {
-        p->planes.assign(static_cast<size_t>(p->tables_count * p->side_a * 512), 0);
-        for (int64_t g = 0; g < p->tables_count; ++g) {
-          if (p->types[g] != EntryType::kI16) continue;
-          BytePlanes(p->t16.data() + g * size, p->side_a, p->side_b,
-                     p->planes.data() + g * p->side_a * 512);
-        }
+    }
+    p->ways = p->kernels->ways(pairs, bytes);
+    if (narrow && p->ways.bytes && p->side_b <= 256) {
+      p->planes.assign(static_cast<size_t>(p->tables_count * p->side_a * 512), 0);
+      for (int64_t g = 0; g < p->tables_count; ++g) {
+        if (p->types[g] != EntryType::kI16) continue;
+        BytePlanes(p->t16.data() + g * size, p->side_a, p->side_b,
+                   p->planes.data() + g * p->side_a * 512);
       }
     }
-    // Tables where enough rows share them and they are built by permutes
-    // (AVX-512), else gathers. Measured: tables of more than 256 rows or
-    // columns lose to gathers at 10 and 12 bits; tables built by scalar
-    // gathers (AVX2 and the baseline: ~2 ns an entry on a 2-core EPYC) lose
-    // to gathers at every measured 8-bit shape up to 12800 x 150 x 64 and
-    // 1024^3 (benchmarks/RESULTS.md).
-    p->ways = p->kernels->ways(pairs, bytes);
-    const bool permutes = p->ways.bytes || p->ways.words;
-    p->tables = gemm == 1 || (gemm == 0 && permutes && p->side_a <= 256 &&
+    const int64_t stride = ColumnStride(p->side_a);
+    if (narrow && p->ways.columns && p->side_a <= 256) {
+      p->columns.assign(static_cast<size_t>(p->tables_count * p->side_b * stride), 0);
+      for (int64_t g = 0; g < p->tables_count; ++g) {
+        if (p->types[g] != EntryType::kI16) continue;
+        LutColumns(p->t16.data() + g * size, p->side_a, p->side_b,
+                   p->columns.data() + g * p->side_b * stride);
+      }
+    }
+    // Tables where enough rows share them and they are built by vector
+    // permutes (AVX-512) or transposes (AVX2, 16-bit tables), else gathers.
+    // Measured: tables of more than 256 rows or columns lose to gathers at
+    // 10 and 12 bits; tables built by scalar gathers (the baseline, and
+    // int32 tables without AVX-512: ~2 ns an entry on a 2-core EPYC) lose to
+    // gathers at every measured 8-bit shape up to 12800 x 150 x 64 and 1024^3
+    // (benchmarks/RESULTS.md).
+    const bool vector_builds =
+        p->ways.bytes || p->ways.words ||
+        (p->ways.columns &&
+         std::find(p->types.begin(), p->types.end(), EntryType::kI32) == p->types.end());
+    p->tables = gemm == 1 || (gemm == 0 && vector_builds && p->side_a <= 256 &&
                               p->side_b <= 256 && 2 * p->m_rows >= p->side_a);
     int64_t entry = 4;
     for (EntryType t : p->types) entry = t == EntryType::kI32 ? 4 : std::min<int64_t>(entry, 2);

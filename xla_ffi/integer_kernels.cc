@@ -1,6 +1,8 @@
 // The integer LUT GEMM's inner kernels (integer_kernels.h). Plain loops over
 // a fixed block of kIntCols columns (GCC vector extensions) serve every
-// instruction set. With AVX-512, 16-bit tables of up to 256 columns are
+// instruction set. With AVX2 alone, 16-bit tables of up to 256 rows are
+// built from the LUT's columns by 16 x 16 word transposes (BuildColumns).
+// With AVX-512, 16-bit tables of up to 256 columns are
 // built by word permutes (BW) or from byte planes by byte permutes (VBMI),
 // and swept two k at a time (VNNI): the rows of k and k + 1 interleaved word
 // by word (vpunpck[lh]wd) and summed pairwise into int32 lanes with the add
@@ -13,7 +15,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__AVX512BW__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -28,13 +30,22 @@
 namespace approxjax {
 namespace {
 
+// Words per vector of the paired sweep: 32 (AVX-512, vpdpwssd) or 16
+// (AVX2, vpmaddwd).
+#if defined(__AVX512BW__)
+constexpr int kPairWords = 32;
+#else
+constexpr int kPairWords = 16;
+#endif
+
 // The column stored at position w of a 16-bit table row under the paired
-// sweep: in each half of 32 columns, word 8l + j of 128-bit lane l holds
-// column 4l + j (j < 4) or 16 + 4l + (j - 4), so that unpacking two rows and
-// summing pairs gives columns 0..15 in one vector and 16..31 in the next.
+// sweep: in each group of kPairWords columns, word 8l + j of 128-bit lane l
+// holds column 4l + j (j < 4) or kPairWords / 2 + 4l + (j - 4), so that
+// unpacking two rows and summing pairs gives the group's first half of
+// columns in one vector and its second half in the next.
 constexpr int PairOrder(int w) {
-  const int half = w / 32, l = (w % 32) / 8, j = w % 8;
-  return 32 * half + (j < 4 ? 4 * l + j : 16 + 4 * l + (j - 4));
+  const int group = w / kPairWords, l = (w % kPairWords) / 8, j = w % 8;
+  return kPairWords * group + (j < 4 ? 4 * l + j : kPairWords / 2 + 4 * l + (j - 4));
 }
 
 // The column at stored position w of a table row of entry type E.
@@ -64,13 +75,23 @@ void Build(E* tab, const E* lut, int64_t rows_a, int64_t cols_b,
   }
 }
 
-// 16 int32 lanes (GCC vector extensions: one zmm, two ymm or four xmm).
-typedef int32_t V32 __attribute__((vector_size(64)));
-typedef int16_t VI16 __attribute__((vector_size(32)));
-constexpr int kVecs = kIntCols / 16;
+// int32 lanes of one register (GCC vector extensions): 16 (a zmm) with
+// AVX-512, 8 (a ymm) with AVX2, else 4. Vectors wider than the registers are
+// passed through memory: with 16 lanes everywhere GCC kept the AVX2 sweep's
+// accumulators on the stack, at half the baseline's speed.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+typedef int32_t V32 __attribute__((vector_size(4 * kLanes)));
+typedef int16_t VI16 __attribute__((vector_size(2 * kLanes)));
+constexpr int kVecs = kIntCols / kLanes;
 
 template <typename E>
-inline V32 Load16(const E* p) {
+inline V32 LoadLanes(const E* p) {
   if constexpr (sizeof(E) == 4) {
     V32 v;
     std::memcpy(&v, p, sizeof(v));
@@ -91,10 +112,10 @@ inline void Finish(int32_t* o, V32* acc, int64_t ncols, bool first,
     for (int q = 0; q < kVecs; ++q) {
       if (!first) {
         V32 v;
-        std::memcpy(&v, o + 16 * q, sizeof(v));
+        std::memcpy(&v, o + kLanes * q, sizeof(v));
         acc[q] += v;
       }
-      std::memcpy(o + 16 * q, &acc[q], sizeof(V32));
+      std::memcpy(o + kLanes * q, &acc[q], sizeof(V32));
     }
     return;
   }
@@ -114,7 +135,7 @@ void Sweep(int32_t* out, int64_t ldo, int64_t rows, const uint16_t* a,
     const E* t = tab;
     for (int64_t k = 0; k < kc; ++k, t += plane) {
       const E* row = t + int64_t{ar[k]} * kIntCols;
-      for (int q = 0; q < kVecs; ++q) acc[q] += Load16(row + 16 * q);
+      for (int q = 0; q < kVecs; ++q) acc[q] += LoadLanes(row + kLanes * q);
     }
     Finish(out + r * ldo, acc, ncols, first, bias, kc);
   }
@@ -238,9 +259,19 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void SweepPaired(
             _mm512_dpwssd_epi32(acc[2 * h + 1], _mm512_unpackhi_epi16(vx, zero), ones);
       }
     }
+    int32_t* o = out + r * ldo;
+    if (ncols == kIntCols) {  // whole blocks: straight from the registers
+      const __m512i add = _mm512_set1_epi32(static_cast<int32_t>(bias * kc));
+      for (int q = 0; q < 4; ++q) {
+        __m512i v = _mm512_add_epi32(acc[q], add);
+        if (!first) v = _mm512_add_epi32(v, _mm512_loadu_si512(o + 16 * q));
+        _mm512_storeu_si512(o + 16 * q, v);
+      }
+      continue;
+    }
     V32 lanes[kVecs];
     std::memcpy(lanes, acc, sizeof(lanes));
-    Finish(out + r * ldo, lanes, ncols, first, bias, kc);
+    Finish(o, lanes, ncols, first, bias, kc);
   }
 }
 
@@ -272,7 +303,10 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void BuildBytePermute(
     keep[h] = _mm512_cmplt_epu16_mask(_mm512_load_si512(stored_col + 32 * h),
                                       _mm512_set1_epi16(static_cast<int16_t>(ncols)));
   }
-  constexpr int kChunk = 16;
+  // Four k per pass over the LUT's rows: their indices and masks stay in
+  // registers (16 k spill them: 1.0 instead of 0.6 ms per 64-column block
+  // of 1024 k on a Zen 4; the word-permute build above is faster with 16).
+  constexpr int kChunk = 4;
   __m512i idx[kChunk];
   __mmask64 hi[kChunk];
   const __mmask32 first_half = ncols >= 32 ? 0xffffffffu : (1u << ncols) - 1;
@@ -312,14 +346,135 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) void BuildBytePermute(
 }
 #endif
 
+#if defined(__AVX2__)
+// Transposes 16 vectors of 16 words in place: word e of v[j] goes to word j
+// of v[e]. Three rounds of in-lane interleaves (words, dwords, qwords) leave
+// word e of rows 0-7 (of rows 8-15) in the low lane of g[0][e] (g[1][e])
+// and word e + 8 in its high lane; a lane exchange finishes.
+inline void Transpose16x16(__m256i v[16]) {
+  __m256i w1[8][2], w2[4][2][2], g[2][8];
+  for (int p = 0; p < 8; ++p) {
+    w1[p][0] = _mm256_unpacklo_epi16(v[2 * p], v[2 * p + 1]);  // words 0-3
+    w1[p][1] = _mm256_unpackhi_epi16(v[2 * p], v[2 * p + 1]);  // words 4-7
+  }
+  for (int q = 0; q < 4; ++q) {
+    for (int h = 0; h < 2; ++h) {  // words 4h + 2u, 4h + 2u + 1 of rows 4q..
+      w2[q][h][0] = _mm256_unpacklo_epi32(w1[2 * q][h], w1[2 * q + 1][h]);
+      w2[q][h][1] = _mm256_unpackhi_epi32(w1[2 * q][h], w1[2 * q + 1][h]);
+    }
+  }
+  for (int o = 0; o < 2; ++o) {
+    for (int h = 0; h < 2; ++h) {
+      for (int u = 0; u < 2; ++u) {  // word 4h + 2u (+ 1) of rows 8o..8o+7
+        g[o][4 * h + 2 * u] = _mm256_unpacklo_epi64(w2[2 * o][h][u], w2[2 * o + 1][h][u]);
+        g[o][4 * h + 2 * u + 1] = _mm256_unpackhi_epi64(w2[2 * o][h][u], w2[2 * o + 1][h][u]);
+      }
+    }
+  }
+  for (int e = 0; e < 8; ++e) {
+    v[e] = _mm256_permute2x128_si256(g[0][e], g[1][e], 0x20);
+    v[e + 8] = _mm256_permute2x128_si256(g[0][e], g[1][e], 0x31);
+  }
+}
+
+// Build of 16-bit tables of up to 256 rows from the LUT's columns
+// (LutColumns): the column of stored position w is the LUT column b[k, c]
+// (zeros for c >= ncols), so 16 positions by 16 rows of the table are a
+// transpose of 16 loads (0.25 shuffles an entry instead of a scalar load
+// and store).
+void BuildColumns(int16_t* tab, const int16_t* columns, int64_t rows_a,
+                  const uint16_t* b, int64_t ldb, int64_t kc, int64_t ncols,
+                  bool paired) {
+  alignas(32) static const int16_t kZeros[256] = {};
+  const int64_t stride = ColumnStride(rows_a);
+  for (int64_t k = 0; k < kc; ++k) {
+    const int16_t* src[kIntCols];
+    for (int w = 0; w < kIntCols; ++w) {
+      const int c = StoredColumn<int16_t>(w, paired);
+      src[w] = c < ncols ? columns + int64_t{b[k * ldb + c]} * stride : kZeros;
+    }
+    int16_t* t = tab + k * rows_a * kIntCols;
+    for (int w0 = 0; w0 < kIntCols; w0 += 16) {
+      for (int64_t i0 = 0; i0 < rows_a; i0 += 16) {
+        __m256i v[16];
+        for (int j = 0; j < 16; ++j) {
+          v[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[w0 + j] + i0));
+        }
+        Transpose16x16(v);
+        const int64_t n = rows_a - i0 < 16 ? rows_a - i0 : 16;
+        for (int64_t e = 0; e < n; ++e) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(t + (i0 + e) * kIntCols + w0), v[e]);
+        }
+      }
+    }
+  }
+}
+#endif
+
+#if defined(__AVX2__) && !defined(__AVX512BW__)
+// Sweep of 16-bit tables in PairOrder, two k per step: the rows of k and
+// k + 1 interleaved word by word and summed pairwise by vpmaddwd (AVX2).
+void SweepPairedAvx2(int32_t* out, int64_t ldo, int64_t rows, const uint16_t* a,
+                     int64_t lda, int64_t kc, const int16_t* tab, int64_t rows_a,
+                     int64_t ncols, bool first, int32_t bias) {
+  const int64_t plane = rows_a * kIntCols;
+  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+  const auto load = [](const int16_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    __m256i acc[8];
+    for (__m256i& v : acc) v = zero;
+    const uint16_t* ar = a + r * lda;
+    const int16_t* t = tab;
+    int64_t k = 0;
+    for (; k < kc; k += 2, t += 2 * plane) {
+      const int16_t* x = t + int64_t{ar[k]} * kIntCols;
+      const int16_t* y = k + 1 < kc ? t + plane + int64_t{ar[k + 1]} * kIntCols : nullptr;
+      for (int h = 0; h < 4; ++h) {
+        const __m256i vx = load(x + 16 * h), vy = y ? load(y + 16 * h) : zero;
+        acc[2 * h] = _mm256_add_epi32(
+            acc[2 * h], _mm256_madd_epi16(_mm256_unpacklo_epi16(vx, vy), ones));
+        acc[2 * h + 1] = _mm256_add_epi32(
+            acc[2 * h + 1], _mm256_madd_epi16(_mm256_unpackhi_epi16(vx, vy), ones));
+      }
+    }
+    int32_t* o = out + r * ldo;
+    const __m256i add = _mm256_set1_epi32(static_cast<int32_t>(bias * kc));
+    if (ncols == kIntCols) {  // whole blocks: straight from the registers
+      for (int q = 0; q < 8; ++q) {
+        __m256i v = _mm256_add_epi32(acc[q], add);
+        __m256i* oq = reinterpret_cast<__m256i*>(o + 8 * q);
+        if (!first) v = _mm256_add_epi32(v, _mm256_loadu_si256(oq));
+        _mm256_storeu_si256(oq, v);
+      }
+      continue;
+    }
+    alignas(32) int32_t lanes[kIntCols];
+    for (int q = 0; q < 8; ++q) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8 * q), _mm256_add_epi32(acc[q], add));
+    }
+    for (int64_t c = 0; c < ncols; ++c) o[c] = first ? lanes[c] : o[c] + lanes[c];
+  }
+}
+#endif
+
 template <typename E>
-void BuildFor(E* tab, const E* lut, const uint8_t* planes, int64_t rows_a,
+void BuildFor(E* tab, const E* lut, TableSources sources, int64_t rows_a,
               int64_t cols_b, const uint16_t* b, int64_t ldb, int64_t kc,
               int64_t ncols, IntegerWays ways) {
+#if defined(__AVX2__)
+  if constexpr (sizeof(E) == 2) {
+    if (rows_a <= 256 && sources.columns != nullptr && ways.columns) {
+      BuildColumns(tab, sources.columns, rows_a, b, ldb, kc, ncols, ways.paired);
+      return;
+    }
+  }
+#endif
 #if defined(__AVX512BW__)
   if constexpr (sizeof(E) == 2) {
-    if (cols_b <= 256 && planes != nullptr && ways.bytes) {
-      BuildBytePermute(tab, planes, rows_a, b, ldb, kc, ncols, ways.paired);
+    if (cols_b <= 256 && sources.planes != nullptr && ways.bytes) {
+      BuildBytePermute(tab, sources.planes, rows_a, b, ldb, kc, ncols, ways.paired);
       return;
     }
     if (cols_b <= 256 && ways.words) {
@@ -342,6 +497,13 @@ void SweepFor(int32_t* out, int64_t ldo, int64_t rows, const uint16_t* a,
       return;
     }
   }
+#elif defined(__AVX2__)
+  if constexpr (sizeof(E) == 2) {
+    if (ways.paired) {
+      SweepPairedAvx2(out, ldo, rows, a, lda, kc, tab, rows_a, ncols, first, bias);
+      return;
+    }
+  }
 #endif
   Sweep(out, ldo, rows, a, lda, kc, tab, rows_a, ncols, first, bias);
 }
@@ -352,6 +514,10 @@ IntegerWays Ways(bool pairs, bool bytes) {
   w.words = true;
   w.paired = pairs && HasVnni();
   w.bytes = bytes && HasVbmi();
+#elif defined(__AVX2__)
+  w.columns = true;
+  w.paired = pairs;
+  (void)bytes;
 #else
   (void)pairs;
   (void)bytes;

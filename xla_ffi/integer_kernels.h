@@ -24,6 +24,16 @@ struct IntegerWays {
   bool bytes = false;
   // Word permutes (AVX-512BW) for tables of up to 256 columns.
   bool words = false;
+  // Tables of up to 256 rows built from the LUT's columns (LutColumns) by
+  // 16 x 16 transposes of 16-bit words (AVX2).
+  bool columns = false;
+};
+
+// What 16-bit tables are built from besides the LUT, prepared once per GEMM
+// as the ways ask (each nullptr where not asked or for int32 tables).
+struct TableSources {
+  const uint8_t* planes = nullptr;   // BytePlanes (ways.bytes)
+  const int16_t* columns = nullptr;  // LutColumns (ways.columns)
 };
 
 // The kernels for one table entry type: int16 (tables whose entries fit 16
@@ -35,10 +45,8 @@ struct IntegerBlockKernels {
   // Per-tile table of kc k from b[k * ldb + c] (c < ncols): tab[k][i][.]
   // holds lut[i][b[k, c]] for every column c of the block (in PairOrder
   // where ways.paired and E is 16-bit, else in their own order), zero for
-  // c >= ncols. lut rows are cols_b entries apart. `planes` (16-bit tables
-  // of up to 256 columns, else nullptr): the LUT's rows as byte planes
-  // (BytePlanes).
-  void (*build)(E* tab, const E* lut, const uint8_t* planes, int64_t rows_a,
+  // c >= ncols. lut rows are cols_b entries apart.
+  void (*build)(E* tab, const E* lut, TableSources sources, int64_t rows_a,
                 int64_t cols_b, const uint16_t* b, int64_t ldb, int64_t kc,
                 int64_t ncols, IntegerWays ways);
   // out[r][c] (+)= sum over k < kc of (tab[k][a[r * lda + k]][c] + bias) for
@@ -64,6 +72,22 @@ inline void BytePlanes(const int16_t* lut, int64_t rows_a, int64_t cols_b,
       const uint16_t e = j < cols_b ? static_cast<uint16_t>(lut[i * cols_b + j]) : 0;
       p[j] = static_cast<uint8_t>(e & 0xff);
       p[256 + j] = static_cast<uint8_t>(e >> 8);
+    }
+  }
+}
+
+// Rows of LutColumns: a column's entries, padded with zeros to whole
+// vectors of 16.
+constexpr int64_t ColumnStride(int64_t rows_a) { return (rows_a + 15) / 16 * 16; }
+
+// The columns of a 16-bit table (rows_a x cols_b) as rows:
+// columns[j * ColumnStride(rows_a) + i] = lut[i * cols_b + j].
+inline void LutColumns(const int16_t* lut, int64_t rows_a, int64_t cols_b,
+                       int16_t* columns) {
+  const int64_t stride = ColumnStride(rows_a);
+  for (int64_t j = 0; j < cols_b; ++j) {
+    for (int64_t i = 0; i < stride; ++i) {
+      columns[j * stride + i] = i < rows_a ? lut[i * cols_b + j] : int16_t{0};
     }
   }
 }

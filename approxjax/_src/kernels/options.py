@@ -37,7 +37,8 @@ class KernelOptions:
       codes: build compact tables by byte permutes (AVX-512 VBMI); for
         integer multipliers, build 16-bit per-tile tables from byte planes
         by byte permutes.
-      pairs: integer multipliers: sum two k per instruction (AVX-512 VNNI).
+      pairs: integer multipliers: sum two k per instruction (AVX-512 VNNI
+        ``vpdpwssd``, AVX2 ``vpmaddwd``).
       prepack: pack the streamed operand once per call.
       huge_pages: ask Linux for 2 MiB pages under large outputs.
       conv: convolutions read their patches in place (``"implicit"``; CPU
