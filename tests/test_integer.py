@@ -116,11 +116,54 @@ def test_catalog_by_name():
         ax.integer.get("mitchell8s_k4")
 
 
+def test_wide_catalog_designs_are_their_c_twins(monkeypatch):
+    rng = np.random.default_rng(5)
+    wide = [
+        ax.integer.mitchell(16, signed=True),
+        ax.integer.drum(16, 6, signed=True),
+        ax.integer.truncated((14, 8), 10),
+        ax.integer.broken_array(13, 2, 9, signed=True),
+        ax.integer.kulkarni(16),
+    ]
+    for m in wide:
+        assert m.table is None and m.function is not None and m.metadata["source"] == "catalog"
+        assert ax.integer.get(m.name).name == m.name
+    mi, dr, tr, ba, ku = wide
+    a, b = rng.integers(-32768, 32768, 4000), rng.integers(-32768, 32768, 4000)
+    # Mitchell: never above the exact magnitude, signed as the product,
+    # exact where an operand is a power of two
+    p = mi.products(a, b)
+    assert (np.abs(p) <= np.abs(a * b)).all() and (np.sign(p) == np.sign(a * b)).all()
+    np.testing.assert_array_equal(mi.products(a, -1024), a * -1024)
+    # DRUM k=6: magnitudes below 64 exact; each reduced operand within 2**-5 of it
+    sa, sb = rng.integers(-63, 64, 500), rng.integers(-63, 64, 500)
+    np.testing.assert_array_equal(dr.products(sa, sb), sa * sb)
+    rel = np.abs(dr.products(a, b) - a * b) / np.maximum(np.abs(a * b), 1)
+    assert rel.max() <= (1 + 2.0**-5) ** 2 - 1
+    # truncated k=10 columns (14 x 8 bits): error between 0 and the dropped columns' weight
+    ua, ub = rng.integers(0, 1 << 14, 4000), rng.integers(0, 1 << 8, 4000)
+    err = ua * ub - tr.products(ua, ub)
+    assert err.min() >= 0 and err.max() <= sum((c + 1) * (1 << c) for c in range(10))
+    # Kulkarni: 3 x 3 = 7 in every pair of digits
+    assert int(ku.products(65535, 65535)) == 65535**2 - 2 * sum(4**i for i in range(8)) ** 2
+    # a GEMM under a wide design: the exact sums of its products, rounded once
+    qa, qb = codes(rng, dr, 0, (6, 9)), codes(rng, dr, 1, (9, 5))
+    got = ax.dot_general(qa, qb, MATMUL, multiplier=dr, preferred_element_type=jnp.float32)
+    want = dr.products(qa.astype(np.int64)[:, :, None], qb.astype(np.int64)[None]).sum(1)
+    np.testing.assert_array_equal(np.asarray(got), want.astype(np.float32))
+    # a twin that disagrees with the catalog's definition is refused
+    from approxjax._src.arithmetic import integer_catalog
+
+    monkeypatch.setitem(integer_catalog._TWINS, "mitchell", ("int_drum.c", "drum_imul", {}))
+    with pytest.raises(RuntimeError, match="the C twin int_drum.c gives"):
+        ax.integer.mitchell(14)
+
+
 def test_catalog_bad_parameters():
     with pytest.raises(ValueError, match="operand widths must be 2 to 16"):
         ax.integer.exact(1)
-    with pytest.raises(ValueError, match="the catalog tabulates drum up to 12 bits"):
-        ax.integer.drum(13)
+    with pytest.raises(ValueError, match="operand widths must be 2 to 16"):
+        ax.integer.drum(17)
     with pytest.raises(ValueError, match="integer tables hold operands of up to 12"):
         ax.IntegerMultiplier(np.zeros((1 << 13, 4), np.int32), bits=(13, 2))
     with pytest.raises(ValueError, match=r"vbl must be in \[0, 16\]"):

@@ -6,13 +6,17 @@ applies it to ``|a|`` and ``|b|`` and gives the product the sign of ``a * b``
 do). An ``n``-bit signed operand's magnitude needs all ``n`` bits (``|-128|``
 is 128), so the core runs at the full width. Each has a C twin in ``luts/``
 (``int_*.c``) that ``tests/test_integer.py`` builds with
-:func:`approxjax.from_c` and compares with the table entry by entry.
+:func:`approxjax.from_c` and compares with the table entry by entry. Above
+12 bits a design is its C twin as a function model (the twins ship in the
+package), checked at construction against this module's NumPy definition
+on random operand pairs and every pair of extreme values.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +25,7 @@ from approxjax._src.arithmetic.integer import (
     IntegerMultiplier,
     check_bits,
     check_signed,
+    code_range,
     tabulate,
 )
 
@@ -36,6 +41,66 @@ def _leading_one(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# Each design's C twin in luts/: file, function, and its macros from the
+# design's parameters.
+_TWINS = {
+    "exact": ("int_exact.c", "exact_imul", {}),
+    "truncated": ("int_array.c", "array_imul", {"k": "BAM_VBL"}),
+    "bam": ("int_array.c", "array_imul", {"hbl": "BAM_HBL", "vbl": "BAM_VBL"}),
+    "drum": ("int_drum.c", "drum_imul", {"k": "DRUM_K"}),
+    "mitchell": ("int_mitchell.c", "mitchell_imul", {}),
+    "kulkarni": ("int_kulkarni.c", "kulkarni_imul", {}),
+}
+
+# Random operand pairs on which a wide design's twin must equal the NumPy
+# definition (besides every pair of extreme values).
+_TWIN_SAMPLES = 4096
+
+
+def twins_dir() -> Path:
+    """The folder of the catalog's C twins: ``approxjax/luts`` in an
+    installed wheel (CMakeLists.txt installs them there), ``luts/`` beside
+    the package in a source checkout."""
+    package = Path(__file__).resolve().parents[2]
+    for folder in (package / "luts", package.parent / "luts"):
+        if (folder / "int_common.h").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"the integer catalog's C twins (int_*.c) are in neither {package / 'luts'} nor "
+        f"{package.parent / 'luts'}: reinstall approxjax"
+    )
+
+
+def _wide(fn, pair, sign, design: str, full_name: str, paper: str, params) -> IntegerMultiplier:
+    """A design over 12 bits: its C twin as a function model, checked against
+    the NumPy definition ``fn`` (RuntimeError naming the first pair where
+    they differ)."""
+    from approxjax._src.tools.c_models import from_c
+
+    source, function, macros = _TWINS[design]
+    flags = [f"-D{macros[key]}={value}" for key, value in params.items()]
+    mult = from_c(twins_dir() / source, function, bits=pair, signed=sign, name=full_name,
+                  flags=flags)  # fmt: skip
+    rng = np.random.default_rng(0)
+    ranges = [code_range(pair[i], sign[i]) for i in (0, 1)]
+    extremes = [np.unique([lo, -1 if lo < 0 else 0, 0, 1, hi]) for lo, hi in ranges]
+    ea, eb = (x.ravel() for x in np.meshgrid(*extremes, indexing="ij"))
+    a = np.concatenate([ea, rng.integers(ranges[0][0], ranges[0][1] + 1, _TWIN_SAMPLES)])
+    b = np.concatenate([eb, rng.integers(ranges[1][0], ranges[1][1] + 1, _TWIN_SAMPLES)])
+    got, want = mult.products(a, b), fn(a, b)
+    bad = np.flatnonzero(got != want)
+    if bad.size:
+        i = bad[0]
+        raise RuntimeError(
+            f"{full_name}: the C twin {source} gives {int(got[i])} for {int(a[i])} x {int(b[i])} "
+            f"where the catalog's definition gives {int(want[i])}"
+        )
+    metadata = {**mult.metadata, "source": "catalog", "design": design, "paper": paper, **params}
+    return IntegerMultiplier.function_model(
+        mult.function, bits=pair, signed=sign, name=full_name, metadata=metadata
+    )
+
+
 def _make(
     core: Callable[[np.ndarray, np.ndarray], np.ndarray],
     bits,
@@ -46,17 +111,6 @@ def _make(
 ) -> IntegerMultiplier:
     pair = check_bits(bits)
     sign = check_signed(signed)
-    if max(pair) > MAX_TABLE_BITS:
-        if name == "exact":  # the baseline of wide sweeps: a one-line function model
-            from approxjax._src.tools.c_models import from_c
-
-            return from_c(_EXACT_C, "exact_imul", bits=pair, signed=sign,
-                          name=f"exact{_width(pair)}{_tag(sign)}")  # fmt: skip
-        raise ValueError(
-            f"the catalog tabulates {name} up to {MAX_TABLE_BITS} bits; got bits={bits!r}: "
-            f"wider operands are function models: from_c its C twin in luts/ "
-            f"(int_{name}.c) with bits={bits!r}"
-        )
 
     def fn(a, b):
         a, b = np.broadcast_arrays(a, b)
@@ -64,16 +118,16 @@ def _make(
         return np.where((a < 0) != (b < 0), -mag, mag)
 
     extra = "".join(f"_{k[0]}{v}" for k, v in params.items())
+    full_name = f"{name}{_width(pair)}{_tag(sign)}{extra}"
+    if max(pair) > MAX_TABLE_BITS:
+        return _wide(fn, pair, sign, name, full_name, paper, params)
     return IntegerMultiplier(
         tabulate(fn, pair, sign),
         bits=pair,
         signed=sign,
-        name=f"{name}{_width(pair)}{_tag(sign)}{extra}",
+        name=full_name,
         metadata={"source": "catalog", "design": name, "paper": paper, **params},
     )
-
-
-_EXACT_C = "long long exact_imul(long long a, long long b) { return a * b; }"
 
 
 def _width(pair: tuple[int, int]) -> str:
@@ -86,9 +140,8 @@ def _tag(sign: tuple[bool, bool]) -> str:
 
 def exact(bits=8, signed=True) -> IntegerMultiplier:
     """The exact multiplier ``a * b``: the baseline of every comparison
-    (above 12 bits a function model, compiled with the system C compiler;
-    the other designs stop at 12 bits: their C twins in ``luts/`` make wide
-    ones through :func:`approxjax.from_c`)."""
+    (above 12 bits, as every design, a function model compiled with the
+    system C compiler)."""
     return _make(lambda a, b: a * b, bits, signed, "exact", "exact product")
 
 
