@@ -1,6 +1,10 @@
 """Integer LUT GEMMs (IntegerMultiplier): against XLA's float32 dot and its int8 dot.
 
 Usage: python benchmarks/bench_integer.py [--record] [--repeats N] [--size N]
+       [--variant auto|baseline|avx2|avx512]
+
+(--variant forces the CPU kernels' instruction set, as KernelOptions(variant=)
+does: an AVX-512 machine measures the AVX2 path too.)
 
 1. A size^3 GEMM of random 8-bit codes under 8 x 8-bit tables: mitchell8s
    (signed, entries in int16), exact8u (unsigned, entries up to 65025: held
@@ -90,7 +94,9 @@ def main(argv=None) -> int:
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--variant", default="auto", choices=["auto", "baseline", "avx2", "avx512"])
     args = parser.parse_args(argv)
+    opts = ax.KernelOptions(variant=args.variant)
     rng = np.random.default_rng(0)
     n = args.size
     fa = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
@@ -107,7 +113,8 @@ def main(argv=None) -> int:
         ax.integer.drum(8, 6, signed=False),
     ]:
         a, b = _codes(rng, mult, 0, (n, n)), _codes(rng, mult, 1, (n, n))
-        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult))
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult,
+                                                            options=opts))  # fmt: skip
         lut, f32 = time_pair(_call(fn, a, b), _call(dot, fa, fb), args.repeats)
         lut2, i8 = time_pair(_call(fn, a, b), _call(int_dot, a, b), args.repeats)
         rows.append([mult.name, f"{n}^3", f"{lut:.1f}", f"{f32:.1f}", f"{i8:.2f}",
@@ -120,8 +127,8 @@ def main(argv=None) -> int:
     designs += [ax.integer.broken_array(8, 2, 6, signed=True)]
     stack = ax.stack(designs)
     a, b = _codes(rng, designs[0], 0, (n, n)), _codes(rng, designs[0], 1, (n, n))
-    many = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, DN, multiplier=mm)))
-    one = jax.jit(lambda mm: ax.dot_general(a, b, DN, multiplier=mm))
+    many = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, DN, multiplier=mm, options=opts)))
+    one = jax.jit(lambda mm: ax.dot_general(a, b, DN, multiplier=mm, options=opts))
     t_many, t_one = time_pair(
         lambda: many(stack), lambda: one(designs[0]), max(3, args.repeats // 3)
     )
@@ -139,7 +146,8 @@ def main(argv=None) -> int:
         a, b = _codes(rng, mult, 0, (m, k)), _codes(rng, mult, 1, (k, nn))
         ga = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
         gb = jnp.asarray(rng.standard_normal((k, nn)), jnp.float32)
-        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult))
+        fn = jax.jit(lambda a, b, mult=mult: ax.dot_general(a, b, DN, multiplier=mult,
+                                                            options=opts))  # fmt: skip
         lut, f32 = time_pair(_call(fn, a, b), _call(dot, ga, gb), max(3, args.repeats // 3))
         label = f"{m}x{k}x{nn}"
         wide_rows.append([mult.name, label, f"{lut:.1f}", f"{f32:.2f}", "", f"{lut / f32:.1f}", ""])
@@ -152,7 +160,8 @@ def main(argv=None) -> int:
             "bench_integer.py",
             "Integer LUT GEMMs of random codes (approxjax_int_gemm), against jnp.dot of float32 "
             "operands of the same shape and XLA's int8 dot of the same codes, timed "
-            "alternately with each; targets lut/f32 <= 3 at 1024^3 and a stack of 8 <= 8x one.",
+            "alternately with each; targets lut/f32 <= 3 at 1024^3 and a stack of 8 <= 8x one."
+            + ("" if args.variant == "auto" else f" Kernels forced to --variant {args.variant}."),
             ["multiplier", "shape", "lut ms", "f32 dot ms", "int8 dot ms", "lut/f32",
              "lut/int8"],
             rows + [stack_row] + wide_rows,

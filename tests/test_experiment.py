@@ -394,6 +394,9 @@ def test_integer_multiplier_specs():
     record = specs.describe(q)
     assert record["cost"] == {"power_mW": 0.25} and record["bits"] == [8, 8]
     assert record["gradient"] == "lut" and record["rhs_quantization"]["per_channel"] is False
+    learned = specs.load_arithmetic("mitchell8s+calib=learned+init=percentile+percentile=99")
+    assert learned.lhs.initial == learned.rhs.initial == "percentile"
+    assert learned.name == "mitchell8s/ste/learned-from-p99"
     plain = specs.load_arithmetic("kulkarni8s")
     assert isinstance(plain, ax.Quantized) and plain.name == "kulkarni8s/ste"
     for bad, message in [
@@ -401,6 +404,7 @@ def test_integer_multiplier_specs():
         (f"{LUTS / 'int_mitchell.c'}@mitchell_imul:q8", "file.c@function:s8"),
         ("kulkarni8s+rank=two", "rank must be a number; got 'two'"),
         ("kulkarni8s+e4m3", "unknown option 'e4m3'"),
+        ("kulkarni8s+init=mse", "initial='mse' sets where a learned scale starts"),
     ]:
         with pytest.raises(ValueError, match=message):
             specs.load_arithmetic(bad)

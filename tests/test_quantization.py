@@ -473,10 +473,95 @@ def _adam_step(opt, loss, scales, state):
     return optax.apply_updates(scales, updates), state
 
 
+def test_given_zero_points_forward_and_lsq_plus_gradients():
+    """LSQ+ (asymmetric sides): a given zero point z is the code round(z);
+    its gradient is 0 inside the range and -s where clipped, the scale's
+    round(x/s) - x/s inside and q - round(z) where clipped, each times the
+    incoming gradient and 1 / sqrt(n q_max)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((16, 32)) + 1.5).astype(np.float32)  # off-centre: zero points
+    w = rng.standard_normal((32, 8)).astype(np.float32)
+    mult = ax.integer.exact(4, signed=False)
+    asym = ax.QuantSpec(symmetric=False)
+    q = ax.Quantized(mult, lhs=asym, rhs=ax.QuantSpec(symmetric=False, per_channel=True))
+    sa, za = np.float32(0.3), np.float32(4.4)
+    sb = rng.uniform(0.2, 0.4, 8).astype(np.float32)
+    zb = rng.uniform(5.0, 10.0, 8).astype(np.float32)
+
+    def run(sa, za, sb, zb):
+        return ax.dot_general(x, w, MATMUL, multiplier=q.with_scales(sa, sb, lhs_zero=za,
+                                                                     rhs_zero=zb))  # fmt: skip
+
+    out, vjp = jax.vjp(run, sa, za, sb, zb)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    ga, gza, gb, gzb = (np.asarray(t, np.float64) for t in vjp(jnp.asarray(g)))
+
+    def fake(t, s, z):  # NumPy: codes, dequantized values, and the two derivatives
+        zi = np.round(z)
+        q_ = np.round(t / s) + zi
+        c = np.clip(q_, 0, 15)
+        ds = np.where(c == q_, np.round(t / s) - t / s, c - zi)
+        dz = np.where(c == q_, 0.0, -s)
+        return c, (c - zi) * s, ds, dz
+
+    ca, xa, dsa, dza = fake(x.astype(np.float64), sa, za)
+    cb, xb, dsb, dzb = fake(w.astype(np.float64), sb, zb)
+    assert 0 < (dza != 0).mean() < 1 and 0 < (dzb != 0).mean() < 1  # some values clip
+    np.testing.assert_allclose(np.asarray(out), xa @ xb, rtol=1e-6, atol=1e-5)
+    gx, gw = g @ xb.T, xa.T @ g  # straight-through gradients of the dequantized operands
+    np.testing.assert_allclose(ga, (gx * dsa).sum() / np.sqrt(x.size * 15), rtol=1e-4)
+    np.testing.assert_allclose(gza, (gx * dza).sum() / np.sqrt(x.size * 15), rtol=1e-4)
+    np.testing.assert_allclose(gb, (gw * dsb).sum(0) / np.sqrt(32 * 15), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(gzb, (gw * dzb).sum(0) / np.sqrt(32 * 15), rtol=1e-4, atol=1e-7)
+    # the calibrated scales and zero points give the calibrated result, bit for bit
+    cal_a, cal_za = qz.calibrate(jnp.asarray(x), (0, 1), 4, False, q.lhs)
+    cal_b, cal_zb = qz.calibrate(jnp.asarray(w), (0,), 4, False, q.rhs)
+    np.testing.assert_array_equal(
+        np.asarray(run(cal_a.reshape(()), cal_za.reshape(()).astype(jnp.float32),
+                       cal_b.reshape(-1), cal_zb.reshape(-1).astype(jnp.float32))),
+        np.asarray(ax.dot_general(x, w, MATMUL, multiplier=q)),
+    )  # fmt: skip
+
+
+def test_learned_zero_points_in_flax_layers():
+    """calibration="learned" on an asymmetric side: the layer owns a zero
+    point beside the scale (LSQ+), first set by calibration, and trains it."""
+    learned = ax.QuantSpec(calibration="learned", symmetric=False)
+    q = ax.Quantized(ax.integer.exact(6, signed=False), lhs=learned)
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (8, 12))) + 0.5
+    model = ax.nn.Dense(4)
+    with ax.using(q):
+        params = model.init(jax.random.key(1), x)
+    p = params["params"]
+    assert sorted(p) == ["bias", "kernel", "lhs_scale", "lhs_zero"]
+    want_s, want_z = qz.calibrate(x, (0, 1), 6, False, qz.QuantSpec(symmetric=False))
+    assert float(p["lhs_scale"]) == float(want_s.reshape(()))
+    assert float(p["lhs_zero"]) == float(want_z.reshape(()))
+    with ax.using(
+        ax.Quantized(ax.integer.exact(6, signed=False), lhs=qz.QuantSpec(symmetric=False))
+    ):
+        calibrated = model.apply({"params": {"kernel": p["kernel"], "bias": p["bias"]}}, x)
+    with ax.using(q):
+        out = model.apply(params, x)
+        grads = jax.grad(lambda pp: jnp.sum(model.apply(pp, 3 * x) ** 2))(params)["params"]
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(calibrated))
+    assert float(jnp.abs(grads["lhs_zero"])) > 0  # 3x the range: values clip
+    again = ax.nn.calibrate_scales(model, params, [x, 2 * x], q)
+    s2, z2 = qz.calibrate(
+        jnp.concatenate([x, 2 * x]), (0, 1), 6, False, qz.QuantSpec(symmetric=False)
+    )
+    assert float(again["params"]["lhs_scale"]) == float(s2.reshape(()))
+    assert float(again["params"]["lhs_zero"]) == float(z2.reshape(()))
+
+
 def test_given_scales_bad_input():
     q = ax.Quantized(ax.integer.exact(8), lhs=ax.QuantSpec(symmetric=False))
-    with pytest.raises(ValueError, match="given lhs scales are symmetric"):
+    with pytest.raises(ValueError, match="give its scale and its zero point together"):
         q.with_scales(lhs=0.1)
+    with pytest.raises(ValueError, match="rhs is quantized symmetrically: its zero point is 0"):
+        q.with_scales(lhs=0.1, lhs_zero=3.0, rhs=np.ones(3), rhs_zero=np.ones(3))
+    with pytest.raises(ValueError, match=r"lhs zero point must be a scalar; got shape \(2,\)"):
+        q.with_scales(lhs=0.1, lhs_zero=np.ones(2))
     q = ax.Quantized(ax.integer.exact(8), rhs=ax.QuantSpec(per_channel=False))
     with pytest.raises(ValueError, match=r"rhs scale must be a scalar; got shape \(3,\)"):
         q.with_scales(rhs=np.ones(3))
@@ -541,13 +626,12 @@ def test_learned_scales_in_flax_layers():
     with ax.using(q):
         p = attention.init(jax.random.key(4), seq)
     assert not any("scale" in str(path) for path, _ in jax.tree_util.tree_leaves_with_path(p))
-    with pytest.raises(ValueError, match="learned scales are symmetric"):
-        ax.Quantized(mult, lhs=ax.QuantSpec(calibration="learned", symmetric=False))
 
 
 def test_calibrate_scales_over_a_set():
-    """ax.nn.calibrate_scales: each learned scale is the largest min-max
-    scale its layer sees over the batches; other parameters unchanged."""
+    """ax.nn.calibrate_scales: each learned scale calibrated over the whole
+    set (min-max: the largest min-max scale of the batches; percentile,
+    MSE); other parameters unchanged."""
     learned = ax.QuantSpec(calibration="learned")
     q = ax.Quantized(ax.integer.exact(8), lhs=learned, rhs=ax.QuantSpec(per_channel=True))
     model = ax.nn.Dense(3)
@@ -563,3 +647,26 @@ def test_calibrate_scales_over_a_set():
         ax.nn.calibrate_scales(model, params, [], q)
     with pytest.raises(ValueError, match="no layer learns scales"):
         ax.nn.calibrate_scales(model, params, batches, ax.Quantized(ax.integer.exact(8)))
+    # percentile and MSE-optimal starts, over the whole set: the magnitudes'
+    # percentile, and the clipping of least squared error on all its values
+    # (4-bit codes: the MSE-optimal range clips the set's extremes)
+    values = np.concatenate([np.asarray(b) for b in batches])
+    everything = np.abs(values)
+    for initial in ("percentile", "mse"):
+        spec = ax.QuantSpec(calibration="learned", initial=initial, percentile=90.0)
+        q4 = ax.Quantized(ax.integer.exact(4), lhs=spec)
+        scale = float(ax.nn.calibrate_scales(model, params, batches, q4)["params"]["lhs_scale"])
+        if initial == "percentile":
+            assert scale == pytest.approx(np.percentile(everything, 90.0) / 7, rel=1e-6)
+        else:
+
+            def mse(s):
+                return np.mean((np.clip(np.round(values / s), -8, 7) * s - values) ** 2)
+
+            candidates = everything.max() / 7 * np.linspace(0.35, 1.0, 32)
+            assert mse(scale) == pytest.approx(min(mse(c) for c in candidates), rel=1e-5)
+            assert scale < 0.9 * everything.max() / 7  # clips the extremes
+    with pytest.raises(ValueError, match="initial='mse' sets where a learned scale starts"):
+        ax.QuantSpec(calibration="minmax", initial="mse")
+    with pytest.raises(ValueError, match="initial must be one of"):
+        ax.QuantSpec(calibration="learned", initial="learned")

@@ -47,24 +47,38 @@ class QuantSpec:
         operand: a weight's output features) instead of one per tensor.
       calibration: ``"minmax"``, ``"percentile"``, ``"mse"``, or
         ``"learned"``: a trainable scale (LSQ, see
-        :meth:`Quantized.with_scales`), a parameter of approxjax's Flax
-        layers (``lhs_scale``, ``rhs_scale``: created when the layer is
+        :meth:`Quantized.with_scales`; asymmetric: and a trainable zero
+        point, LSQ+), a parameter of approxjax's Flax layers (``lhs_scale``,
+        ``rhs_scale``, and ``lhs_zero``, ``rhs_zero``: created when the layer is
         initialized, or by an ``apply`` with ``mutable=["params"]``, from
-        the min-max range of its first operands), symmetric: in
+        its first operands by ``initial``; or set from a whole calibration
+        set by :func:`approxjax.nn.calibrate_scales`): in
         ``approxjax.nn``'s ``Dense``, ``Conv`` and ``DenseGeneral`` with one
         output axis; elsewhere (attention, ``approximate(fn)``, a bare
         ``dot_general``) the scale is calibrated min-max.
-      percentile: for ``"percentile"``, in (50, 100].
+      percentile: for ``"percentile"`` (and ``initial="percentile"``), in
+        (50, 100].
+      initial: how a ``"learned"`` scale starts: ``"minmax"``,
+        ``"percentile"`` or ``"mse"`` calibration of the operands it is set
+        from.
     """
 
     symmetric: bool = True
     per_channel: bool = False
     calibration: Literal["minmax", "percentile", "mse", "learned"] = "minmax"
     percentile: float = 99.99
+    initial: Literal["minmax", "percentile", "mse"] = "minmax"
 
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}; got {self.calibration!r}")
+        if self.initial not in CALIBRATIONS[:3]:
+            raise ValueError(f"initial must be one of {CALIBRATIONS[:3]}; got {self.initial!r}")
+        if self.initial != "minmax" and self.calibration != "learned":
+            raise ValueError(
+                f"initial={self.initial!r} sets where a learned scale starts; this spec's "
+                f"calibration is {self.calibration!r} (use calibration={self.initial!r})"
+            )
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]; got {self.percentile!r}")
         for name in ("symmetric", "per_channel"):
@@ -133,9 +147,9 @@ def dequantize(q, scale, zero):
 
 def calibrate(x, axes, bits: int, signed: bool, spec: QuantSpec):
     """Scale and zero point of x over ``axes`` (keepdims), by ``spec`` (a
-    ``"learned"`` scale not given: its min-max initial value)."""
+    ``"learned"`` scale not given: its initial value, by ``spec.initial``)."""
     if spec.calibration == "learned":
-        spec = dataclasses.replace(spec, calibration="minmax")
+        spec = dataclasses.replace(spec, calibration=spec.initial, initial="minmax")
     x = jax.lax.stop_gradient(x.astype(jnp.float32))
     lo, hi = _range(x, axes, spec, signed)
     scale, zero = _params(lo, hi, bits, signed, spec.symmetric)
@@ -251,9 +265,6 @@ class Quantized:
                 f"gradient='quantized' quantizes signed gradients: {multiplier.name} has "
                 f"unsigned operands (signed={multiplier.signed})"
             )
-        for side, spec in (("lhs", lhs), ("rhs", rhs)):
-            if spec.calibration == "learned" and not spec.symmetric:
-                raise ValueError(f"learned scales are symmetric: {side} is asymmetric")
         if multiplier.function is not None:
             if gradient == "lut":
                 raise ValueError(
@@ -276,40 +287,68 @@ class Quantized:
         self.gradient = gradient
         self.lut_rank, self.smoothing = lut_rank, smoothing
         self.lhs_scale = self.rhs_scale = None
+        self.lhs_zero = self.rhs_zero = None
 
-    def with_scales(self, lhs: Any = None, rhs: Any = None) -> Quantized:
-        """The same GEMM with given scales instead of calibrated ones: from a
-        calibration set (fixed), or trainable parameters (learned step sizes,
-        LSQ: Esser et al., ICLR 2020). ``lhs`` is a scalar; ``rhs`` a scalar,
-        or with per-channel rhs quantization one scale per output channel
-        (a Dense layer's features; a convolution's output channels). ``None``
-        keeps that side calibrated. Given scales are symmetric (zero point
-        0), used by magnitude (at least 1e-12) and differentiated as LSQ
-        does: for ``q = clip(round(x / s))``, ``d(s q)/ds`` is ``q - x / s``
-        inside the range and the clipped code outside, times the incoming
-        gradient (that of the dequantized operand, by the ``gradient``
-        estimator) and LSQ's gradient scale ``1 / sqrt(n * q_max)`` (``n``
-        values per scale).
+    def with_scales(
+        self, lhs: Any = None, rhs: Any = None, *, lhs_zero: Any = None, rhs_zero: Any = None
+    ) -> Quantized:
+        """The same GEMM with given scales (and, on asymmetric sides, zero
+        points) instead of calibrated ones: from a calibration set (fixed),
+        or trainable parameters (learned step sizes, LSQ: Esser et al., ICLR
+        2020; with learned zero points, LSQ+: Bhalgat et al., CVPR Workshops
+        2020). ``lhs`` is a scalar; ``rhs`` a scalar, or with per-channel rhs
+        quantization one scale per output channel (a Dense layer's features;
+        a convolution's output channels); a zero point has its scale's
+        shape. ``None`` keeps that side calibrated. A symmetric side takes a
+        scale only (zero point 0); an asymmetric side takes both. Scales are
+        used by magnitude (at least 1e-12); a zero point ``z`` (a float, so
+        that it can train) as the integer code ``clip(round(z))``.
+
+        Gradients, for ``q = clip(round(x / s) + round(z))`` and the
+        dequantized ``s (q - round(z))``, each times the incoming gradient
+        of the dequantized operand (by the ``gradient`` estimator), summed
+        over the values that share the parameter, times LSQ's gradient
+        scale ``1 / sqrt(n * q_max)`` (``n`` values per parameter): for the
+        scale, ``round(x / s) - x / s`` inside the range and ``q - round(z)``
+        at a clipped value; for the zero point (through the rounding), 0
+        inside the range and ``-s`` at a clipped value.
 
         Raises:
-          ValueError: a side with asymmetric quantization; a scale of the
-            wrong rank (a per-channel count is checked when the GEMM runs).
+          ValueError: a zero point for a symmetric side, a scale without a
+            zero point (or the reverse) for an asymmetric one; a scale or
+            zero point of the wrong rank (a per-channel count is checked
+            when the GEMM runs).
         """
         children, aux = self.tree_flatten()
         out = Quantized.tree_unflatten(aux, children)
-        for side, value, spec in (("lhs", lhs, self.lhs), ("rhs", rhs, self.rhs)):
-            if value is None:
+        for side, value, zero, spec in (
+            ("lhs", lhs, lhs_zero, self.lhs),
+            ("rhs", rhs, rhs_zero, self.rhs),
+        ):
+            if value is None and zero is None:
                 continue
-            if not spec.symmetric:
-                raise ValueError(f"given {side} scales are symmetric: {side} is asymmetric")
-            value = jnp.asarray(value, jnp.float32)
-            if value.ndim > (1 if side == "rhs" and spec.per_channel else 0):
+            if spec.symmetric and zero is not None:
                 raise ValueError(
-                    f"{side} scale must be a scalar"
-                    + (" or one per output channel" if side == "rhs" and spec.per_channel else "")
-                    + f"; got shape {value.shape}"
+                    f"{side} is quantized symmetrically: its zero point is 0 "
+                    "(zero points are for asymmetric sides: QuantSpec(symmetric=False))"
                 )
-            setattr(out, f"{side}_scale", value)
+            if not spec.symmetric and (value is None or zero is None):
+                raise ValueError(
+                    f"{side} is quantized asymmetrically: give its scale and its zero point "
+                    f"together ({side}=..., {side}_zero=...)"
+                )
+            for label, x in (("scale", value), ("zero point", zero)):
+                if x is None:
+                    continue
+                x = jnp.asarray(x, jnp.float32)
+                if x.ndim > (1 if side == "rhs" and spec.per_channel else 0):
+                    raise ValueError(
+                        f"{side} {label} must be a scalar"
+                        + (" or one per output channel" if side == "rhs" and spec.per_channel
+                           else "")
+                        + f"; got shape {x.shape}"
+                    )  # fmt: skip
+                setattr(out, f"{side}_{'scale' if label == 'scale' else 'zero'}", x)
         return out
 
     @property
@@ -320,17 +359,24 @@ class Quantized:
     @property
     def settings(self) -> list[str]:
         """The gradient, then each setting that differs from the defaults:
-        ``asym``, ``per_tensor``, the calibration (``mse``, ``p99.9``; per
-        side as ``lhs-mse`` where they differ), ``rank2``, ``smooth2``."""
+        ``asym``, ``per_tensor``, the calibration (``mse``, ``p99.9``,
+        ``learned``, ``learned-from-mse``; per side as ``lhs-mse`` where they
+        differ), ``rank2``, ``smooth2``."""
         parts = [self.gradient]
         if not (self.lhs.symmetric and self.rhs.symmetric):
             parts.append("asym")
         if not self.rhs.per_channel:
             parts.append("per_tensor")
-        calib = [
-            f"p{q.percentile:g}" if q.calibration == "percentile" else q.calibration
-            for q in (self.lhs, self.rhs)
-        ]
+
+        def calibration(q: QuantSpec) -> str:
+            if q.calibration == "percentile":
+                return f"p{q.percentile:g}"
+            if q.calibration == "learned" and q.initial != "minmax":  # learned-from-mse
+                start = f"p{q.percentile:g}" if q.initial == "percentile" else q.initial
+                return f"learned-from-{start}"
+            return q.calibration
+
+        calib = [calibration(q) for q in (self.lhs, self.rhs)]
         if calib[0] == calib[1] != "minmax":
             parts.append(calib[0])
         elif calib[0] != calib[1]:
@@ -361,12 +407,15 @@ class Quantized:
 
     def tree_flatten(self):
         aux = (self.lhs, self.rhs, self.gradient, self.lut_rank, self.smoothing)
-        return (self.multiplier, self.grad_multiplier, self.lhs_scale, self.rhs_scale), aux
+        children = (self.multiplier, self.grad_multiplier, self.lhs_scale, self.rhs_scale,
+                    self.lhs_zero, self.rhs_zero)  # fmt: skip
+        return children, aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        obj.multiplier, obj.grad_multiplier, obj.lhs_scale, obj.rhs_scale = children
+        (obj.multiplier, obj.grad_multiplier, obj.lhs_scale, obj.rhs_scale, obj.lhs_zero,
+         obj.rhs_zero) = children  # fmt: skip
         obj.lhs, obj.rhs, obj.gradient, obj.lut_rank, obj.smoothing = aux
         return obj
 
@@ -389,5 +438,5 @@ def stack_quantized(items: Sequence[Quantized]) -> Quantized:
             )
         if q.lhs_scale is not None or q.rhs_scale is not None:
             raise ValueError(f"{q.name} has given scales: stack the multipliers, then give them")
-    children = (stack_integer([q.multiplier for q in items]), None, None, None)
+    children = (stack_integer([q.multiplier for q in items]), None, None, None, None, None)
     return Quantized.tree_unflatten(first.tree_flatten()[1], children)

@@ -69,14 +69,21 @@ CONTEXT = "context"
 _CALLER: contextvars.ContextVar = contextvars.ContextVar("approxjax_layer", default=None)
 
 
+# The names (and prefixes of the suffixed names) of learned quantization
+# parameters.
+_LEARNED = ("lhs_scale", "rhs_scale", "lhs_zero", "rhs_zero")
+
+
 def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
     """``q`` with its learned scales as parameters of the calling layer:
     ``lhs_scale`` (a scalar) and ``rhs_scale`` (one per output channel, or a
-    scalar), suffixed ``_1``, ``_2``... for the layer's later GEMMs, first
-    set to the min-max scales of the operands they first see. ``q`` itself
-    outside an approxjax layer or where the rhs is no weight
-    (``rhs_channel_axis`` None): calibrated min-max."""
-    from approxjax._src.arithmetic.quantization import QuantSpec, calibrate
+    scalar), with ``lhs_zero``/``rhs_zero`` zero points of the same shapes
+    on asymmetric sides (LSQ+), suffixed ``_1``, ``_2``... for the layer's
+    later GEMMs, first
+    set to the scales of the operands they first see, calibrated by their
+    spec's ``initial``. ``q`` itself outside an approxjax layer or where the
+    rhs is no weight (``rhs_channel_axis`` None): calibrated min-max."""
+    from approxjax._src.arithmetic.quantization import calibrate
 
     caller = _CALLER.get()
     if caller is None or rhs_channel_axis is None:
@@ -85,26 +92,39 @@ def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
     suffix = "" if count[0] == 0 else f"_{count[0]}"
     count[0] += 1
 
-    def param(name, side, x, per_channel):
+    def params(side, x, spec):
+        """The side's scale and (asymmetric) zero point parameters, or Nones."""
+        if spec.calibration != "learned":
+            return None, None
+        per_channel = spec.per_channel and side == 1
         axes = tuple(d for d in range(x.ndim) if not (per_channel and d == rhs_channel_axis))
         bits, signed = q.multiplier.bits[side], q.multiplier.signed[side]
         shape = (-1,) if per_channel else ()
-        return module.param(
-            name + suffix, lambda _: calibrate(x, axes, bits, signed, QuantSpec())[0].reshape(shape)
-        )
 
-    sa = param("lhs_scale", 0, lhs, False) if q.lhs.calibration == "learned" else None
-    sb = param("rhs_scale", 1, rhs, q.rhs.per_channel) if q.rhs.calibration == "learned" else None
-    return q.with_scales(sa, sb)
+        def initial(which):
+            return lambda _: (
+                calibrate(x, axes, bits, signed, spec)[which].reshape(shape).astype(jnp.float32)
+            )
+
+        name = ("lhs", "rhs")[side]
+        scale = module.param(f"{name}_scale{suffix}", initial(0))
+        zero = None if spec.symmetric else module.param(f"{name}_zero{suffix}", initial(1))
+        return scale, zero
+
+    sa, za = params(0, lhs, q.lhs)
+    sb, zb = params(1, rhs, q.rhs)
+    return q.with_scales(sa, sb, lhs_zero=za, rhs_zero=zb)
 
 
 def calibrate_scales(model, params, batches, multiplier, *, rng=None):
     """``params`` with the learned-scale parameters of ``model``'s layers
     under ``multiplier`` (a :class:`~approxjax.Quantized`, or a Policy of
     them, with ``QuantSpec(calibration="learned")``) set from a calibration
-    set: each scale is the largest of the min-max scales its layer sees over
-    ``batches`` (an iterable of ``model.apply`` inputs), so the set's
-    extreme values quantize without clipping. Use them fixed (post-training
+    set: ``batches`` (an iterable of ``model.apply`` inputs) are joined
+    along their leading axis and run as one, and each scale is calibrated
+    over everything its layer sees, by its spec's ``initial``: min-max (the
+    set's extreme values quantize without clipping), a percentile of the
+    magnitudes, or the MSE-optimal clipping. Use them fixed (post-training
     quantization) or as the start of training. Other parameters are
     returned unchanged.
 
@@ -114,25 +134,22 @@ def calibrate_scales(model, params, batches, multiplier, *, rng=None):
     """
 
     def scale(path) -> bool:
-        return str(getattr(path[-1], "key", "")).startswith(("lhs_scale", "rhs_scale"))
+        return str(getattr(path[-1], "key", "")).startswith(_LEARNED)
 
     def without_scales(tree):
         if not isinstance(tree, dict):
             return tree
         return {k: without_scales(v) for k, v in tree.items()
-                if not str(k).startswith(("lhs_scale", "rhs_scale"))}  # fmt: skip
+                if not str(k).startswith(_LEARNED)}  # fmt: skip
 
     plain = without_scales(params)
     rng = jax.random.key(0) if rng is None else rng
-    best = None
-    for x in batches:
-        with using(multiplier):
-            _, seen = model.apply(plain, x, mutable=["params"], rngs={"params": rng})
-        best = seen if best is None else jax.tree_util.tree_map_with_path(
-            lambda path, a, b: jnp.maximum(a, b) if scale(path) else a, best, seen
-        )  # fmt: skip
-    if best is None:
+    batches = list(batches)
+    if not batches:
         raise ValueError("calibrate_scales needs at least one batch")
+    joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *batches)
+    with using(multiplier):
+        _, best = model.apply(plain, joined, mutable=["params"], rngs={"params": rng})
     if not any(scale(path) for path, _ in jax.tree_util.tree_leaves_with_path(best)):
         raise ValueError(
             "no layer learns scales under this multiplier: give approxjax's Dense/Conv layers "

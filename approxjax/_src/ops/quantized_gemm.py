@@ -73,32 +73,40 @@ def int_matmul(qa, za, qb, zb, table, cfg: QuantConfig):
     return out - za * jnp.sum(qb, axis=1, keepdims=True) + za * zb_sum
 
 
-def _given_scale(scale, shape):
-    """A given scale (``Quantized.with_scales``) as an array of ``shape``:
-    its magnitude, at least 1e-12 (a trained scale that crosses zero keeps
-    working; :func:`_scale_cotangent` gives its gradient the scale's sign),
-    and its zero point 0."""
-    scale = jnp.maximum(jnp.abs(jnp.asarray(scale, jnp.float32)), 1e-12)
-    if scale.size not in (1, int(np.prod(shape))):
-        raise ValueError(
-            f"a given per-channel scale has {scale.size} entries for {int(np.prod(shape))} "
-            "output channels"
-        )
-    return jnp.broadcast_to(scale.reshape(-1).reshape(shape) if scale.size > 1 else scale,
-                            shape), jnp.zeros(shape, jnp.int32)  # fmt: skip
+def _given(scale, zero, shape, bits: int, signed: bool):
+    """A given scale and zero point (``Quantized.with_scales``) as arrays of
+    ``shape``: the scale's magnitude, at least 1e-12 (a trained scale that
+    crosses zero keeps working; :func:`_scale_cotangent` gives its gradient
+    the scale's sign), and the zero point rounded and clipped to the code
+    range (0 where none is given)."""
+
+    def spread(x, dtype):
+        x = jnp.asarray(x, dtype)
+        if x.size not in (1, int(np.prod(shape))):
+            raise ValueError(
+                f"a given per-channel scale or zero point has {x.size} entries for "
+                f"{int(np.prod(shape))} output channels"
+            )
+        return jnp.broadcast_to(x.reshape(-1).reshape(shape) if x.size > 1 else x, shape)
+
+    scale = spread(jnp.maximum(jnp.abs(jnp.asarray(scale, jnp.float32)), 1e-12), jnp.float32)
+    if zero is None:
+        return scale, jnp.zeros(shape, jnp.int32)
+    lo, hi = code_range(bits, signed)
+    return scale, spread(jnp.clip(jnp.round(zero), lo, hi), jnp.float32).astype(jnp.int32)
 
 
-def _quantize_operands(cfg, a, b, scales=(None, None)):
+def _quantize_operands(cfg, a, b, scales=(None, None), zeros=(None, None)):
     if scales[0] is None:
         sa, za = calibrate(a, _PER_TENSOR, cfg.bits[0], cfg.signed[0], cfg.lhs)
     else:
-        sa, za = _given_scale(scales[0], (1, 1, 1))
+        sa, za = _given(scales[0], zeros[0], (1, 1, 1), cfg.bits[0], cfg.signed[0])
     axes_b = (1,) if cfg.rhs.per_channel else _PER_TENSOR
     if scales[1] is None:
         sb, zb = calibrate(b, axes_b, cfg.bits[1], cfg.signed[1], cfg.rhs)
     else:
         per = (b.shape[0], 1, b.shape[2]) if cfg.rhs.per_channel else (1, 1, 1)
-        sb, zb = _given_scale(scales[1], per)
+        sb, zb = _given(scales[1], zeros[1], per, cfg.bits[1], cfg.signed[1])
     qa = quantize(a, sa, za, cfg.bits[0], cfg.signed[0])
     qb = quantize(b, sb, zb, cfg.bits[1], cfg.signed[1])
     return (qa, sa, za), (qb, sb, zb)
@@ -113,7 +121,7 @@ def _inside(x, s, z, bits, signed):
 
 def _forward(cfg, a, b, leaves):
     """The product and the quantized operands (the backward pass's residuals)."""
-    (qa, sa, za), (qb, sb, zb) = quantized = _quantize_operands(cfg, a, b, leaves[2])
+    (qa, sa, za), (qb, sb, zb) = quantized = _quantize_operands(cfg, a, b, leaves[2], leaves[3])
     c = int_matmul(qa, za, qb, zb, leaves[0], cfg)
     return c.astype(jnp.float32) * (sa * sb), quantized
 
@@ -142,28 +150,42 @@ def _bwd(cfg, residuals, g):
         opts = cfg.options
         da = float_gemm.bmm(g, xb, spec, grad_leaves, transpose_b=True, options=opts, role=1)
         db = float_gemm.bmm(xa, g, spec, grad_leaves, transpose_a=True, options=opts, role=2)
-    given = leaves[2]
-    scale_cts = (
-        None if given[0] is None else _scale_cotangent(cfg, 0, a, sa, da, given[0], _PER_TENSOR),
-        None if given[1] is None else _scale_cotangent(cfg, 1, b, sb, db, given[1], (1,)),
+    scales, zeros = leaves[2], leaves[3]
+    sides = ((a, sa, za, da, _PER_TENSOR), (b, sb, zb, db, (1,)))
+    scale_cts = tuple(
+        None if scales[i] is None else _lsq_cotangent(cfg, i, *sides[i], scales[i], "scale")
+        for i in (0, 1)
     )
-    return da * mask_a, db * mask_b, (*float_gemm.zero_cotangents(leaves[:2]), scale_cts)
+    zero_cts = tuple(
+        None if zeros[i] is None else _lsq_cotangent(cfg, i, *sides[i], zeros[i], "zero")
+        for i in (0, 1)
+    )
+    cts = (*float_gemm.zero_cotangents(leaves[:2]), scale_cts, zero_cts)
+    return da * mask_a, db * mask_b, cts
 
 
-def _scale_cotangent(cfg, side, x, s, dx, given, axes):
-    """LSQ's gradient of a given scale (``Quantized.with_scales``): the
-    operand's unmasked gradient ``dx`` times ``d(s q)/ds`` (``q - x/s``
-    inside the range, the clipped code outside), summed over the values
-    that share the scale, times ``1 / sqrt(n * q_max)``; in the shape of
-    ``given``."""
+def _lsq_cotangent(cfg, side, x, s, z, dx, axes, given, which: str):
+    """LSQ/LSQ+ gradient of a given scale or zero point
+    (``Quantized.with_scales``): the operand's unmasked gradient ``dx``
+    times ``d(s (q - z))/ds`` (``round(x/s) - x/s`` inside the range, ``q -
+    z`` at a clipped value) or ``d/dz`` (0 inside, ``-s`` where clipped),
+    summed over the values that share the parameter, times ``1 / sqrt(n *
+    q_max)``; in the shape of ``given``."""
     lo, hi = code_range(cfg.bits[side], cfg.signed[side])
     v = x / s
-    q = jnp.round(v)
-    d = jnp.where(q < lo, float(lo), jnp.where(q > hi, float(hi), q - v))
-    per_scale = x.size if given.size == 1 else x.size // given.size
+    z = z.astype(jnp.float32)
+    q = jnp.round(v) + z
+    clipped = jnp.clip(q, lo, hi)
+    if which == "scale":
+        d = jnp.where(clipped == q, jnp.round(v) - v, clipped - z)
+    else:
+        d = jnp.where(clipped == q, 0.0, -s)
+    per = x.size if given.size == 1 else x.size // given.size
     total = jnp.sum(dx * d, axis=_PER_TENSOR if given.size == 1 else axes)
-    sign = jnp.where(given < 0, -1.0, 1.0)  # the scale used is |given|
-    return (total / np.sqrt(per_scale * hi)).reshape(given.shape) * sign.astype(given.dtype)
+    out = (total / np.sqrt(per * hi)).reshape(given.shape)
+    if which == "scale":
+        out = out * jnp.where(given < 0, -1.0, 1.0)  # the scale used is |given|
+    return out.astype(given.dtype)
 
 
 quantized_bmm.defvjp(_fwd, _bwd)
@@ -262,7 +284,7 @@ def _config(q: Quantized, options) -> tuple[QuantConfig, tuple]:
         options=options or DEFAULT,
         function=mult.function,
     )
-    return cfg, (mult.table, grad_leaves, (q.lhs_scale, q.rhs_scale))
+    return cfg, (mult.table, grad_leaves, (q.lhs_scale, q.rhs_scale), (q.lhs_zero, q.rhs_zero))
 
 
 def quantized_dot_general(

@@ -26,16 +26,15 @@ SPEC_HELP = (
 # An integer multiplier spec's +options (parsed by approxjax._src.runner.specs).
 COST_KEYS = ("power_mW", "area_um2", "delay_ns")
 INTEGER_OPTIONS = (
-    "grad=ste|quantized|lut, calib=minmax|percentile|mse|learned, percentile=P, rank=R, "
+    "grad=ste|quantized|lut, calib=minmax|percentile|mse|learned, percentile=P, "
+    "init=minmax|percentile|mse, rank=R, "
     "smooth=S, asym, per_tensor, " + ", ".join(f"{k}=X" for k in COST_KEYS)
 )
 
 
 def integer_defaults(bits: int) -> list[str]:
     """The integer designs a ``--quantize`` sweep runs when no multipliers are
-    named (none above 12 bits, where the catalog has the exact baseline only)."""
-    if bits > 12:
-        return []
+    named (above 12 bits as function models: slower, benchmarks/RESULTS.md)."""
     half = max(bits // 2, 1)
     return ["mitchell", "kulkarni", f"drum_k{half}", f"truncated_k{half}"]
 

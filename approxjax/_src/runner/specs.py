@@ -149,7 +149,8 @@ def load_arithmetic(spec: str, key_seed: int = 0, quantize: tuple[int, bool] | N
 def _quantized(spec: str, mult: IntegerMultiplier, options, quantize):
     """The :class:`~approxjax.Quantized` GEMM of an integer spec
     (``mitchell8s+grad=lut+calib=mse``): ``grad=`` the gradient estimator,
-    ``calib=`` both operands' calibration (``percentile=`` its percentile),
+    ``calib=`` both operands' calibration (``percentile=`` its percentile;
+    ``init=`` where ``calib=learned`` scales start: minmax, percentile, mse),
     ``rank=`` and ``smooth=`` the lut gradient's rank and half-width in
     codes, ``asym`` zero points, ``per_tensor`` one weight scale,
     ``power_mW=`` / ``area_um2=`` / ``delay_ns=`` cost figures (overriding
@@ -184,6 +185,8 @@ def _quantized(spec: str, mult: IntegerMultiplier, options, quantize):
             quant["gradient"] = value
         elif eq and key == "calib":
             both["calibration"] = value
+        elif eq and key == "init":
+            both["initial"] = value
         elif eq and key in ("rank", "smooth", "percentile", *COST_KEYS):
             try:
                 number = int(value) if key in ("rank", "smooth") else float(value)

@@ -105,10 +105,11 @@ class Trainer:
         jax.eval_shape(self._eval, params, x, y, mult)
 
     def with_scales(self, params, mult: Arith | None):
-        """``params`` plus the learned scales (``+calib=learned``) that the
-        layers create under ``mult`` (a group's first member: scales start
-        from the data's min-max range, the same for every member), set from
-        the first training batch; ``params`` itself for other arithmetics."""
+        """``params`` plus the learned scales and zero points
+        (``+calib=learned``, ``+asym``) that the layers create under ``mult``
+        (a group's first member: they start from the data's range by the
+        spec's ``init=``, the same for every member), set from the first
+        training batch; ``params`` itself for other arithmetics."""
         if not getattr(mult, "learns_scales", False):
             return params
         x, _ = self.data.sample(self.cfg.batch_size)
