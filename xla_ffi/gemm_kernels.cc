@@ -748,6 +748,9 @@ struct RoundingConsts {
   // subnormal quantum is computed for every lane, without a branch; wide
   // ones (bfloat16, tf32) almost never: such a lane goes to the scalar rule.
   bool vector_subnormals;
+  // IEEE binary16 rounded nearest-even (AVX-512: by vcvtps2ph/vcvtph2ps,
+  // subnormals included).
+  bool half;
   bool active;
   explicit RoundingConsts(const FormatSpec& f, bool on)
       : low(f.m >= 23 ? 0u : (1u << (23 - f.m)) - 1u),
@@ -757,6 +760,8 @@ struct RoundingConsts {
         mode(f.rounding),
         subnormals(f.subnormals),
         vector_subnormals(f.rounding == kNearestEven && f.emin > -100),
+        half(f.m == 10 && f.emin == -14 && f.max == 65504.0f && f.subnormals &&
+             f.rounding == kNearestEven),
         active(on) {}
 };
 
@@ -767,6 +772,14 @@ inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
   VecU b;
   std::memcpy(&b, &s, sizeof(b));
   const VecU mag = b & 0x7fffffffu;
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  if (c.half) {  // the same bits as below, by the conversion instructions
+    *bad |= mag > c.max;
+    const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(reinterpret_cast<const __m512&>(s),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return reinterpret_cast<const Vec&>(r);
+  }
+#endif
   VecU r;
   if (c.mode == kTowardZero) {
     r = b & ~c.low;
@@ -798,7 +811,20 @@ inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
 }
 
 // sum + p rounded to odd at float32 precision (exact where it is exact).
+// With AVX-512: the sum rounded down and up (embedded rounding); they are
+// equal where it is exact, else neighbours of which one is odd: that one.
+// Otherwise TwoSum gives the error and an even inexact sum steps outward.
 inline Vec SumToOddLanes(Vec sum, Vec p) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __m512 a = reinterpret_cast<const __m512&>(sum);
+  const __m512 b = reinterpret_cast<const __m512&>(p);
+  const __m512 down = _mm512_add_round_ps(a, b, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 up = _mm512_add_round_ps(a, b, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+  const __mmask16 odd =
+      _mm512_test_epi32_mask(_mm512_castps_si512(down), _mm512_set1_epi32(1));
+  const __m512 r = _mm512_mask_blend_ps(odd, up, down);
+  return reinterpret_cast<const Vec&>(r);
+#else
   const Vec s = sum + p;
   const Vec bb = s - sum;
   const Vec err = (sum - (s - bb)) + (p - bb);
@@ -812,6 +838,7 @@ inline Vec SumToOddLanes(Vec sum, Vec p) {
   Vec out;
   std::memcpy(&out, &b, sizeof(out));
   return out;
+#endif
 }
 
 // R rows of an accumulating sweep (rows NC floats apart in out): kc steps of

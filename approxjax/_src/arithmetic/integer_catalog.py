@@ -95,7 +95,8 @@ def _wide(fn, pair, sign, design: str, full_name: str, paper: str, params) -> In
             f"{full_name}: the C twin {source} gives {int(got[i])} for {int(a[i])} x {int(b[i])} "
             f"where the catalog's definition gives {int(want[i])}"
         )
-    metadata = {**mult.metadata, "source": "catalog", "design": design, "paper": paper, **params}
+    metadata = {**mult.metadata, "source": "catalog", "design": design, "paper": paper,
+                "twin": source, **params}  # fmt: skip
     return IntegerMultiplier.function_model(
         mult.function, bits=pair, signed=sign, name=full_name, metadata=metadata
     )

@@ -79,10 +79,10 @@ def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
     ``lhs_scale`` (a scalar) and ``rhs_scale`` (one per output channel, or a
     scalar), with ``lhs_zero``/``rhs_zero`` zero points of the same shapes
     on asymmetric sides (LSQ+), suffixed ``_1``, ``_2``... for the layer's
-    later GEMMs, first
-    set to the scales of the operands they first see, calibrated by their
-    spec's ``initial``. ``q`` itself outside an approxjax layer or where the
-    rhs is no weight (``rhs_channel_axis`` None): calibrated min-max."""
+    later GEMMs, first set from the operands they first see, calibrated by
+    their spec's ``initial``. ``q`` itself outside an approxjax layer or
+    where the rhs is no weight (``rhs_channel_axis`` None): calibrated
+    min-max."""
     from approxjax._src.arithmetic.quantization import calibrate
 
     caller = _CALLER.get()
@@ -96,7 +96,7 @@ def _learned_scales(q, lhs, rhs, rhs_channel_axis: int | None):
         """The side's scale and (asymmetric) zero point parameters, or Nones."""
         if spec.calibration != "learned":
             return None, None
-        per_channel = spec.per_channel and side == 1
+        per_channel = spec.per_channel  # the rhs only (Quantized checks)
         axes = tuple(d for d in range(x.ndim) if not (per_channel and d == rhs_channel_axis))
         bits, signed = q.multiplier.bits[side], q.multiplier.signed[side]
         shape = (-1,) if per_channel else ()
