@@ -196,41 +196,26 @@ ffi::Error IntegerGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
   const char* target = "approxjax_int_gemm";
   const auto ld = lhs.dimensions(), rd = rhs.dimensions(), td = lut.dimensions(),
              od = out->dimensions();
-  const size_t rank = od.size();
-  if (rank < 2 || ld.size() != rank || rd.size() != rank || td.size() != rank) {
-    return ffi::Error::InvalidArgument(
-        std::string(target) + ": lhs, rhs, lut and out must have one rank >= 2; got " +
-        DimsString(ld) + ", " + DimsString(rd) + ", " + DimsString(td) + ", " +
-        DimsString(od));
-  }
+  BatchShape shape;
+  if (auto e = CheckIntGemm(target, ld, rd, &td, od, &shape); e.failure()) return e;
   cuda::IntGemmArgs args{};
-  args.m_rows = ld[rank - 2];
-  args.depth = ld[rank - 1];
-  args.n_cols = rd[rank - 1];
-  args.side_a = td[rank - 2];
-  args.side_b = td[rank - 1];
-  if (rd[rank - 2] != args.depth || od[rank - 2] != args.m_rows ||
-      od[rank - 1] != args.n_cols) {
-    return ffi::Error::InvalidArgument(std::string(target) + ": shapes do not chain: lhs " +
-                                       DimsString(ld) + ", rhs " + DimsString(rd) +
-                                       ", out " + DimsString(od));
-  }
+  args.m_rows = shape.m_rows;
+  args.depth = shape.depth;
+  args.n_cols = shape.n_cols;
+  args.side_a = td[td.size() - 2];
+  args.side_b = td[td.size() - 1];
   if (args.side_a < 1 || args.side_a > 4096 || args.side_b < 1 || args.side_b > 4096) {
     return ffi::Error::InvalidArgument(std::string(target) +
                                        ": table sides must be 1..4096; got " + DimsString(td));
   }
-  const std::vector<int64_t> lead(od.begin(), od.end() - 2);
+  const std::vector<int64_t>& lead = shape.out_lead;
   if (lead.size() > size_t(cuda::kMaxLead)) {
     return ffi::Error::InvalidArgument(std::string(target) + ": at most " +
                                        std::to_string(cuda::kMaxLead) +
                                        " leading dimensions on the GPU");
   }
-  Operand a, b, l;
-  if (auto e = LeadStrides(target, "lhs", ld, lead, &a); e.failure()) return e;
-  if (auto e = LeadStrides(target, "rhs", rd, lead, &b); e.failure()) return e;
-  if (auto e = LeadStrides(target, "lut", td, lead, &l); e.failure()) return e;
-  args.batch = 1;
-  for (int64_t d : lead) args.batch *= d;
+  const Operand &a = shape.a, &b = shape.b, &l = shape.l;
+  args.batch = shape.batch;
   const int64_t out_elems = args.batch * args.m_rows * args.n_cols;
   if (out_elems == 0) return ffi::Error::Success();
   if (args.depth == 0) {

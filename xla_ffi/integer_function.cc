@@ -44,9 +44,7 @@ struct FnProblem {
   int32_t* out_i32 = nullptr;
   float* out_f32 = nullptr;
   IntegerEntry fn = nullptr;
-  int64_t batch = 1, m_rows = 0, n_cols = 0, depth = 0;
-  std::vector<int64_t> lead;  // out's leading dims
-  Operand a_lead, b_lead;     // the operands' broadcast leading dims
+  BatchShape shape;  // M, N, K; out's leading dims; lhs, rhs broadcast
   int64_t chunks = 1, units = 0;
 };
 
@@ -62,9 +60,9 @@ struct FnState {
 // Rows [r0, r0 + rows) of batch member g; false (with `why`) on an overflow.
 bool RunRows(const FnProblem& p, int64_t g, int64_t r0, int64_t rows,
              std::vector<int64_t>& acc, std::string& why) {
-  const int64_t n = p.n_cols, k_len = p.depth;
-  const int32_t* a = p.a + MatrixOffset(g, p.lead, p.a_lead) * p.m_rows * k_len;
-  const int32_t* b = p.b + MatrixOffset(g, p.lead, p.b_lead) * k_len * n;
+  const int64_t n = p.shape.n_cols, k_len = p.shape.depth;
+  const int32_t* a = p.a + MatrixOffset(g, p.shape.out_lead, p.shape.a) * p.shape.m_rows * k_len;
+  const int32_t* b = p.b + MatrixOffset(g, p.shape.out_lead, p.shape.b) * k_len * n;
   acc.resize(static_cast<size_t>(n));
   for (int64_t r = r0; r < r0 + rows; ++r) {
     std::fill(acc.begin(), acc.end(), 0);
@@ -77,7 +75,7 @@ bool RunRows(const FnProblem& p, int64_t g, int64_t r0, int64_t rows,
         overflow |= __builtin_add_overflow(acc[j], prod, &acc[j]);
       }
     }
-    const int64_t at = (g * p.m_rows + r) * n;
+    const int64_t at = (g * p.shape.m_rows + r) * n;
     if (overflow) {
       why = "a sum of row " + std::to_string(r) + " of batch member " +
             std::to_string(g) + " overflows int64";
@@ -110,7 +108,7 @@ void FnWorker(const std::shared_ptr<FnState>& state) {
     for (int64_t u = state->next.fetch_add(1); u < p.units && !state->failed;
          u = state->next.fetch_add(1)) {
       const int64_t g = u / p.chunks, r0 = (u % p.chunks) * kRowsPerUnit;
-      const int64_t rows = std::min(kRowsPerUnit, p.m_rows - r0);
+      const int64_t rows = std::min(kRowsPerUnit, p.shape.m_rows - r0);
       if (!RunRows(p, g, r0, rows, acc, why)) {
         std::lock_guard<std::mutex> lock(state->mutex);
         if (!state->failed.exchange(true)) state->error = why;
@@ -149,51 +147,32 @@ ffi::Future IntFunctionGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> lhs,
   try {
     const auto ld = lhs.dimensions(), rd = rhs.dimensions(),
                od = out->dimensions();
-    const size_t rank = ld.size();
-    if (rank < 2 || rd.size() != rank || od.size() != rank) {
-      return Failed(Invalid("lhs, rhs and out must have one rank >= 2; got " +
-                            DimsString(ld) + ", " + DimsString(rd) + ", " +
-                            DimsString(od)));
-    }
     const auto type = out->element_type();
     if (type != ffi::DataType::S32 && type != ffi::DataType::F32) {
       return Failed(Invalid("out must be int32 or float32"));
     }
     if (address == 0) return Failed(Invalid("no function address"));
     auto p = std::make_unique<FnProblem>();
-    const char* target = "approxjax_int_function_gemm";
-    p->lead.assign(od.begin(), od.end() - 2);
-    if (auto e = LeadStrides(target, "lhs", ld, p->lead, &p->a_lead); e.failure()) {
+    if (auto e = CheckIntGemm("approxjax_int_function_gemm", ld, rd, nullptr, od,
+                              &p->shape);
+        e.failure()) {
       return Failed(std::move(e));
     }
-    if (auto e = LeadStrides(target, "rhs", rd, p->lead, &p->b_lead); e.failure()) {
-      return Failed(std::move(e));
-    }
-    for (int64_t d : p->lead) p->batch *= d;
-    const int64_t count_a = p->a_lead.matrix_count, count_b = p->b_lead.matrix_count;
-    p->m_rows = ld[rank - 2];
-    p->depth = ld[rank - 1];
-    p->n_cols = rd[rank - 1];
-    if (rd[rank - 2] != p->depth || od[rank - 2] != p->m_rows ||
-        od[rank - 1] != p->n_cols) {
-      return Failed(Invalid("shapes do not chain: lhs " + DimsString(ld) +
-                            ", rhs " + DimsString(rd) + ", out " +
-                            DimsString(od)));
-    }
+    const int64_t count_a = p->shape.a.matrix_count, count_b = p->shape.b.matrix_count;
     p->a = lhs.typed_data();
     p->b = rhs.typed_data();
     int64_t at = 0;
-    if (OutOfRange(p->a, count_a * p->m_rows * p->depth, lo_a, hi_a, &at)) {
+    if (OutOfRange(p->a, count_a * p->shape.m_rows * p->shape.depth, lo_a, hi_a, &at)) {
       return Failed(Invalid("lhs holds " + std::to_string(p->a[at]) +
                             ", outside the operand range [" +
                             std::to_string(lo_a) + ", " + std::to_string(hi_a) + "]"));
     }
-    if (OutOfRange(p->b, count_b * p->depth * p->n_cols, lo_b, hi_b, &at)) {
+    if (OutOfRange(p->b, count_b * p->shape.depth * p->shape.n_cols, lo_b, hi_b, &at)) {
       return Failed(Invalid("rhs holds " + std::to_string(p->b[at]) +
                             ", outside the operand range [" +
                             std::to_string(lo_b) + ", " + std::to_string(hi_b) + "]"));
     }
-    const int64_t out_elems = p->batch * p->m_rows * p->n_cols;
+    const int64_t out_elems = p->shape.batch * p->shape.m_rows * p->shape.n_cols;
     if (type == ffi::DataType::F32) {
       p->out_f32 = static_cast<float*>(out->untyped_data());
       std::fill(p->out_f32, p->out_f32 + out_elems, 0.0f);
@@ -201,10 +180,10 @@ ffi::Future IntFunctionGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> lhs,
       p->out_i32 = static_cast<int32_t*>(out->untyped_data());
       std::fill(p->out_i32, p->out_i32 + out_elems, 0);
     }
-    if (out_elems == 0 || p->depth == 0) return Done();
+    if (out_elems == 0 || p->shape.depth == 0) return Done();
     p->fn = reinterpret_cast<IntegerEntry>(static_cast<uintptr_t>(address));
-    p->chunks = (p->m_rows + kRowsPerUnit - 1) / kRowsPerUnit;
-    p->units = p->batch * p->chunks;
+    p->chunks = (p->shape.m_rows + kRowsPerUnit - 1) / kRowsPerUnit;
+    p->units = p->shape.batch * p->chunks;
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     const int64_t workers = std::min(threads, p->units);
     auto state = std::make_shared<FnState>();

@@ -77,9 +77,8 @@ struct IntProblem {
   const uint16_t* a = nullptr;
   const uint16_t* b = nullptr;
   int32_t* out = nullptr;
-  int64_t batch = 1, m_rows = 0, n_cols = 0, depth = 0, side_a = 0, side_b = 0;
-  std::vector<int64_t> lead;                  // out's leading dimensions
-  Operand a_lead, b_lead, l_lead;  // the operands' broadcast leading dims
+  BatchShape shape;  // M, N, K; out's leading dims; lhs, rhs, lut broadcast
+  int64_t side_a = 0, side_b = 0;
   int64_t tables_count = 1;
   std::vector<EntryType> types;  // per table
   std::vector<int32_t> biases;   // per table (16-bit tables: entry - bias)
@@ -116,22 +115,22 @@ void RunBlock(const IntProblem& p, const IntegerBlockKernels<E>& kern,
               const E* lut, TableSources sources, int32_t bias, int64_t g,
               int64_t r0, int64_t rows, int64_t n0, int64_t ncols,
               TableScratch& scratch) {
-  const int64_t ga = MatrixOffset(g, p.lead, p.a_lead);
-  const int64_t gb = MatrixOffset(g, p.lead, p.b_lead);
-  const uint16_t* a = p.a + (ga * p.m_rows + r0) * p.depth;
-  const uint16_t* b = p.b + gb * p.depth * p.n_cols + n0;
-  int32_t* out = p.out + (g * p.m_rows + r0) * p.n_cols + n0;
+  const int64_t ga = MatrixOffset(g, p.shape.out_lead, p.shape.a);
+  const int64_t gb = MatrixOffset(g, p.shape.out_lead, p.shape.b);
+  const uint16_t* a = p.a + (ga * p.shape.m_rows + r0) * p.shape.depth;
+  const uint16_t* b = p.b + gb * p.shape.depth * p.shape.n_cols + n0;
+  int32_t* out = p.out + (g * p.shape.m_rows + r0) * p.shape.n_cols + n0;
   if (!p.tables) {
-    kern.gather(out, p.n_cols, rows, a, p.depth, p.depth, lut, p.side_b, b,
-                p.n_cols, ncols, true, bias);
+    kern.gather(out, p.shape.n_cols, rows, a, p.shape.depth, p.shape.depth, lut, p.side_b, b,
+                p.shape.n_cols, ncols, true, bias);
     return;
   }
   E* tab = scratch.Get<E>(p.kb * p.side_a * kIntCols);
-  for (int64_t k0 = 0; k0 < p.depth; k0 += p.kb) {
-    const int64_t kc = std::min(p.kb, p.depth - k0);
-    kern.build(tab, lut, sources, p.side_a, p.side_b, b + k0 * p.n_cols,
-               p.n_cols, kc, ncols, p.ways);
-    kern.sweep(out, p.n_cols, rows, a + k0, p.depth, kc, tab, p.side_a,
+  for (int64_t k0 = 0; k0 < p.shape.depth; k0 += p.kb) {
+    const int64_t kc = std::min(p.kb, p.shape.depth - k0);
+    kern.build(tab, lut, sources, p.side_a, p.side_b, b + k0 * p.shape.n_cols,
+               p.shape.n_cols, kc, ncols, p.ways);
+    kern.sweep(out, p.shape.n_cols, rows, a + k0, p.shape.depth, kc, tab, p.side_a,
                ncols, k0 == 0, bias, p.ways);
   }
 }
@@ -142,12 +141,12 @@ void RunUnit(const IntProblem& p, int64_t u) {
   const int64_t rest = u % (p.nblocks * p.chunks);
   const int64_t nb = rest / p.chunks, ch = rest % p.chunks;
   const int64_t r0 = ch * p.chunk_rows;
-  const int64_t rows = std::min(p.chunk_rows, p.m_rows - r0);
+  const int64_t rows = std::min(p.chunk_rows, p.shape.m_rows - r0);
   const int64_t n0 = nb * kIntCols;
-  const int64_t ncols = std::min<int64_t>(kIntCols, p.n_cols - n0);
+  const int64_t ncols = std::min<int64_t>(kIntCols, p.shape.n_cols - n0);
   if (rows <= 0) return;
   const int64_t size = p.side_a * p.side_b;
-  const int64_t gl = MatrixOffset(g, p.lead, p.l_lead);
+  const int64_t gl = MatrixOffset(g, p.shape.out_lead, p.shape.l);
   if (p.types[gl] == EntryType::kI16) {
     TableSources sources;
     if (!p.planes.empty()) sources.planes = p.planes.data() + gl * p.side_a * 512;
@@ -191,38 +190,15 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
   try {
     const auto ld = lhs.dimensions(), rd = rhs.dimensions(),
                td = lut.dimensions(), od = out->dimensions();
-    const size_t rank = ld.size();
-    if (rank < 2 || rd.size() != rank || td.size() != rank || od.size() != rank) {
-      return Failed(Invalid("lhs, rhs, lut and out must have one rank >= 2; got " +
-                                DimsString(ld) + ", " + DimsString(rd) + ", " +
-                                DimsString(td) + ", " + DimsString(od)));
-    }
     auto p = std::make_unique<IntProblem>();
-    const char* target = "approxjax_int_gemm";
-    p->lead.assign(od.begin(), od.end() - 2);
-    if (auto e = LeadStrides(target, "lhs", ld, p->lead, &p->a_lead); e.failure()) {
+    if (auto e = CheckIntGemm("approxjax_int_gemm", ld, rd, &td, od, &p->shape);
+        e.failure()) {
       return Failed(std::move(e));
     }
-    if (auto e = LeadStrides(target, "rhs", rd, p->lead, &p->b_lead); e.failure()) {
-      return Failed(std::move(e));
-    }
-    if (auto e = LeadStrides(target, "lut", td, p->lead, &p->l_lead); e.failure()) {
-      return Failed(std::move(e));
-    }
-    for (int64_t d : p->lead) p->batch *= d;
-    const int64_t count_a = p->a_lead.matrix_count, count_b = p->b_lead.matrix_count;
-    p->tables_count = p->l_lead.matrix_count;
-    p->m_rows = ld[rank - 2];
-    p->depth = ld[rank - 1];
-    p->n_cols = rd[rank - 1];
-    p->side_a = td[rank - 2];
-    p->side_b = td[rank - 1];
-    if (rd[rank - 2] != p->depth || od[rank - 2] != p->m_rows ||
-        od[rank - 1] != p->n_cols) {
-      return Failed(Invalid("shapes do not chain: lhs " + DimsString(ld) +
-                                ", rhs " + DimsString(rd) + ", out " +
-                                DimsString(od)));
-    }
+    const int64_t count_a = p->shape.a.matrix_count, count_b = p->shape.b.matrix_count;
+    p->tables_count = p->shape.l.matrix_count;
+    p->side_a = td[td.size() - 2];
+    p->side_b = td[td.size() - 1];
     if (p->side_a < 1 || p->side_a > kMaxSide || p->side_b < 1 ||
         p->side_b > kMaxSide) {
       return Failed(Invalid("table sides must be 1..4096; got " + DimsString(td)));
@@ -236,18 +212,18 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
       return Failed(Invalid("gemm must be 0 (auto), 1 (tables) or 2 (gathers); got " +
                                 std::to_string(gemm)));
     }
-    const int64_t out_elems = p->batch * p->m_rows * p->n_cols;
+    const int64_t out_elems = p->shape.batch * p->shape.m_rows * p->shape.n_cols;
     if (out_elems == 0) return Done();
     p->out = out->typed_data();
-    if (p->depth == 0) {
+    if (p->shape.depth == 0) {
       std::fill(p->out, p->out + out_elems, 0);
       return Done();
     }
     p->a = lhs.typed_data();
     p->b = rhs.typed_data();
     p->lut = lut.typed_data();
-    const int64_t na = count_a * p->m_rows * p->depth;
-    const int64_t nbk = count_b * p->depth * p->n_cols;
+    const int64_t na = count_a * p->shape.m_rows * p->shape.depth;
+    const int64_t nbk = count_b * p->shape.depth * p->shape.n_cols;
     if (MaxIndex(p->a, na) >= p->side_a || MaxIndex(p->b, nbk) >= p->side_b) {
       return Failed(Invalid(
           "an operand code is outside the multiplier's code range (its index "
@@ -265,9 +241,9 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
         lo = std::min<int64_t>(lo, t[e]);
         hi = std::max<int64_t>(hi, t[e]);
       }
-      if (p->depth * std::max(-lo, hi) > std::numeric_limits<int32_t>::max()) {
+      if (p->shape.depth * std::max(-lo, hi) > std::numeric_limits<int32_t>::max()) {
         return Failed(Invalid(
-            "K = " + std::to_string(p->depth) + " sums of entries up to " +
+            "K = " + std::to_string(p->shape.depth) + " sums of entries up to " +
             std::to_string(std::max(-lo, hi)) + " may overflow int32"));
       }
       const bool fits = lo >= -32768 && hi <= 32767;
@@ -287,23 +263,6 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
       }
     }
     p->ways = p->kernels->ways(pairs, bytes);
-    if (narrow && p->ways.bytes && p->side_b <= 256) {
-      p->planes.assign(static_cast<size_t>(p->tables_count * p->side_a * 512), 0);
-      for (int64_t g = 0; g < p->tables_count; ++g) {
-        if (p->types[g] != EntryType::kI16) continue;
-        BytePlanes(p->t16.data() + g * size, p->side_a, p->side_b,
-                   p->planes.data() + g * p->side_a * 512);
-      }
-    }
-    const int64_t stride = ColumnStride(p->side_a);
-    if (narrow && p->ways.columns && p->side_a <= 256) {
-      p->columns.assign(static_cast<size_t>(p->tables_count * p->side_b * stride), 0);
-      for (int64_t g = 0; g < p->tables_count; ++g) {
-        if (p->types[g] != EntryType::kI16) continue;
-        LutColumns(p->t16.data() + g * size, p->side_a, p->side_b,
-                   p->columns.data() + g * p->side_b * stride);
-      }
-    }
     // Tables where enough rows share them and they are built by vector
     // permutes (AVX-512) or transposes (AVX2, 16-bit tables), else gathers.
     // Measured: tables of more than 256 rows or columns lose to gathers at
@@ -316,19 +275,37 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
         (p->ways.columns &&
          std::find(p->types.begin(), p->types.end(), EntryType::kI32) == p->types.end());
     p->tables = gemm == 1 || (gemm == 0 && vector_builds && p->side_a <= 256 &&
-                              p->side_b <= 256 && 2 * p->m_rows >= p->side_a);
+                              p->side_b <= 256 && 2 * p->shape.m_rows >= p->side_a);
+    // What the tables are built from, only where there are tables.
+    if (p->tables && narrow && p->ways.bytes && p->side_b <= 256) {
+      p->planes.assign(static_cast<size_t>(p->tables_count * p->side_a * 512), 0);
+      for (int64_t g = 0; g < p->tables_count; ++g) {
+        if (p->types[g] != EntryType::kI16) continue;
+        BytePlanes(p->t16.data() + g * size, p->side_a, p->side_b,
+                   p->planes.data() + g * p->side_a * 512);
+      }
+    }
+    const int64_t stride = ColumnStride(p->side_a);
+    if (p->tables && narrow && p->ways.columns && p->side_a <= 256) {
+      p->columns.assign(static_cast<size_t>(p->tables_count * p->side_b * stride), 0);
+      for (int64_t g = 0; g < p->tables_count; ++g) {
+        if (p->types[g] != EntryType::kI16) continue;
+        LutColumns(p->t16.data() + g * size, p->side_a, p->side_b,
+                   p->columns.data() + g * p->side_b * stride);
+      }
+    }
     int64_t entry = 4;
     for (EntryType t : p->types) entry = t == EntryType::kI32 ? 4 : std::min<int64_t>(entry, 2);
     p->kb = std::max<int64_t>(1, kTableBudget / (p->side_a * kIntCols * entry));
-    p->nblocks = (p->n_cols + kIntCols - 1) / kIntCols;
+    p->nblocks = (p->shape.n_cols + kIntCols - 1) / kIntCols;
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     p->chunks = 1;
-    while (p->batch * p->nblocks * p->chunks < 2 * threads &&
-           p->m_rows / (2 * p->chunks) >= 128) {
+    while (p->shape.batch * p->nblocks * p->chunks < 2 * threads &&
+           p->shape.m_rows / (2 * p->chunks) >= 128) {
       p->chunks *= 2;
     }
-    p->chunk_rows = (p->m_rows + p->chunks - 1) / p->chunks;
-    p->units = p->batch * p->nblocks * p->chunks;
+    p->chunk_rows = (p->shape.m_rows + p->chunks - 1) / p->chunks;
+    p->units = p->shape.batch * p->nblocks * p->chunks;
     const int64_t workers = std::min(threads, p->units);
     auto state = std::make_shared<IntState>();
     state->problem = std::move(p);

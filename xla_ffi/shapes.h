@@ -144,6 +144,43 @@ inline ffi::Error CheckGemm(ffi::Span<const int64_t> ld,
   return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
 }
 
+// A checked batched GEMM of integer operand codes: out [..., M, N] from lhs
+// [..., M, K] and rhs [..., K, N] and, where `td` is given, a table lut
+// [..., A, B] (its sides are the caller's to check), all of one rank >= 2,
+// each leading dimension out's or 1.
+inline ffi::Error CheckIntGemm(const char* target, ffi::Span<const int64_t> ld,
+                               ffi::Span<const int64_t> rd,
+                               const ffi::Span<const int64_t>* td,
+                               ffi::Span<const int64_t> od, BatchShape* s) {
+  const size_t rank = ld.size();
+  if (rank < 2 || rd.size() != rank || od.size() != rank ||
+      (td != nullptr && td->size() != rank)) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + (td ? ": lhs, rhs, lut" : ": lhs, rhs") +
+        " and out must have one rank >= 2; got " + DimsString(ld) + ", " +
+        DimsString(rd) + ", " + (td ? DimsString(*td) + ", " : "") + DimsString(od));
+  }
+  s->m_rows = ld[rank - 2];
+  s->depth = ld[rank - 1];
+  s->n_cols = rd[rank - 1];
+  if (rd[rank - 2] != s->depth || od[rank - 2] != s->m_rows ||
+      od[rank - 1] != s->n_cols) {
+    return ffi::Error::InvalidArgument(
+        std::string(target) + ": shapes do not chain: lhs " + DimsString(ld) +
+        ", rhs " + DimsString(rd) + ", out " + DimsString(od));
+  }
+  s->out_lead.assign(od.begin(), od.end() - 2);
+  s->batch = 1;
+  for (int64_t d : s->out_lead) s->batch *= d;
+  if (auto e = LeadStrides(target, "lhs", ld, s->out_lead, &s->a); e.failure()) {
+    return e;
+  }
+  if (auto e = LeadStrides(target, "rhs", rd, s->out_lead, &s->b); e.failure()) {
+    return e;
+  }
+  return td ? LeadStrides(target, "lut", *td, s->out_lead, &s->l) : ffi::Error::Success();
+}
+
 inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
                                 ffi::Span<const int64_t> bd,
                                 ffi::Span<const int64_t> lud,
