@@ -86,6 +86,60 @@ def test_gemm_bit_exact_against_sequential_reference(case, shape, rng):
     assert_matches_reference(got, x, w, DN, arith)
 
 
+@pytest.mark.parametrize("acc", ["bfloat16", "float16", "tf32"])
+def test_reduced_sums_at_the_edges_of_their_range(acc, rng):
+    """Sums that overflow the accumulator and sums that cancel into its
+    subnormal range, from regular operands (the vectorised path, which
+    checks no lane in these formats), bit for bit the reference."""
+    big = {"bfloat16": 2.0**62, "float16": 2.0**5, "tf32": 2.0**62}[acc]
+    tiny = {"bfloat16": 2.0**-63, "float16": 2.0**-9, "tf32": 2.0**-63}[acc]
+    k = 64
+    x = random_nonzero(rng, (4, k)) + 2.0
+    w = np.abs(random_nonzero(rng, (k, 16))) + 1.0
+    x[0] *= big  # products of big operands: the sums overflow to inf
+    x[1] *= -big
+    w[:, :8] *= big
+    signs = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+    x[2] = tiny * (1.0 + np.arange(k) % 3 / 64.0) * signs  # sums cancel to subnormals
+    w[:, 8:] = tiny * (1.0 + rng.integers(0, 4, (k, 8)) / 128.0)
+    x, w = x.astype(np.float32), w.astype(np.float32)
+    for mult in (ax.mitchell(7), ax.truncated(7)):
+        arith = ax.Arithmetic(multiplier=mult, accumulator=acc)
+        got = ax.dot_general(x, w, DN, multiplier=arith)
+        assert_matches_reference(got, x, w, DN, arith)
+    want = np.asarray(ax.dot_general(x, w, DN, multiplier=ax.Arithmetic(
+        multiplier=ax.mitchell(7), accumulator=acc)))  # fmt: skip
+    assert np.isinf(want[0, :8]).all() and np.isinf(want[1, :8]).all()
+
+
+@pytest.mark.parametrize("mbits,acc", [(7, "bfloat16"), (5, "float16")])
+def test_sums_of_wider_products_are_rounded_once(mbits, acc):
+    """Products with more significant bits than the accumulator (truncated(m):
+    2m + 2) where the float32 sum rounded to nearest lands on a midpoint of
+    the format and a second rounding would go the wrong way: the kernels
+    round the exact sum to odd first (products of at most the format's
+    precision need not: Accumulator::NearestSumsExact)."""
+    p = ax.formats.get(acc).mantissa_bits + 1
+    size = 2**mbits
+    sig = 1.0 + np.arange(size) / size
+    prod = np.multiply.outer(sig, sig)
+    norm = prod / 2.0 ** np.floor(np.log2(prod))
+    scaled = norm * 2.0 ** (p - 1)
+    # A tie P in [2, 4) at p bits whose lower neighbour is even: float32
+    # rounds P + 2**-24 (the first sum, exact in the accumulator) to P, and
+    # nearest-even would then round P down.
+    tie = (scaled - np.floor(scaled) == 0.5) & (np.floor(scaled) % 2 == 0) & (prod >= 2)
+    i, j = np.argwhere(tie)[0]
+    x = np.array([[2.0**-24, sig[i]]], np.float32)
+    w = np.array([[1.0], [sig[j]]], np.float32)
+    arith = ax.Arithmetic(multiplier=ax.truncated(mbits), accumulator=acc)
+    got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith))[0, 0]
+    exact = np.float64(2.0**-24) + prod[i, j]
+    want = ax.formats.convert(np.float32(prod[i, j]), acc, rounding="away_from_zero")
+    assert got == want and got > exact > prod[i, j], (got, exact, want)
+    assert_matches_reference(got[None, None], x, w, DN, arith)
+
+
 ROUNDINGS = ["nearest_even", "toward_zero", "away_from_zero"]
 
 

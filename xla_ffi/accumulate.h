@@ -84,11 +84,24 @@ struct Accumulator {
   int loa_bits = 0;
   UserAdder user = nullptr;
   uint64_t seed = 0;
+  // The most significant bits of any product (24 where unknown).
+  int product_bits = 24;
 
   // Whether the vectorised path applies (the rest is scalar).
   bool FastPath() const {
     return adder == 0 && acc.rounding != kStochastic && acc.m <= 21 &&
            (!round_product || prod.rounding != kStochastic);
+  }
+  // Whether the float32 sum, rounded to nearest, then rounded nearest-even
+  // to the accumulator, is the exact sum rounded once: where the running
+  // sum and the product both have p <= 11 significant bits, p the format's
+  // precision (Figueroa 1995: double rounding is innocuous for addition
+  // when the first precision, 24, is at least 2p + 1; also at the format's
+  // subnormal quantum, as p + m < 24). So bfloat16, float16 and tf32 sums
+  // of products of at most their precision need no rounding to odd.
+  bool NearestSumsExact() const {
+    return adder == 0 && !round_product && acc.rounding == kNearestEven &&
+           acc.m <= 10 && product_bits <= acc.m + 1;
   }
   bool Stochastic() const {
     return acc.rounding == kStochastic ||

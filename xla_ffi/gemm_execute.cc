@@ -259,6 +259,28 @@ class TablesSweep final : public TileSweep {
   }
 };
 
+// Builds the compact tables of one step (from the LUT's codes, planes or
+// rows) into the worker's table buffer, and returns them.
+const uint32_t* BuildCompactTables(const Problem& p, int64_t ol,
+                                   const TileStep& t, Scratch& s) {
+  uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
+  const TableFacts facts(p.FactsOf(ol), p.m);
+  const bool transposed = !p.swap;  // tables read along the rhs index
+  if (p.codes && facts.has(kCodes)) {
+    p.block->build_compact_codes(tab, facts.codes(transposed),
+                                 facts.code_base(), p.m, t.b, t.bk, t.bc,
+                                 t.kc, t.ncols, p.range, s.col_irregular.data());
+  } else if (p.planes) {
+    p.block->build_compact_planes(tab, facts.planes(transposed), p.m, t.b,
+                                  t.bk, t.bc, t.kc, t.ncols, p.range,
+                                  s.col_irregular.data());
+  } else {
+    p.block->build_compact(tab, LutRows(p, ol), p.m, t.b, t.bk, t.bc, t.kc,
+                           t.ncols, p.range, s.col_irregular.data());
+  }
+  return tab;
+}
+
 class CompactSweep final : public TileSweep {
  public:
   int64_t TableFloats(const Problem& p) const override {
@@ -266,23 +288,8 @@ class CompactSweep final : public TileSweep {
   }
   void Run(const Problem& p, int64_t ol, const TileStep& t,
            Scratch& s) const override {
-    uint32_t* tab = reinterpret_cast<uint32_t*>(s.tab.get());
-    const TableFacts facts(p.FactsOf(ol), p.m);
-    const bool transposed = !p.swap;  // tables read along the rhs index
-    if (p.codes && facts.has(kCodes)) {
-      p.block->build_compact_codes(tab, facts.codes(transposed),
-                                   facts.code_base(), p.m, t.b, t.bk, t.bc,
-                                   t.kc, t.ncols, p.range, s.col_irregular.data());
-    } else if (p.planes) {
-      p.block->build_compact_planes(tab, facts.planes(transposed), p.m, t.b,
-                                    t.bk, t.bc, t.kc, t.ncols, p.range,
-                                    s.col_irregular.data());
-    } else {
-      p.block->build_compact(tab, LutRows(p, ol), p.m, t.b, t.bk, t.bc, t.kc,
-                             t.ncols, p.range, s.col_irregular.data());
-    }
     p.block->compact_sweep(t.cblk, t.rows, t.idx, t.scale, t.lr, t.lk, t.kc,
-                           tab, p.m);
+                           BuildCompactTables(p, ol, t, s), p.m);
   }
 };
 
@@ -323,11 +330,23 @@ class SeparableSweep final : public TileSweep {
 class AccumulateSweep final : public TileSweep {
  public:
   int64_t TableFloats(const Problem& p) const override {
-    return p.accumulate_separable ? p.kc * p.nc : p.kc * (int64_t{1} << p.m) * p.nc;
+    if (p.accumulate_separable) return p.kc * p.nc;
+    return p.kc * (int64_t{1} << p.m) * p.nc / (p.accumulate_compact ? 2 : 1);
   }
   void Run(const Problem& p, int64_t ol, const TileStep& t,
            Scratch& s) const override {
-    const Accumulator a = p.AccumulatorOf(ol);
+    Accumulator a = p.AccumulatorOf(ol);
+    // A product is a LUT entry times powers of two (the separable factors'
+    // too), so it has the entry's bits; IEEE products of raw operands any.
+    if (!a.exact_product) {
+      a.product_bits = TableFacts(p.FactsOf(ol), p.m).significant_bits();
+    }
+    if (p.accumulate_compact) {
+      p.block->accumulate_compact_sweep(t.cblk, t.rows, t.idx, t.scale, t.lr,
+                                        t.lk, t.kc, BuildCompactTables(p, ol, t, s),
+                                        p.m, a, t.at);
+      return;
+    }
     if (!p.accumulate_separable) {
       p.block->build_table(s.tab.get(), LutRows(p, ol), p.m, t.b, t.bk, t.bc,
                            t.kc, t.ncols, p.range, s.col_irregular.data());
@@ -400,7 +419,6 @@ void RunUnit(const Problem& p, int64_t unit, Scratch& s) {
   if (members <= 0) return;  // a smaller group than the largest one
   const int64_t os = p.swap ? group.ob : group.oa;
   const int64_t ot = p.swap ? group.oa : group.ob;
-  const int64_t lut_size = int64_t{1} << (2 * p.m);
   const int64_t r0 = rc * p.row_chunk;
   const int64_t rows = std::min(p.row_chunk, p.rows - r0);
   const int64_t c0 = cb * p.nc;

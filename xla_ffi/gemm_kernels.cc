@@ -730,14 +730,31 @@ void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
 // Reduced and approximate accumulation (gemm_kernels.h, accumulate.h).
 //
 // Sums to a format of m <= 21 fraction bits, rounded nearest-even, toward or
-// away from zero, are vectorised: s = sum + p in float32, its error by
-// TwoSum, s rounded to odd (an inexact s with an even last bit steps to its
-// odd neighbour on the exact sum's side), then rounded to m bits by integer
-// arithmetic on its bits: the correct rounding of the exact sum (float32's
-// 24 bits hold m + 2). A vector with a lane outside the format's normal
-// range (its subnormal quantum, overflow, inf, NaN) is done again lane by
-// lane with AddRounded. A product is rounded to the product format the same
-// way (it is exact). Stochastic rounding and approximate adders are scalar.
+// away from zero, are vectorised: the exact sum is rounded to odd at float32
+// (an inexact float32 sum with an even last bit steps to its odd neighbour
+// on the exact sum's side), then rounded to m bits by integer arithmetic on
+// its bits: the correct rounding of the exact sum (float32's 24 bits hold m
+// + 2). Where Accumulator::NearestSumsExact, the float32 sum rounded to
+// nearest serves instead. A product is rounded to the product format the
+// same way (it is exact). Formats with float32's exponent range, subnormals
+// and IEEE overflow (bfloat16, tf32) round by the integer rule alone, their
+// subnormals and overflow included; float16 (with AVX-512) by the
+// conversion instructions; other formats' lanes outside their normal range
+// (the subnormal quantum, overflow, inf, NaN) are done again lane by lane
+// with AddRounded. Products are finite (irregular operands are recomputed
+// apart), so a sum can only overflow to inf, and inf plus a product stays
+// inf, as the scalar rule gives: accumulator lanes need no check in those
+// formats. Stochastic rounding and approximate adders are scalar.
+// The accumulating sweeps' pieces are inlined into one loop per rule (GCC
+// otherwise leaves some of the many instances as calls per vector).
+#define APPROXJAX_INLINE inline __attribute__((always_inline))
+
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+constexpr bool kHalfInstructions = true;
+#else
+constexpr bool kHalfInstructions = false;
+#endif
+
 struct RoundingConsts {
   uint32_t low, min_normal, max;
   float magic;  // 1.5 * 2**(emin - m + 23): s + magic - magic rounds s at the
@@ -748,11 +765,19 @@ struct RoundingConsts {
   // subnormal quantum is computed for every lane, without a branch; wide
   // ones (bfloat16, tf32) almost never: such a lane goes to the scalar rule.
   bool vector_subnormals;
+  int low_bits;  // 23 - m: the bits below the format's last
   // IEEE binary16 rounded nearest-even (AVX-512: by vcvtps2ph/vcvtph2ps,
   // subnormals included).
   bool half;
+  // float32's exponent range with subnormals, its largest finite value
+  // 2**127 (2 - 2**-m), and overflow to inf (but toward zero): the integer
+  // rule is exact everywhere, subnormals and overflow included.
+  bool wide;
+  // Whether overflow, inf and NaN lanes are flagged even in formats that
+  // need no check (products: their format may turn overflow into NaN).
+  bool checked;
   bool active;
-  explicit RoundingConsts(const FormatSpec& f, bool on)
+  RoundingConsts(const FormatSpec& f, bool on, bool check)
       : low(f.m >= 23 ? 0u : (1u << (23 - f.m)) - 1u),
         min_normal(FloatBits(std::ldexp(1.0f, f.emin))),
         max(FloatBits(f.max)),
@@ -760,21 +785,27 @@ struct RoundingConsts {
         mode(f.rounding),
         subnormals(f.subnormals),
         vector_subnormals(f.rounding == kNearestEven && f.emin > -100),
-        half(f.m == 10 && f.emin == -14 && f.max == 65504.0f && f.subnormals &&
-             f.rounding == kNearestEven),
+        low_bits(f.m >= 23 ? 0 : 23 - f.m),
+        half(kHalfInstructions && f.m == 10 && f.emin == -14 && f.max == 65504.0f &&
+             f.subnormals && f.rounding == kNearestEven && f.overflow == 0 &&
+             f.has_inf),
+        wide(f.emin == -126 && f.subnormals && f.has_inf &&
+             (f.overflow == 0 || f.rounding == kTowardZero) &&
+             f.max == std::ldexp(2.0f - std::ldexp(1.0f, -f.m), 127)),
+        checked(check),
         active(on) {}
 };
 
 // The lanes of s rounded at the format's precision by its mode (s exact, or
 // rounded to odd); `bad` gets the lanes this cannot do: overflow, inf, NaN,
 // and (but nearest-even) the subnormal range.
-inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
+APPROXJAX_INLINE Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
   VecU b;
   std::memcpy(&b, &s, sizeof(b));
   const VecU mag = b & 0x7fffffffu;
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
   if (c.half) {  // the same bits as below, by the conversion instructions
-    *bad |= mag > c.max;
+    if (c.checked) *bad |= mag > c.max;
     const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(reinterpret_cast<const __m512&>(s),
                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     return reinterpret_cast<const Vec&>(r);
@@ -788,6 +819,12 @@ inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
   } else {  // nearest-even
     const uint32_t lsb = c.low + 1u;
     r = (b + (c.low >> 1) + ((b & lsb) != 0u ? 1u : 0u)) & ~c.low;
+  }
+  if (c.wide) {
+    if (c.checked) *bad |= mag > c.max;
+    Vec v;
+    std::memcpy(&v, &r, sizeof(v));
+    return v;
   }
   const VecI tiny = (mag < c.min_normal) & (mag != 0u);  // zeros round as normals
   if (c.vector_subnormals) {
@@ -814,7 +851,7 @@ inline Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
 // With AVX-512: the sum rounded down and up (embedded rounding); they are
 // equal where it is exact, else neighbours of which one is odd: that one.
 // Otherwise TwoSum gives the error and an even inexact sum steps outward.
-inline Vec SumToOddLanes(Vec sum, Vec p) {
+APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
   const __m512 a = reinterpret_cast<const __m512&>(sum);
   const __m512 b = reinterpret_cast<const __m512&>(p);
@@ -841,14 +878,44 @@ inline Vec SumToOddLanes(Vec sum, Vec p) {
 #endif
 }
 
+// How an accumulating sweep forms and rounds each sum, fixed per call so
+// that its inner loop has no branch: the float32 sum rounded to nearest or
+// to odd (kNearest: Accumulator::NearestSumsExact), then rounded to the
+// format by the rule for any format (kAny: RoundLanes, with its checks), or
+// without a check by the integer rule of a wide format (kWide, nearest-even)
+// or the conversion instructions of float16 (kHalf); products rounded to a
+// product format or not (kProduct).
+enum class SumRule { kAny, kWide, kHalf };
+
+template <SumRule kRule>
+APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
+  if constexpr (kRule == SumRule::kWide) {
+    VecU b;
+    std::memcpy(&b, &s, sizeof(b));
+    b = (b + (c.low >> 1) + ((b >> c.low_bits) & 1u)) & ~c.low;
+    Vec v;
+    std::memcpy(&v, &b, sizeof(v));
+    return v;
+  }
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  if constexpr (kRule == SumRule::kHalf) {
+    const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(
+        reinterpret_cast<const __m512&>(s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return reinterpret_cast<const Vec&>(r);
+  }
+#endif
+  return RoundLanes(s, c, bad);
+}
+
 // R rows of an accumulating sweep (rows NC floats apart in out): kc steps of
 // NC columns; step(q, kk, v) gives the products of row q, step kk, vector v,
 // and exact(q, kk, c) one product. The vectorised path runs without
 // branching, R rows at a time (independent chains for the pipeline); if a
 // lane left the range it handles anywhere, the rows are done again lane by
 // lane from their first sums (AddRounded, the scalar rule), which is rare.
-template <int NC, int R, typename Step, typename Exact>
-inline void AccumulateRows(float* out, int64_t r0, int64_t kc,
+template <int NC, int R, bool kNearest, SumRule kRule, bool kProduct,
+          typename Step, typename Exact>
+APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
                            const Accumulator& a, const RoundingConsts& pc,
                            const RoundingConsts& ac, const TileCoords& at,
                            Step step, Exact exact) {
@@ -860,9 +927,10 @@ inline void AccumulateRows(float* out, int64_t r0, int64_t kc,
     for (int64_t kk = 0; kk < kc; ++kk) {
       for (int q = 0; q < R; ++q) {
         for (int v = 0; v < kV; ++v) {
-          const Vec p = step(q, kk, v);
-          const Vec pr = pc.active ? RoundLanes(p, pc, &bad) : p;
-          acc[q][v] = RoundLanes(SumToOddLanes(acc[q][v], pr), ac, &bad);
+          Vec p = step(q, kk, v);
+          if constexpr (kProduct) p = RoundLanes(p, pc, &bad);
+          const Vec sum = kNearest ? acc[q][v] + p : SumToOddLanes(acc[q][v], p);
+          acc[q][v] = RoundSum<kRule>(sum, ac, &bad);
         }
       }
     }
@@ -887,25 +955,64 @@ inline void AccumulateRows(float* out, int64_t r0, int64_t kc,
   }
 }
 
-// AccumulateRows over all rows, two at a time (then one).
+// AccumulateRows over all rows, two at a time (then one), by given rules.
+template <int NC, bool kNearest, SumRule kRule, bool kProduct, typename Step,
+          typename Exact>
+inline void AccumulateAllAs(float* cblk, int64_t rows, int64_t kc,
+                            const Accumulator& a, const RoundingConsts& pc,
+                            const RoundingConsts& ac, const TileCoords& at,
+                            Step& step, Exact& exact) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
+    AccumulateRows<NC, 2, kNearest, kRule, kProduct>(
+        cblk + r * NC, r, kc, a, pc, ac, at,
+        [&](int q, int64_t kk, int v) __attribute__((always_inline)) {
+          return step(r + q, kk, v);
+        },
+        [&](int q, int64_t kk, int c) { return exact(r + q, kk, c); });
+  }
+  for (; r < rows; ++r) {
+    AccumulateRows<NC, 1, kNearest, kRule, kProduct>(
+        cblk + r * NC, r, kc, a, pc, ac, at,
+        [&](int, int64_t kk, int v) __attribute__((always_inline)) {
+          return step(r, kk, v);
+        },
+        [&](int, int64_t kk, int c) { return exact(r, kk, c); });
+  }
+}
+
+// AccumulateAllAs with the rules this accumulator allows.
 template <int NC, typename Step, typename Exact>
 inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
                           const Accumulator& a, const TileCoords& at, Step step,
                           Exact exact) {
-  const RoundingConsts pc(a.prod, a.round_product);
-  const RoundingConsts ac(a.acc, true);
-  int64_t r = 0;
-  for (; r + 2 <= rows; r += 2) {
-    AccumulateRows<NC, 2>(
-        cblk + r * NC, r, kc, a, pc, ac, at,
-        [&](int q, int64_t kk, int v) { return step(r + q, kk, v); },
-        [&](int q, int64_t kk, int c) { return exact(r + q, kk, c); });
-  }
-  for (; r < rows; ++r) {
-    AccumulateRows<NC, 1>(
-        cblk + r * NC, r, kc, a, pc, ac, at,
-        [&](int, int64_t kk, int v) { return step(r, kk, v); },
-        [&](int, int64_t kk, int c) { return exact(r, kk, c); });
+  const RoundingConsts pc(a.prod, a.round_product, true);
+  const RoundingConsts ac(a.acc, true, false);
+  if (a.round_product) {
+    AccumulateAllAs<NC, false, SumRule::kAny, true>(cblk, rows, kc, a, pc, ac, at,
+                                                    step, exact);
+  } else if (ac.half) {
+    if (a.NearestSumsExact()) {
+      AccumulateAllAs<NC, true, SumRule::kHalf, false>(cblk, rows, kc, a, pc, ac,
+                                                       at, step, exact);
+    } else {
+      AccumulateAllAs<NC, false, SumRule::kHalf, false>(cblk, rows, kc, a, pc, ac,
+                                                        at, step, exact);
+    }
+  } else if (ac.wide && ac.mode == kNearestEven) {
+    if (a.NearestSumsExact()) {
+      AccumulateAllAs<NC, true, SumRule::kWide, false>(cblk, rows, kc, a, pc, ac,
+                                                       at, step, exact);
+    } else {
+      AccumulateAllAs<NC, false, SumRule::kWide, false>(cblk, rows, kc, a, pc, ac,
+                                                        at, step, exact);
+    }
+  } else if (a.NearestSumsExact()) {
+    AccumulateAllAs<NC, true, SumRule::kAny, false>(cblk, rows, kc, a, pc, ac, at,
+                                                    step, exact);
+  } else {
+    AccumulateAllAs<NC, false, SumRule::kAny, false>(cblk, rows, kc, a, pc, ac, at,
+                                                     step, exact);
   }
 }
 
@@ -915,12 +1022,12 @@ void AccumulateTableSweep(float* cblk, int64_t rows, const uint16_t* idx,
                           int64_t kc, const float* tab, int m,
                           const Accumulator& a, const TileCoords& at) {
   const int64_t stride = (int64_t{1} << m) * NC;
-  const auto entry = [&](int64_t r, int64_t kk) {
+  const auto entry = [&](int64_t r, int64_t kk) __attribute__((always_inline)) {
     return tab + kk * stride + int64_t{idx[r * lr + kk * lk]} * NC;
   };
   AccumulateAll<NC>(
       cblk, rows, kc, a, at,
-      [&](int64_t r, int64_t kk, int v) {
+      [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
         Vec t;
         std::memcpy(&t, entry(r, kk) + v * kLanes, sizeof(t));
         return t * scale[r * lr + kk * lk];
@@ -929,12 +1036,36 @@ void AccumulateTableSweep(float* cblk, int64_t rows, const uint16_t* idx,
 }
 
 template <int NC>
+void AccumulateCompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
+                            const float* scale, int64_t lr, int64_t lk,
+                            int64_t kc, const uint32_t* tab, int m,
+                            const Accumulator& a, const TileCoords& at) {
+  const int64_t stride = (int64_t{1} << m) * (NC / 2);
+  const auto entry = [&](int64_t r, int64_t kk) __attribute__((always_inline)) {
+    return tab + kk * stride + int64_t{idx[r * lr + kk * lk]} * (NC / 2);
+  };
+  // Vector v holds the lower (v even) or upper halves of word vector v / 2.
+  AccumulateAll<NC>(
+      cblk, rows, kc, a, at,
+      [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
+        VecU w;
+        std::memcpy(&w, entry(r, kk) + v / 2 * kLanes, sizeof(w));
+        return (Vec)(v % 2 == 0 ? w << 16 : w & 0xffff0000u) * scale[r * lr + kk * lk];
+      },
+      [&](int64_t r, int64_t kk, int c) {
+        const int q = c / (2 * kLanes), half = c / kLanes % 2, lane = c % kLanes;
+        const uint32_t w = entry(r, kk)[q * kLanes + lane];
+        return BitsFloat(half == 0 ? w << 16 : w & 0xffff0000u) * scale[r * lr + kk * lk];
+      });
+}
+
+template <int NC>
 void AccumulateScaledSweep(float* cblk, int64_t rows, const float* a_vals,
                            int64_t lr, int64_t lk, int64_t kc, const float* tab,
                            const Accumulator& a, const TileCoords& at) {
   AccumulateAll<NC>(
       cblk, rows, kc, a, at,
-      [&](int64_t r, int64_t kk, int v) {
+      [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
         Vec t;
         std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
         return Opaque(t * a_vals[r * lr + kk * lk]);
@@ -964,12 +1095,13 @@ const KernelTable& APPROXJAX_CAT(Kernels, APPROXJAX_VARIANT)() {
       {BuildTable<kNarrowCols>, TableSweep<kNarrowCols>, nullptr, nullptr,
        DirectSweep<kNarrowCols>, nullptr, nullptr, BuildSeparable<kNarrowCols>,
        SeparableSweep<kNarrowCols>, AccumulateTableSweep<kNarrowCols>,
-       AccumulateScaledSweep<kNarrowCols>},
+       nullptr, AccumulateScaledSweep<kNarrowCols>},
       {BuildTable<kWideCols>, TableSweep<kWideCols>,
        BuildCompactTable<kWideCols>, CompactSweep<kWideCols>,
        DirectSweep<kWideCols>, kBuildCompactPlanesWide, kBuildCompactCodesWide,
        BuildSeparable<kWideCols>, SeparableSweep<kWideCols>,
-       AccumulateTableSweep<kWideCols>, AccumulateScaledSweep<kWideCols>},
+       AccumulateTableSweep<kWideCols>, AccumulateCompactSweep<kWideCols>,
+       AccumulateScaledSweep<kWideCols>},
   };
   return table;
 }

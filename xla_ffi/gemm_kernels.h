@@ -114,17 +114,24 @@ struct BlockKernels {
                           const float* tab, bool rounded);
 
   // Sums in a reduced or approximate accumulator (accumulate.h): the
-  // products of table_sweep (accumulate_table_sweep), or of a tile of
-  // values a[r * lr + k * lk] (transformed operands of a separable LUT, or
-  // raw ones for IEEE products) against tab[k][c] (accumulate_scaled_sweep),
-  // each product rounded to the product format if any, added in order of k
-  // with AddRounded: nearest-even sums vectorised (lanes at a tie, out of
-  // the format's normal range or overflowing, scalar), the rest scalar.
+  // products of table_sweep (accumulate_table_sweep), of compact_sweep
+  // (accumulate_compact_sweep, kWideCols only), or of a tile of values
+  // a[r * lr + k * lk] (transformed operands of a separable LUT, or raw ones
+  // for IEEE products) against tab[k][c] (accumulate_scaled_sweep), each
+  // product rounded to the product format if any, added in order of k with
+  // AddRounded: nearest, toward and away from zero vectorised (lanes out of
+  // a narrow format's normal range, scalar), the rest scalar.
   void (*accumulate_table_sweep)(float* cblk, int64_t rows,
                                  const uint16_t* idx, const float* scale,
                                  int64_t lr, int64_t lk, int64_t kc,
                                  const float* tab, int m,
                                  const Accumulator& acc, const TileCoords& at);
+  void (*accumulate_compact_sweep)(float* cblk, int64_t rows,
+                                   const uint16_t* idx, const float* scale,
+                                   int64_t lr, int64_t lk, int64_t kc,
+                                   const uint32_t* tab, int m,
+                                   const Accumulator& acc,
+                                   const TileCoords& at);
   void (*accumulate_scaled_sweep)(float* cblk, int64_t rows, const float* a,
                                   int64_t lr, int64_t lk, int64_t kc,
                                   const float* tab, const Accumulator& acc,

@@ -145,7 +145,7 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
   const bool separable = s.exact_product ||
                          (tables.separable && tables.separable_range >= 0 &&
                           options.separable && options.gemm == 0);
-  const bool compact_ok = tables.compact_ok && options.compact && !s.accumulate;
+  const bool compact_ok = tables.compact_ok && options.compact;
   ChooseLayout(s, separable, separable && (tables.rounded || s.exact_product),
                compact_ok, s.accumulate ? 1 : options.gemm, &p);
   if (separable) p.sweep = Sweep::kSeparable;
@@ -156,10 +156,11 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
     p.planes = caps.planes && options.planes && tables.planes;
     p.codes = p.planes && caps.codes && options.codes && tables.codes;
   }
+  const bool compact = p.sweep == Sweep::kCompact;
   if (s.accumulate) {
     p.accumulate_separable = separable;
+    p.accumulate_compact = compact;
     p.sweep = Sweep::kAccumulate;
-    p.planes = p.codes = false;
     p.range = s.exact_product ? -1 : p.range;
   }
   const bool direct = p.sweep == Sweep::kGathers;
@@ -171,7 +172,7 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
   p.kc = direct || separable
              ? std::min(depth, kPackDepth)
              : std::clamp<int64_t>(
-                   kTableFloats / (size * p.nc) * (p.sweep == Sweep::kCompact ? 2 : 1),
+                   kTableFloats / (size * p.nc) * (compact ? 2 : 1),
                    1, std::min(depth, kPackDepth));
   p.kp = std::min(depth, (kPackDepth + p.kc - 1) / p.kc * p.kc);
   p.units = p.Units(s.groups);
@@ -187,7 +188,8 @@ std::string DescribePlan(const Plan& p, bool conv) {
                   : p.sweep == Sweep::kCompact   ? "compact tables"
                   : p.sweep == Sweep::kAccumulate
                       ? (p.accumulate_separable ? "accumulate separable"
-                                                : "accumulate tables")
+                         : p.accumulate_compact   ? "accumulate compact tables"
+                                                  : "accumulate tables")
                       : "tables";
   d += " nc=" + std::to_string(p.nc) + (p.swap ? " stream=rhs" : " stream=lhs");
   if (conv) d += " im2col";

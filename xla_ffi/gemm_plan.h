@@ -100,6 +100,7 @@ struct Plan : Tiling {
   int range = -1;     // regular exponent range the kernels use
   bool rounded = false;
   bool accumulate_separable = false;  // kAccumulate on transformed operands
+  bool accumulate_compact = false;    // kAccumulate on compact tables
   bool transposed_lut = false;  // tables read along the rhs index: lut^T
   bool planes = false;  // compact tables from planes, where a table has them
   bool codes = false;   // ... or from codes, where a table has them

@@ -12,10 +12,17 @@
 namespace approxjax {
 namespace {
 
+// The most significant bits of any entry (1 to 24): 24 less the trailing
+// zero bits that every entry's significand has (`ored`: their bits ORed).
+int SignificantBits(uint32_t ored) {
+  return 24 - __builtin_ctz((ored & 0x7fffffu) | 0x800000u);
+}
+
 // Checks every entry (finite, >= +0.0) and returns the regular exponent
-// range and whether every entry is bfloat16-exact (its lower 16 bits zero).
+// range and the most significant bits of an entry (8 or fewer: every entry
+// is bfloat16-exact, its lower 16 bits zero).
 ffi::Error ScanTable(const KernelTable& kernels, const char* target,
-                     const float* lut, int m, int* range, bool* bf16_exact) {
+                     const float* lut, int m, int* range, int* bits) {
   int lo = 0, hi = 0;
   bool any = false;
   uint32_t low_bits = 0;
@@ -32,7 +39,7 @@ ffi::Error ScanTable(const KernelTable& kernels, const char* target,
       hi = static_cast<int>(emax) - 127;
     }
     *range = RegularExponentRange(lo, hi);
-    *bf16_exact = (low_bits & 0xffffu) == 0;
+    *bits = SignificantBits(low_bits);
     return ffi::Error::Success();
   }
   low_bits = 0;
@@ -54,7 +61,7 @@ ffi::Error ScanTable(const KernelTable& kernels, const char* target,
     any = true;
   }
   *range = RegularExponentRange(lo, hi);
-  *bf16_exact = (low_bits & 0xffffu) == 0;
+  *bits = SignificantBits(low_bits);
   return ffi::Error::Success();
 }
 
@@ -147,12 +154,11 @@ ffi::Error AnalyzeTable(const KernelTable& kernels, const char* target,
                         const float* lut, int m, uint32_t* facts) {
   const FactsLayout layout(m);
   std::fill(facts, facts + layout.words, 0u);
-  int range = -1;
-  bool bf16_exact = false;
-  if (auto e = ScanTable(kernels, target, lut, m, &range, &bf16_exact);
-      e.failure()) {
+  int range = -1, bits = 24;
+  if (auto e = ScanTable(kernels, target, lut, m, &range, &bits); e.failure()) {
     return e;
   }
+  const bool bf16_exact = bits <= 8;
   uint32_t flags = bf16_exact ? kBfloat16Exact : 0u;
   float* f = reinterpret_cast<float*>(facts + layout.f);
   float* g = reinterpret_cast<float*>(facts + layout.g);
@@ -192,6 +198,7 @@ ffi::Error AnalyzeTable(const KernelTable& kernels, const char* target,
   facts[4] = static_cast<uint32_t>(range);
   facts[5] = static_cast<uint32_t>(separable_range);
   facts[6] = static_cast<uint32_t>(code_base);
+  facts[7] = static_cast<uint32_t>(bits);
   for (int s = 0; s < kFactsSamples; ++s) {
     facts[8 + s] = FloatBits(lut[FactsSample(m, s)]);
   }

@@ -5,7 +5,8 @@
 //
 //   header  kFactsHeader words: magic, version, m, flags, the regular
 //           exponent range of the table and of its separable factors, the
-//           base of its byte codes, and kFactsSamples entries of the table
+//           base of its byte codes, the most significant bits of an entry
+//           (1 to 24), and kFactsSamples entries of the table
 //           (so a GEMM can check that the facts belong to its table);
 //   f, g    2**m floats each: separable factors, lut[i, j] == f[i] * g[j]
 //           (or float32(f[i] * g[j]) when rounded), where kSeparable;
@@ -27,7 +28,7 @@
 namespace approxjax {
 
 constexpr uint32_t kFactsMagic = 0x464a5041u;  // "APJF"
-constexpr uint32_t kFactsVersion = 1;
+constexpr uint32_t kFactsVersion = 2;
 constexpr int64_t kFactsHeader = 32;
 constexpr int kFactsSamples = 8;
 
@@ -95,6 +96,9 @@ class TableFacts {
   // The range narrowed so that the transformed operands stay normal.
   int separable_range() const { return static_cast<int32_t>(w_[5]); }
   int code_base() const { return static_cast<int32_t>(w_[6]); }
+  // The most significant bits of any entry: the precision of every product
+  // the table forms (a scale is a power of two).
+  int significant_bits() const { return static_cast<int32_t>(w_[7]); }
   const float* f() const { return reinterpret_cast<const float*>(w_ + layout_.f); }
   const float* g() const { return reinterpret_cast<const float*>(w_ + layout_.g); }
   // Planes / codes of the table read along the tabled operand's index:
