@@ -112,13 +112,24 @@ def test_reduced_sums_at_the_edges_of_their_range(acc, rng):
     assert np.isinf(want[0, :8]).all() and np.isinf(want[1, :8]).all()
 
 
-@pytest.mark.parametrize("mbits,acc", [(7, "bfloat16"), (5, "float16")])
-def test_sums_of_wider_products_are_rounded_once(mbits, acc):
-    """Products with more significant bits than the accumulator (truncated(m):
-    2m + 2) where the float32 sum rounded to nearest lands on a midpoint of
-    the format and a second rounding would go the wrong way: the kernels
-    round the exact sum to odd first (products of at most the format's
-    precision need not: Accumulator::NearestSumsExact)."""
+@pytest.mark.parametrize(
+    "mbits,kwargs",
+    [
+        (7, dict(multiplier=ax.truncated(7), accumulator="bfloat16")),
+        (5, dict(multiplier=ax.truncated(5), accumulator="float16")),
+        (7, dict(lhs="bfloat16", rhs="bfloat16", accumulator="bfloat16")),
+        (10, dict(lhs="float16", rhs="float16", accumulator="float16")),
+    ],
+    ids=["truncated7-bf16", "truncated5-fp16", "ieee-bf16", "ieee-fp16"],
+)
+def test_sums_of_wider_products_are_rounded_once(mbits, kwargs):
+    """Products with more significant bits than the accumulator (of two
+    operands of m fraction bits, as truncated(m) forms or IEEE products of
+    m-bit formats: 2m + 2) where the float32 sum rounded to nearest lands on
+    a midpoint of the format and a second rounding would go the wrong way:
+    the kernels round the exact sum to odd first (products of at most the
+    format's precision need not: Accumulator::NearestSumsExact)."""
+    acc = kwargs["accumulator"]
     p = ax.formats.get(acc).mantissa_bits + 1
     size = 2**mbits
     sig = 1.0 + np.arange(size) / size
@@ -132,7 +143,7 @@ def test_sums_of_wider_products_are_rounded_once(mbits, acc):
     i, j = np.argwhere(tie)[0]
     x = np.array([[2.0**-24, sig[i]]], np.float32)
     w = np.array([[1.0], [sig[j]]], np.float32)
-    arith = ax.Arithmetic(multiplier=ax.truncated(mbits), accumulator=acc)
+    arith = ax.Arithmetic(**kwargs)
     got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith))[0, 0]
     exact = np.float64(2.0**-24) + prod[i, j]
     want = ax.formats.convert(np.float32(prod[i, j]), acc, rounding="away_from_zero")

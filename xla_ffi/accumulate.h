@@ -54,6 +54,7 @@ struct FormatSpec {
 struct ArithmeticSpec {
   bool enabled = false;        // anything but float32 nearest-even sums
   bool exact_product = false;  // IEEE float32 products, no table
+  int64_t product_bits = 24;   // at most, of IEEE products (operand formats)
   int64_t acc_m = 23, acc_emin = -126;
   float acc_max = 3.4028234663852886e38f;
   bool acc_subnormals = true;
@@ -133,6 +134,7 @@ inline Accumulator MakeAccumulator(const ArithmeticSpec& s, uint64_t seed) {
   a.prod = MakeFormat(s.prod_m, s.prod_emin, s.prod_max, s.prod_subnormals,
                       s.prod_overflow, s.prod_nan, s.prod_inf, s.prod_rounding);
   a.round_product = s.product;
+  a.product_bits = static_cast<int>(s.product_bits);
   a.adder = static_cast<int>(s.adder);
   a.loa_bits = static_cast<int>(s.loa_bits);
   a.user = reinterpret_cast<UserAdder>(static_cast<uintptr_t>(s.adder_address));

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -962,9 +963,10 @@ inline void AccumulateAllAs(float* cblk, int64_t rows, int64_t kc,
                             const Accumulator& a, const RoundingConsts& pc,
                             const RoundingConsts& ac, const TileCoords& at,
                             Step& step, Exact& exact) {
+  constexpr int kR = 2;
   int64_t r = 0;
-  for (; r + 2 <= rows; r += 2) {
-    AccumulateRows<NC, 2, kNearest, kRule, kProduct>(
+  for (; r + kR <= rows; r += kR) {
+    AccumulateRows<NC, kR, kNearest, kRule, kProduct>(
         cblk + r * NC, r, kc, a, pc, ac, at,
         [&](int q, int64_t kk, int v) __attribute__((always_inline)) {
           return step(r + q, kk, v);
@@ -988,31 +990,27 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
                           Exact exact) {
   const RoundingConsts pc(a.prod, a.round_product, true);
   const RoundingConsts ac(a.acc, true, false);
+  const auto run = [&](auto nearest, auto rule, auto product) {
+    AccumulateAllAs<NC, decltype(nearest)::value, decltype(rule)::value,
+                    decltype(product)::value>(cblk, rows, kc, a, pc, ac, at, step,
+                                              exact);
+  };
+  const auto by_sum = [&](auto rule) {
+    if (a.NearestSumsExact()) {
+      run(std::true_type{}, rule, std::false_type{});
+    } else {
+      run(std::false_type{}, rule, std::false_type{});
+    }
+  };
+  using Any = std::integral_constant<SumRule, SumRule::kAny>;
   if (a.round_product) {
-    AccumulateAllAs<NC, false, SumRule::kAny, true>(cblk, rows, kc, a, pc, ac, at,
-                                                    step, exact);
+    run(std::false_type{}, Any{}, std::true_type{});
   } else if (ac.half) {
-    if (a.NearestSumsExact()) {
-      AccumulateAllAs<NC, true, SumRule::kHalf, false>(cblk, rows, kc, a, pc, ac,
-                                                       at, step, exact);
-    } else {
-      AccumulateAllAs<NC, false, SumRule::kHalf, false>(cblk, rows, kc, a, pc, ac,
-                                                        at, step, exact);
-    }
+    by_sum(std::integral_constant<SumRule, SumRule::kHalf>{});
   } else if (ac.wide && ac.mode == kNearestEven) {
-    if (a.NearestSumsExact()) {
-      AccumulateAllAs<NC, true, SumRule::kWide, false>(cblk, rows, kc, a, pc, ac,
-                                                       at, step, exact);
-    } else {
-      AccumulateAllAs<NC, false, SumRule::kWide, false>(cblk, rows, kc, a, pc, ac,
-                                                        at, step, exact);
-    }
-  } else if (a.NearestSumsExact()) {
-    AccumulateAllAs<NC, true, SumRule::kAny, false>(cblk, rows, kc, a, pc, ac, at,
-                                                    step, exact);
+    by_sum(std::integral_constant<SumRule, SumRule::kWide>{});
   } else {
-    AccumulateAllAs<NC, false, SumRule::kAny, false>(cblk, rows, kc, a, pc, ac, at,
-                                                     step, exact);
+    by_sum(Any{});
   }
 }
 

@@ -440,9 +440,12 @@ def kernel_attribute(spec: GemmSpec) -> ArithmeticAttribute:
         }
 
     adder = spec.adder
+    # IEEE products of operands of a and b significant bits have at most a + b.
+    operand_bits = sum((f or _F32).mantissa_bits + 1 for f in (spec.lhs, spec.rhs))
     return ArithmeticAttribute(
         enabled=not spec.default_sums or not spec.has_multiplier,
         exact_product=not spec.has_multiplier,
+        product_bits=operand_bits if not spec.has_multiplier else 24,
         product=spec.product is not None,
         adder=0 if adder is None else 1 if isinstance(adder, LOA) else 2,
         loa_bits=adder.bits if isinstance(adder, LOA) else 0,

@@ -121,10 +121,13 @@ class ArithmeticAttribute:
     their rounding modes (0 nearest-even, 1 toward zero, 2 away from zero, 3
     stochastic), overflow (0 inf, 1 NaN, 2 saturate) and NaN (0 kept, 2 none)
     rules, and the adder (0 exact, 1 LOA, 2 a C function at ``adder_address``).
-    The default is off: float32 nearest-even sums of the table's products."""
+    ``product_bits`` bounds the significant bits of IEEE products (those of
+    a table come with its facts). The default is off: float32 nearest-even
+    sums of the table's products."""
 
     enabled: bool = False
     exact_product: bool = False
+    product_bits: int = 24
     acc_m: int = 23
     acc_emin: int = -126
     acc_max: float = float(np.finfo(np.float32).max)
