@@ -11,6 +11,22 @@ def random_nonzero(rng, shape, dtype=np.float32, scale=1.0):
     return x.astype(dtype)
 
 
+VARIANTS = ["baseline", "avx2", "avx512"]
+
+
+def kernel_options(variant):
+    """KernelOptions for one CPU kernel variant, or a pytest skip where this
+    CPU lacks it."""
+    import pytest
+
+    import approxjax as ax
+
+    order = {"Baseline": 0, "Avx2": 1, "Avx512": 2}
+    if VARIANTS.index(variant) > order[ax.cpu_kernel_variant()]:
+        pytest.skip(f"this CPU has no {variant} kernels")
+    return ax.KernelOptions(variant=variant)
+
+
 def bits(x):
     """float32 bit patterns, for bit-exact comparison (NaNs included)."""
     return np.asarray(x, dtype=np.float32).view(np.uint32)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _util import bits, dot_problems, random_nonzero
+from _util import VARIANTS, bits, dot_problems, kernel_options, random_nonzero
 from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
@@ -86,17 +86,31 @@ def test_gemm_bit_exact_against_sequential_reference(case, shape, rng):
     assert_matches_reference(got, x, w, DN, arith)
 
 
-@pytest.mark.parametrize("acc", ["bfloat16", "float16", "tf32"])
-def test_reduced_sums_at_the_edges_of_their_range(acc, rng):
+@pytest.mark.parametrize(
+    "acc,rounding",
+    [
+        ("bfloat16", "nearest_even"),
+        ("float16", "nearest_even"),
+        ("tf32", "nearest_even"),
+        ("bfloat16", "toward_zero"),
+        ("float16", "away_from_zero"),
+    ],
+)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_reduced_sums_at_the_edges_of_their_range(acc, rounding, variant, rng):
     """Sums that overflow the accumulator and sums that cancel into its
     subnormal range, from regular operands (the vectorised path, which
-    checks no lane in these formats), bit for bit the reference."""
-    big = {"bfloat16": 2.0**62, "float16": 2.0**5, "tf32": 2.0**62}[acc]
+    checks no lane in these formats when nearest-even), bit for bit the
+    reference: overflow gives inf, or the largest finite toward zero; in
+    every kernel variant this CPU runs."""
+    options = kernel_options(variant)
+    big = {"bfloat16": 2.0**61, "float16": 2.0**5, "tf32": 2.0**61}[acc]  # products stay finite
     tiny = {"bfloat16": 2.0**-63, "float16": 2.0**-9, "tf32": 2.0**-63}[acc]
     k = 64
     x = random_nonzero(rng, (4, k)) + 2.0
     w = np.abs(random_nonzero(rng, (k, 16))) + 1.0
-    x[0] *= big  # products of big operands: the sums overflow to inf
+    x[:2] = np.abs(x[:2]) + 1.0
+    x[0] *= big  # products of big operands: the sums overflow
     x[1] *= -big
     w[:, :8] *= big
     signs = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
@@ -104,12 +118,11 @@ def test_reduced_sums_at_the_edges_of_their_range(acc, rng):
     w[:, 8:] = tiny * (1.0 + rng.integers(0, 4, (k, 8)) / 128.0)
     x, w = x.astype(np.float32), w.astype(np.float32)
     for mult in (ax.mitchell(7), ax.truncated(7)):
-        arith = ax.Arithmetic(multiplier=mult, accumulator=acc)
-        got = ax.dot_general(x, w, DN, multiplier=arith)
+        arith = ax.Arithmetic(multiplier=mult, accumulator=acc, accumulator_rounding=rounding)
+        got = ax.dot_general(x, w, DN, multiplier=arith, options=options)
         assert_matches_reference(got, x, w, DN, arith)
-    want = np.asarray(ax.dot_general(x, w, DN, multiplier=ax.Arithmetic(
-        multiplier=ax.mitchell(7), accumulator=acc)))  # fmt: skip
-    assert np.isinf(want[0, :8]).all() and np.isinf(want[1, :8]).all()
+    top = np.float32(ax.formats.get(acc).max)
+    assert (np.abs(np.asarray(got)[:2, :8]) == (top if rounding == "toward_zero" else np.inf)).all()
 
 
 @pytest.mark.parametrize(
@@ -122,13 +135,15 @@ def test_reduced_sums_at_the_edges_of_their_range(acc, rng):
     ],
     ids=["truncated7-bf16", "truncated5-fp16", "ieee-bf16", "ieee-fp16"],
 )
-def test_sums_of_wider_products_are_rounded_once(mbits, kwargs):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sums_of_wider_products_are_rounded_once(mbits, kwargs, variant):
     """Products with more significant bits than the accumulator (of two
     operands of m fraction bits, as truncated(m) forms or IEEE products of
     m-bit formats: 2m + 2) where the float32 sum rounded to nearest lands on
     a midpoint of the format and a second rounding would go the wrong way:
     the kernels round the exact sum to odd first (products of at most the
     format's precision need not: Accumulator::NearestSumsExact)."""
+    options = kernel_options(variant)
     acc = kwargs["accumulator"]
     p = ax.formats.get(acc).mantissa_bits + 1
     size = 2**mbits
@@ -144,7 +159,7 @@ def test_sums_of_wider_products_are_rounded_once(mbits, kwargs):
     x = np.array([[2.0**-24, sig[i]]], np.float32)
     w = np.array([[1.0], [sig[j]]], np.float32)
     arith = ax.Arithmetic(**kwargs)
-    got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith))[0, 0]
+    got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith, options=options))[0, 0]
     exact = np.float64(2.0**-24) + prod[i, j]
     want = ax.formats.convert(np.float32(prod[i, j]), acc, rounding="away_from_zero")
     assert got == want and got > exact > prod[i, j], (got, exact, want)

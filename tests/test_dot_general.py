@@ -144,6 +144,18 @@ def _variant_digest(variant):
             mult = ax.mitchell(m) if i == 4 else ax.truncated(m)
             y = ax.dot_general(a, b, (((1,), (0,)), ((), ())), multiplier=mult, options=opts)
             out.append(np.asarray(y).tobytes())
+    # Reduced accumulators: compact tables, separable products, IEEE products.
+    opts = ax.KernelOptions(variant=variant)
+    for arith in [
+        ax.Arithmetic(multiplier=ax.mitchell(7), accumulator="bfloat16"),
+        ax.Arithmetic(multiplier=ax.truncated(7), accumulator="float16"),
+        ax.Arithmetic(lhs="e4m3", rhs="e4m3", accumulator="float16"),
+    ]:
+        a = rng.standard_normal((140, 300)).astype(np.float32)
+        b = rng.standard_normal((300, 70)).astype(np.float32)
+        a[3, 3] = np.inf
+        y = ax.dot_general(a, b, (((1,), (0,)), ((), ())), multiplier=arith, options=opts)
+        out.append(np.asarray(y).tobytes())
     return hashlib.sha256(b"".join(out)).hexdigest()
 
 
@@ -151,7 +163,10 @@ def _variant_digest(variant):
 def test_every_cpu_kernel_variant_gives_the_same_bits(variant):
     """Each instruction-set variant this CPU runs gives the baseline's bits
     (a variant it lacks is skipped, not compared with the baseline)."""
-    flags = {"avx2": ("avx2", "fma"), "avx512": ("avx2", "fma", "avx512f", "avx512bw")}
+    flags = {
+        "avx2": ("avx2", "fma", "f16c"),
+        "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw"),
+    }
     if not all(_cpu_flag(f) for f in flags[variant]):
         pytest.skip(f"this CPU has no {variant}")
     assert _variant_digest(variant) == _variant_digest("baseline")

@@ -50,10 +50,11 @@ ffi::Error CheckArithmetic(const char* target, const ArithmeticSpec& a) {
 bool CpuHas(const char* feature) {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
-  if (std::string(feature) == "avx2") {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+  // The AVX2 variant uses F16C too (every CPU with AVX2 and FMA has it).
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (std::string(feature) == "avx2") return avx2;
+  return avx2 &&
          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 #else
   (void)feature;

@@ -742,18 +742,34 @@ void DirectSweep(float* cblk, int64_t rows, const uint16_t* idx,
 // subnormals and overflow included; float16 (with AVX-512) by the
 // conversion instructions; other formats' lanes outside their normal range
 // (the subnormal quantum, overflow, inf, NaN) are done again lane by lane
-// with AddRounded. Products are finite (irregular operands are recomputed
-// apart), so a sum can only overflow to inf, and inf plus a product stays
-// inf, as the scalar rule gives: accumulator lanes need no check in those
-// formats. Stochastic rounding and approximate adders are scalar.
+// with AddRounded. A table's products are finite (irregular operands are
+// recomputed apart), so a sum can only overflow to inf, and inf plus a
+// product stays inf, as the scalar rule gives: accumulator lanes need no
+// check in those formats (IEEE products of raw operands, which may be inf
+// or NaN, keep it). Stochastic rounding and approximate adders are scalar.
 // The accumulating sweeps' pieces are inlined into one loop per rule (GCC
 // otherwise leaves some of the many instances as calls per vector).
 #define APPROXJAX_INLINE inline __attribute__((always_inline))
 
+// The lanes rounded to IEEE binary16, nearest-even (subnormals, overflow to
+// inf), and back: by the conversion instructions (AVX-512F, F16C).
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
 constexpr bool kHalfInstructions = true;
+APPROXJAX_INLINE Vec HalfRounded(Vec s) {
+  const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(
+      reinterpret_cast<const __m512&>(s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return reinterpret_cast<const Vec&>(r);
+}
+#elif defined(__F16C__) && APPROXJAX_VEC_BYTES == 32
+constexpr bool kHalfInstructions = true;
+APPROXJAX_INLINE Vec HalfRounded(Vec s) {
+  const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(
+      reinterpret_cast<const __m256&>(s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  return reinterpret_cast<const Vec&>(r);
+}
 #else
 constexpr bool kHalfInstructions = false;
+APPROXJAX_INLINE Vec HalfRounded(Vec s) { return s; }  // never called
 #endif
 
 struct RoundingConsts {
@@ -804,14 +820,10 @@ APPROXJAX_INLINE Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
   VecU b;
   std::memcpy(&b, &s, sizeof(b));
   const VecU mag = b & 0x7fffffffu;
-#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
   if (c.half) {  // the same bits as below, by the conversion instructions
     if (c.checked) *bad |= mag > c.max;
-    const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(reinterpret_cast<const __m512&>(s),
-                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    return reinterpret_cast<const Vec&>(r);
+    return HalfRounded(s);
   }
-#endif
   VecU r;
   if (c.mode == kTowardZero) {
     r = b & ~c.low;
@@ -821,8 +833,8 @@ APPROXJAX_INLINE Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
     const uint32_t lsb = c.low + 1u;
     r = (b + (c.low >> 1) + ((b & lsb) != 0u ? 1u : 0u)) & ~c.low;
   }
-  if (c.wide) {
-    if (c.checked) *bad |= mag > c.max;
+  if (c.wide) {  // overflow toward or away from zero: the scalar rule
+    if (c.checked || c.mode != kNearestEven) *bad |= mag > c.max;
     Vec v;
     std::memcpy(&v, &r, sizeof(v));
     return v;
@@ -868,7 +880,8 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
   const Vec err = (sum - (s - bb)) + (p - bb);
   VecU b;
   std::memcpy(&b, &s, sizeof(b));
-  const VecI inexact = (err != 0.0f) & ((b & 1u) == 0u);
+  // (An infinite s has a NaN err: it stays, as the scalar rule keeps it.)
+  const VecI inexact = ((err > 0.0f) | (err < 0.0f)) & ((b & 1u) == 0u);
   // +1 (a larger magnitude) where the exact sum lies beyond s, else -1.
   const VecI beyond = (err > 0.0f) == (s > 0.0f);
   const VecU step = ~reinterpret_cast<const VecU&>(beyond) | 1u;
@@ -898,13 +911,7 @@ APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
     std::memcpy(&v, &b, sizeof(v));
     return v;
   }
-#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
-  if constexpr (kRule == SumRule::kHalf) {
-    const __m512 r = _mm512_cvtph_ps(_mm512_cvtps_ph(
-        reinterpret_cast<const __m512&>(s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    return reinterpret_cast<const Vec&>(r);
-  }
-#endif
+  if constexpr (kRule == SumRule::kHalf) return HalfRounded(s);
   return RoundLanes(s, c, bad);
 }
 
@@ -988,8 +995,10 @@ template <int NC, typename Step, typename Exact>
 inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
                           const Accumulator& a, const TileCoords& at, Step step,
                           Exact exact) {
+  // IEEE products of raw operands may be inf or NaN (no regular range):
+  // their sums keep the checks.
   const RoundingConsts pc(a.prod, a.round_product, true);
-  const RoundingConsts ac(a.acc, true, false);
+  const RoundingConsts ac(a.acc, true, a.exact_product);
   const auto run = [&](auto nearest, auto rule, auto product) {
     AccumulateAllAs<NC, decltype(nearest)::value, decltype(rule)::value,
                     decltype(product)::value>(cblk, rows, kc, a, pc, ac, at, step,
@@ -1005,6 +1014,8 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
   using Any = std::integral_constant<SumRule, SumRule::kAny>;
   if (a.round_product) {
     run(std::false_type{}, Any{}, std::true_type{});
+  } else if (ac.checked) {
+    by_sum(Any{});
   } else if (ac.half) {
     by_sum(std::integral_constant<SumRule, SumRule::kHalf>{});
   } else if (ac.wide && ac.mode == kNearestEven) {
