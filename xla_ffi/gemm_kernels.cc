@@ -904,12 +904,23 @@ enum class SumRule { kAny, kWide, kHalf };
 template <SumRule kRule>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
   if constexpr (kRule == SumRule::kWide) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+    // b + half where the last kept bit is odd, else b + half - 1, truncated.
+    const __m512i b = reinterpret_cast<const __m512i&>(s);
+    const __m512i half = _mm512_set1_epi32(static_cast<int>((c.low >> 1) + 1));
+    const __mmask16 odd = _mm512_test_epi32_mask(b, _mm512_set1_epi32(static_cast<int>(c.low + 1)));
+    const __m512i up = _mm512_mask_add_epi32(
+        _mm512_add_epi32(b, _mm512_set1_epi32(static_cast<int>(c.low >> 1))), odd, b, half);
+    const __m512i r = _mm512_andnot_si512(_mm512_set1_epi32(static_cast<int>(c.low)), up);
+    return reinterpret_cast<const Vec&>(r);
+#else
     VecU b;
     std::memcpy(&b, &s, sizeof(b));
     b = (b + (c.low >> 1) + ((b >> c.low_bits) & 1u)) & ~c.low;
     Vec v;
     std::memcpy(&v, &b, sizeof(v));
     return v;
+#endif
   }
   if constexpr (kRule == SumRule::kHalf) return HalfRounded(s);
   return RoundLanes(s, c, bad);
