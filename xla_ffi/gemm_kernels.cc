@@ -896,13 +896,19 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 // that its inner loop has no branch: the float32 sum rounded to nearest or
 // to odd (kNearest: Accumulator::NearestSumsExact), then rounded to the
 // format by the rule for any format (kAny: RoundLanes, with its checks), or
-// without a check by the integer rule of a wide format (kWide, nearest-even)
-// or the conversion instructions of float16 (kHalf); products rounded to a
-// product format or not (kProduct).
+// by the integer rule of a wide format (kWide, nearest-even) or the
+// conversion instructions of float16 (kHalf), which check no lane unless
+// the products may be inf or NaN (kChecked: RoundingConsts::checked);
+// products rounded to a product format or not (kProduct).
 enum class SumRule { kAny, kWide, kHalf };
 
-template <SumRule kRule>
+template <SumRule kRule, bool kChecked>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
+  if constexpr (kRule != SumRule::kAny && kChecked) {  // overflow, inf, NaN: scalar
+    VecU b;
+    std::memcpy(&b, &s, sizeof(b));
+    *bad |= (b & 0x7fffffffu) > c.max;
+  }
   if constexpr (kRule == SumRule::kWide) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
     // b + half where the last kept bit is odd, else b + half - 1, truncated.
@@ -932,8 +938,8 @@ APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
 // branching, R rows at a time (independent chains for the pipeline); if a
 // lane left the range it handles anywhere, the rows are done again lane by
 // lane from their first sums (AddRounded, the scalar rule), which is rare.
-template <int NC, int R, bool kNearest, SumRule kRule, bool kProduct,
-          typename Step, typename Exact>
+template <int NC, int R, bool kNearest, SumRule kRule, bool kChecked,
+          bool kProduct, typename Step, typename Exact>
 APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
                            const Accumulator& a, const RoundingConsts& pc,
                            const RoundingConsts& ac, const TileCoords& at,
@@ -949,7 +955,7 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
           Vec p = step(q, kk, v);
           if constexpr (kProduct) p = RoundLanes(p, pc, &bad);
           const Vec sum = kNearest ? acc[q][v] + p : SumToOddLanes(acc[q][v], p);
-          acc[q][v] = RoundSum<kRule>(sum, ac, &bad);
+          acc[q][v] = RoundSum<kRule, kChecked>(sum, ac, &bad);
         }
       }
     }
@@ -975,8 +981,8 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
 }
 
 // AccumulateRows over all rows, two at a time (then one), by given rules.
-template <int NC, bool kNearest, SumRule kRule, bool kProduct, typename Step,
-          typename Exact>
+template <int NC, bool kNearest, SumRule kRule, bool kChecked, bool kProduct,
+          typename Step, typename Exact>
 inline void AccumulateAllAs(float* cblk, int64_t rows, int64_t kc,
                             const Accumulator& a, const RoundingConsts& pc,
                             const RoundingConsts& ac, const TileCoords& at,
@@ -984,7 +990,7 @@ inline void AccumulateAllAs(float* cblk, int64_t rows, int64_t kc,
   constexpr int kR = 2;
   int64_t r = 0;
   for (; r + kR <= rows; r += kR) {
-    AccumulateRows<NC, kR, kNearest, kRule, kProduct>(
+    AccumulateRows<NC, kR, kNearest, kRule, kChecked, kProduct>(
         cblk + r * NC, r, kc, a, pc, ac, at,
         [&](int q, int64_t kk, int v) __attribute__((always_inline)) {
           return step(r + q, kk, v);
@@ -992,7 +998,7 @@ inline void AccumulateAllAs(float* cblk, int64_t rows, int64_t kc,
         [&](int q, int64_t kk, int c) { return exact(r + q, kk, c); });
   }
   for (; r < rows; ++r) {
-    AccumulateRows<NC, 1, kNearest, kRule, kProduct>(
+    AccumulateRows<NC, 1, kNearest, kRule, kChecked, kProduct>(
         cblk + r * NC, r, kc, a, pc, ac, at,
         [&](int, int64_t kk, int v) __attribute__((always_inline)) {
           return step(r, kk, v);
@@ -1010,23 +1016,28 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
   // their sums keep the checks.
   const RoundingConsts pc(a.prod, a.round_product, true);
   const RoundingConsts ac(a.acc, true, a.exact_product);
-  const auto run = [&](auto nearest, auto rule, auto product) {
+  const auto run = [&](auto nearest, auto rule, auto checked, auto product) {
     AccumulateAllAs<NC, decltype(nearest)::value, decltype(rule)::value,
-                    decltype(product)::value>(cblk, rows, kc, a, pc, ac, at, step,
-                                              exact);
+                    decltype(checked)::value, decltype(product)::value>(
+        cblk, rows, kc, a, pc, ac, at, step, exact);
+  };
+  const auto by_check = [&](auto nearest, auto rule) {
+    if (ac.checked) {
+      run(nearest, rule, std::true_type{}, std::false_type{});
+    } else {
+      run(nearest, rule, std::false_type{}, std::false_type{});
+    }
   };
   const auto by_sum = [&](auto rule) {
     if (a.NearestSumsExact()) {
-      run(std::true_type{}, rule, std::false_type{});
+      by_check(std::true_type{}, rule);
     } else {
-      run(std::false_type{}, rule, std::false_type{});
+      by_check(std::false_type{}, rule);
     }
   };
   using Any = std::integral_constant<SumRule, SumRule::kAny>;
   if (a.round_product) {
-    run(std::false_type{}, Any{}, std::true_type{});
-  } else if (ac.checked) {
-    by_sum(Any{});
+    run(std::false_type{}, Any{}, std::true_type{}, std::true_type{});
   } else if (ac.half) {
     by_sum(std::integral_constant<SumRule, SumRule::kHalf>{});
   } else if (ac.wide && ac.mode == kNearestEven) {
