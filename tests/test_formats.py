@@ -219,3 +219,21 @@ def test_presets_and_names():
 def test_bad_formats_and_roundings_are_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("spec", ["e2m1", "e3m2", "e4m3", "e5m2", "e5m10", "e8m7", "e8m10", "e6m1"])
+def test_nearest_by_bits_equals_the_general_rule(spec):
+    """The few-operation nearest-even rounding (integer rounding of the bits,
+    a float addition below the smallest normal) equals the general rule on
+    float32 bit patterns of every exponent: each pattern of the upper 20 bits
+    (every 5th) with low bits at, around and away from a tie."""
+    from approxjax._src.arithmetic import formats as impl
+
+    fmt = formats.get(spec)
+    assert impl._nearest_by_bits(fmt)
+    hi = np.arange(0, 0x7F800000 >> 12, 5, dtype=np.uint32) << 12
+    lows = np.array([0, 1, 0x7FF, 0x800, 0x801, 0xFFF, 0x3A5], np.uint32)
+    pattern = (hi[:, None] | lows[None, :]).ravel()
+    fast = jax.jit(lambda b: impl._nearest_magnitude(b, fmt))(pattern)
+    general = jax.jit(lambda b: impl._rounded_magnitude(b, fmt, "nearest_even", None))(pattern)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))

@@ -276,6 +276,64 @@ def _round_quanta(sig, shift, rounding, rand):
     return whole + above.astype(_U32)
 
 
+def _rounded_magnitude(bits, fmt: Format, rounding: str, key):
+    """|x| rounded at the format's quantum by the mode (any mode and
+    format): float32 bits, before overflow (NaN and inf give garbage)."""
+    expo = ((bits >> 23) & _U32(0xFF)).astype(jnp.int32)
+    frac = bits & _U32(0x7FFFFF)
+    normal = expo > 0
+    sig = jnp.where(normal, frac | _U32(0x800000), frac)  # float32 subnormals: no hidden bit
+    e = jnp.where(normal, expo - 127, -126)  # value = sig * 2**(e - 23)
+    m = fmt.mantissa_bits
+    q = jnp.maximum(e, fmt.emin) - m  # the quantum's exponent at this magnitude
+    shift = jnp.maximum(23 + q - e, 0)
+    stochastic = rounding == "stochastic"
+    rand = jax.random.bits(key, bits.shape, _U32) if stochastic else jnp.zeros((), _U32)
+    n = _round_quanta(sig, shift, rounding, rand)  # value = n * 2**q, n < 2**25
+    # n * 2**q as float32 bits, built with integers (no flush-to-zero).
+    lead = 31 - lax.clz(jnp.maximum(n, _U32(1))).astype(jnp.int32)  # n's top bit
+    rexp = q + lead  # unbiased exponent of the result
+    normal_bits = ((rexp + 127).astype(_U32) << 23) | (
+        (n << jnp.clip(23 - lead, 0, 31).astype(_U32)) & _U32(0x7FFFFF)
+    )
+    sub_shift = jnp.clip(q + 149, 0, 31).astype(_U32)
+    sub_bits = n << sub_shift  # float32 subnormal: n * 2**q = (n << (q + 149)) * 2**-149
+    return jnp.where(n == 0, _U32(0), jnp.where(rexp >= -126, normal_bits, sub_bits))
+
+
+def _nearest_by_bits(fmt: Format) -> bool:
+    """Whether _nearest_magnitude serves the format: float32's exponent
+    range (its subnormals are float32's, rounded by the same integer rule),
+    or a narrower one whose subnormal quantum is a normal float32; and at
+    least one mantissa bit (with none, a tie rounds up, as the general rule
+    has it, not to an even exponent)."""
+    quantum = fmt.emin - fmt.mantissa_bits
+    wide = fmt.emin == -126
+    narrow = fmt.emin > -126 and -126 <= quantum and quantum + 23 <= 127
+    return fmt.mantissa_bits >= 1 and (wide or narrow)
+
+
+def _nearest_magnitude(bits, fmt: Format):
+    """_rounded_magnitude nearest-even, in a few operations: the magnitude's
+    bits rounded at the format's last fraction bit (a carry into the
+    exponent is the next binade, as it should be), and below the format's
+    smallest normal a float addition that rounds at its subnormal quantum
+    q: |x| + 1.5 * 2**(q + 23) has ulp 2**q there (exact, and normal, so
+    XLA's flush of float32 subnormals cannot touch it; a float32 subnormal
+    |x| is far below q / 2 and rounds to zero either way)."""
+    low = (1 << (23 - fmt.mantissa_bits)) - 1
+    a = bits & _U32(0x7FFFFFFF)
+    lsb = (a >> _U32(23 - fmt.mantissa_bits)) & _U32(1)
+    mag = (a + _U32(low >> 1) + lsb) & _U32(~low & 0xFFFFFFFF)
+    if fmt.emin == -126:
+        return mag
+    magic = np.float32(1.5 * 2.0 ** (fmt.emin - fmt.mantissa_bits + 23))
+    absx = lax.bitcast_convert_type(a, jnp.float32)
+    # (The barrier keeps XLA from simplifying (|x| + c) - c to |x|.)
+    sub = lax.bitcast_convert_type(lax.optimization_barrier(absx + magic) - magic, _U32)
+    return jnp.where(a < _U32(np.float32(2.0**fmt.emin).view(np.uint32)), sub, mag)
+
+
 def convert(
     x: jax.Array,
     format: Format | str,
@@ -307,27 +365,12 @@ def convert(
         return x
     bits = lax.bitcast_convert_type(x, _U32)
     sign = bits & _U32(0x80000000)
-    expo = ((bits >> 23) & _U32(0xFF)).astype(jnp.int32)
-    frac = bits & _U32(0x7FFFFF)
-    is_nan = (expo == 255) & (frac != 0)
-    is_inf = (expo == 255) & (frac == 0)
-    normal = expo > 0
-    sig = jnp.where(normal, frac | _U32(0x800000), frac)  # float32 subnormals: no hidden bit
-    e = jnp.where(normal, expo - 127, -126)  # value = sig * 2**(e - 23)
-    m = fmt.mantissa_bits
-    q = jnp.maximum(e, fmt.emin) - m  # the quantum's exponent at this magnitude
-    shift = jnp.maximum(23 + q - e, 0)
-    rand = jax.random.bits(key, x.shape, _U32) if rounding == "stochastic" else jnp.zeros((), _U32)
-    n = _round_quanta(sig, shift, rounding, rand)  # value = n * 2**q, n < 2**25
-    # n * 2**q as float32 bits, built with integers (no flush-to-zero).
-    lead = 31 - lax.clz(jnp.maximum(n, _U32(1))).astype(jnp.int32)  # n's top bit
-    rexp = q + lead  # unbiased exponent of the result
-    normal_bits = ((rexp + 127).astype(_U32) << 23) | (
-        (n << jnp.clip(23 - lead, 0, 31).astype(_U32)) & _U32(0x7FFFFF)
-    )
-    sub_shift = jnp.clip(q + 149, 0, 31).astype(_U32)
-    sub_bits = n << sub_shift  # float32 subnormal: n * 2**q = (n << (q + 149)) * 2**-149
-    mag = jnp.where(n == 0, _U32(0), jnp.where(rexp >= -126, normal_bits, sub_bits))
+    is_nan = (bits & _U32(0x7FFFFFFF)) > _U32(0x7F800000)
+    is_inf = (bits & _U32(0x7FFFFFFF)) == _U32(0x7F800000)
+    if rounding == "nearest_even" and _nearest_by_bits(fmt):
+        mag = _nearest_magnitude(bits, fmt)
+    else:
+        mag = _rounded_magnitude(bits, fmt, rounding, key)
     value = lax.bitcast_convert_type(mag, jnp.float32)
     if not fmt.subnormals:
         mag = jnp.where(value < fmt.smallest_normal, _U32(0), mag)
