@@ -239,6 +239,35 @@ def test_vmap_over_a_stack_of_arithmetics(rng):
         ax.stack([items[0], items[1].replace(accumulator="bfloat16")])
 
 
+@pytest.mark.filterwarnings("ignore:.*indexes .* mantissa bits:UserWarning")
+def test_narrow_operands_sweep_a_subsampled_table(rng):
+    """Operand formats narrower than the table (both): the GEMMs sweep every
+    2**(m - bits)-th row and column. The same bits as the full table, whether
+    the multiplier is concrete, a jit argument or a vmapped stack; the native
+    path uses the factors' same columns."""
+    from approxjax._src.ops.gemm import split
+
+    x, w = random_nonzero(rng, (20, 90), scale=4.0), random_nonzero(rng, (90, 11), scale=4.0)
+    x[0, 0], w[1, 1] = 1e-6, np.inf  # an E4M3 subnormal; inf
+    arith = ax.Arithmetic(multiplier=ax.mitchell(7), lhs="e4m3", rhs="e5m2", accumulator="bfloat16")
+    assert split(arith)[0].mantissa_bits == 3
+    assert split(arith.replace(rhs="bfloat16"))[0].mantissa_bits == 7
+    assert split(arith.replace(rhs=None))[0].mantissa_bits == 7
+    got = ax.dot_general(x, w, DN, multiplier=arith)
+    assert_matches_reference(got, x, w, DN, arith)
+    traced = jax.jit(lambda a: ax.dot_general(x, w, DN, multiplier=a))(arith)
+    np.testing.assert_array_equal(bits(traced), bits(got))
+    items = [arith.replace(multiplier=m) for m in (ax.mitchell(7), ax.truncated(7), ax.drum(7))]
+    swept = jax.jit(jax.vmap(lambda a: ax.dot_general(x, w, DN, multiplier=a)))(ax.stack(items))
+    for out, a in zip(swept, items, strict=True):
+        assert_matches_reference(out, x, w, DN, a)
+    low_rank = ax.Arithmetic(multiplier=ax.lowblock(7, 3), lhs="e4m3", rhs="e4m3")
+    x = random_nonzero(rng, (20, 90), scale=4.0)
+    native = ax.dot_general(x, w[:, 2:], DN, multiplier=low_rank, method="native")
+    by_table = ax.dot_general(x, w[:, 2:], DN, multiplier=low_rank, method="lut")
+    np.testing.assert_allclose(native, by_table, rtol=1e-4, atol=1e-3)
+
+
 def test_stochastic_rounding_is_keyed_per_gemm_and_unbiased(rng):
     x, w = random_nonzero(rng, (8, 512)), random_nonzero(rng, (512, 8))
     sr = ax.Arithmetic(

@@ -379,6 +379,21 @@ def as_arithmetic(value: Any) -> Arithmetic | None:
     raise TypeError(f"expected a Multiplier, an Arithmetic or None; got {value!r}")
 
 
+def sized_to_operands(arith: Arithmetic) -> Arithmetic:
+    """``arith`` with its table subsampled to the operand formats' mantissa
+    bits where both formats have fewer than the table's m: the same products
+    (the table's other rows and columns are never read), from a smaller table
+    that the kernels sweep faster (:meth:`Multiplier.subsampled`)."""
+    spec, mult = arith.spec, arith.multiplier
+    if mult is None or spec.lhs is None or spec.rhs is None:
+        return arith
+    bits = max(spec.lhs.mantissa_bits, spec.rhs.mantissa_bits)
+    if bits >= mult.mantissa_bits:
+        return arith
+    sized = dataclasses.replace(spec, mantissa_bits=bits)
+    return Arithmetic._from(mult.subsampled(bits), arith.key, sized)
+
+
 def stack(items: Sequence[Multiplier | Arithmetic]) -> Multiplier | Arithmetic:
     """A stack for ``jax.vmap`` sweeps: of multipliers with one m, of
     arithmetics that share their formats and modes and differ in tables, or

@@ -122,7 +122,7 @@ class Multiplier:
       2
     """
 
-    __slots__ = ("lut", "facts", "factors", "mantissa_bits", "names", "metadata")
+    __slots__ = ("lut", "facts", "factors", "mantissa_bits", "names", "metadata", "_subsampled")
 
     def __init__(
         self,
@@ -158,6 +158,7 @@ class Multiplier:
         self.mantissa_bits = m
         self.names = names_of(name, table.shape[:-2], f"lut{m}")
         self.metadata = dict(metadata or {})
+        self._subsampled = {}
 
     @property
     def name(self) -> str:
@@ -201,6 +202,35 @@ class Multiplier:
         out.metadata = dict(self.metadata)
         return out
 
+    def subsampled(self, bits: int) -> Multiplier:
+        """The multiplier of ``bits <= m`` mantissa bits whose table holds
+        this one's entries at significands of ``bits`` bits (every
+        ``2**(m - bits)``-th row and column, with its own facts and the
+        factors' same columns): the same products for operands of at most
+        ``bits`` mantissa bits, from a smaller table (faster to sweep).
+        """
+        bits = check_mantissa_bits(bits)
+        if bits > self.mantissa_bits:
+            raise ValueError(
+                f"{self.name} has m = {self.mantissa_bits}; cannot subsample to {bits} bits"
+            )
+        if bits == self.mantissa_bits:
+            return self
+        step = 1 << (self.mantissa_bits - bits)
+        if isinstance(self.lut, jax.core.Tracer):  # analysed in the program, each trace
+            lut = self.lut[..., ::step, ::step]
+            factors = None if self.factors is None else tuple(f[..., ::step] for f in self.factors)
+            return Multiplier._unchecked(lut, ffi.analyze(lut), bits, self.names, factors)
+        if bits not in self._subsampled:  # analysed once, now (numpy: not staged by a trace)
+            host = np.asarray(self.lut)[..., ::step, ::step]
+            factors = self.factors and tuple(
+                jnp.asarray(np.asarray(f)[..., ::step]) for f in self.factors
+            )
+            self._subsampled[bits] = Multiplier._unchecked(
+                jnp.asarray(host), _concrete_facts(host), bits, self.names, factors
+            )
+        return self._subsampled[bits]
+
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading shape of a stack of multipliers; ``()`` for one."""
@@ -238,6 +268,7 @@ class Multiplier:
         obj.mantissa_bits = m
         obj.names = names
         obj.metadata = {}
+        obj._subsampled = {}
         return obj
 
     def tree_flatten(self):

@@ -33,6 +33,7 @@ from approxjax._src.arithmetic.arithmetic import (
     convert_operands,
     fold_in_key,
     kernel_attribute,
+    sized_to_operands,
 )
 from approxjax._src.arithmetic.multipliers import Multiplier
 from approxjax._src.kernels import ffi
@@ -60,10 +61,18 @@ class GemmConfig:
     options: KernelOptions = DEFAULT
 
 
+def kernel_arithmetic(value: Any):
+    """The Arithmetic a multiplier argument (a Multiplier, an Arithmetic or
+    None) runs as: its table subsampled to narrow operand formats
+    (:func:`~approxjax._src.arithmetic.arithmetic.sized_to_operands`)."""
+    arith = as_arithmetic(value)
+    return None if arith is None else sized_to_operands(arith)
+
+
 def split(value: Any) -> tuple[GemmSpec | None, tuple | None]:
     """The static spec and the leaves (lut, facts, key, factors) of a
     multiplier argument (a Multiplier, an Arithmetic or None)."""
-    arith = as_arithmetic(value)
+    arith = kernel_arithmetic(value)
     if arith is None:
         return None, None
     mult = arith.multiplier
@@ -231,7 +240,7 @@ def gemm_parts(multiplier, input_grad_multiplier, weight_grad_multiplier, method
     natives = []
     values = (multiplier, input_grad_multiplier, weight_grad_multiplier)
     for value, s in zip(values, (spec, ig_spec, wg_spec), strict=True):
-        arith = None if isinstance(value, str) else as_arithmetic(value)
+        arith = None if isinstance(value, str) else kernel_arithmetic(value)
         if arith is None or s is None:
             natives.append((False, False))
         else:
