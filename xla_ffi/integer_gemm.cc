@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "gemm_cpu.h"
 #include "gemm_execute.h"
 #include "gemm_kernels.h"
@@ -35,9 +37,22 @@ namespace ffi = xla::ffi;
 namespace approxjax {
 namespace {
 
-// Per-tile tables of up to 256 KiB: 8 k of 16-bit 8-bit tables (on a Zen 4,
-// 8 k per table beat 16 by 5-15% in the sweep, measured).
-constexpr int64_t kTableBudget = 256 * 1024;
+// The bytes of a worker's per-tile tables (k of them per pass over the
+// rows; the pass also reads and writes the rows' sums of the block). The
+// paired sweep (AVX-512 VNNI) takes half the L2 (1024^3 8-bit GEMM on a
+// 2-core Zen 4 with 1 MiB of L2, medians of alternated runs: 128 KiB 41 ms,
+// 256 KiB 29, 384-1024 KiB 24-26); the others 256 KiB (AVX2 on the same
+// machine: 256 KiB 37 ms, 384-640 KiB 39-40).
+int64_t TableBudget(const IntegerWays& ways) {
+  constexpr int64_t kDefault = 256 * 1024;
+  if (!ways.paired) return kDefault;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // 0 or -1 where unknown
+#else
+  const long l2 = 0;
+#endif
+  return l2 <= 0 ? kDefault : std::clamp<int64_t>(l2 / 2, kDefault, 1024 * 1024);
+}
 constexpr int64_t kMaxSide = 4096;  // 12-bit codes
 
 ffi::Error Invalid(const std::string& what) {
@@ -296,7 +311,7 @@ ffi::Future IntGemmImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U16> lhs,
     }
     int64_t entry = 4;
     for (EntryType t : p->types) entry = t == EntryType::kI32 ? 4 : std::min<int64_t>(entry, 2);
-    p->kb = std::max<int64_t>(1, kTableBudget / (p->side_a * kIntCols * entry));
+    p->kb = std::max<int64_t>(1, TableBudget(p->ways) / (p->side_a * kIntCols * entry));
     p->nblocks = (p->shape.n_cols + kIntCols - 1) / kIntCols;
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     p->chunks = 1;
