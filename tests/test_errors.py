@@ -171,3 +171,32 @@ def test_bad_kernel_options():
         ax.KernelOptions(prepack=1)
     with pytest.raises(TypeError, match="options must be approxjax.KernelOptions"):
         ax.dot_general(A, B, DN, multiplier=ax.mitchell(4), options={"gemm": "tables"})
+
+
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (
+            ((2, 4, 5), (3, 5, 6), (1, 16, 16), (2, 4, 6)),
+            r"rhs shape \(3, 5, 6\) does not broadcast",
+        ),
+        (
+            ((2, 4, 5), (2, 5, 6), (3, 16, 16), (2, 4, 6)),
+            r"lut shape \(3, 16, 16\) does not broadcast",
+        ),
+        (((4, 5), (5, 6), (1, 16, 16), (4, 6)), "must have one rank >= 2"),
+        (((4, 5), (4, 6), (16, 16), (4, 6)), "shapes do not chain"),
+    ],
+)
+def test_kernel_checks_its_own_shapes(shapes, match):
+    """The integer GEMM's handler refuses inconsistent shapes with an FFI
+    error naming them (Python checks first; this is the kernel's own guard)."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU handler's messages")
+    ld, rd, td, od = shapes
+    call = jax.ffi.ffi_call("approxjax_int_gemm", jax.ShapeDtypeStruct(od, jnp.int32))
+    with pytest.raises(Exception, match=match):
+        jax.block_until_ready(
+            call(jnp.zeros(ld, jnp.uint16), jnp.zeros(rd, jnp.uint16), jnp.ones(td, jnp.int32),
+                 variant=np.int64(0), gemm=np.int64(0), pairs=False, bytes=False)
+        )  # fmt: skip

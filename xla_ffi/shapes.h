@@ -105,6 +105,26 @@ struct BatchShape {
   Operand a, b, l;
 };
 
+// The output's leading dimensions (all but its last `core`) and the
+// operands' strides against them: a and b, and the table where given (the
+// tail of every shape check below).
+inline ffi::Error BatchOperands(const char* target, ffi::Span<const int64_t> od,
+                                size_t core, const char* a_name,
+                                ffi::Span<const int64_t> ad, const char* b_name,
+                                ffi::Span<const int64_t> bd,
+                                const ffi::Span<const int64_t>* lud, BatchShape* s) {
+  s->out_lead.assign(od.begin(), od.end() - core);
+  s->batch = 1;
+  for (int64_t d : s->out_lead) s->batch *= d;
+  if (auto e = LeadStrides(target, a_name, ad, s->out_lead, &s->a); e.failure()) {
+    return e;
+  }
+  if (auto e = LeadStrides(target, b_name, bd, s->out_lead, &s->b); e.failure()) {
+    return e;
+  }
+  return lud ? LeadStrides(target, "lut", *lud, s->out_lead, &s->l) : ffi::Error::Success();
+}
+
 inline ffi::Error CheckGemm(ffi::Span<const int64_t> ld,
                             ffi::Span<const int64_t> rd,
                             ffi::Span<const int64_t> lud,
@@ -130,18 +150,7 @@ inline ffi::Error CheckGemm(ffi::Span<const int64_t> ld,
         ", rhs " + DimsString(rd) + ", out " + DimsString(od));
   }
   if (auto e = TableBits(target, lud, &s->m); e.failure()) return e;
-  s->out_lead.assign(od.begin(), od.end() - 2);
-  s->batch = 1;
-  for (int64_t d : s->out_lead) s->batch *= d;
-  if (auto e = LeadStrides(target, "lhs", ld, s->out_lead, &s->a);
-      e.failure()) {
-    return e;
-  }
-  if (auto e = LeadStrides(target, "rhs", rd, s->out_lead, &s->b);
-      e.failure()) {
-    return e;
-  }
-  return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
+  return BatchOperands(target, od, 2, "lhs", ld, "rhs", rd, &lud, s);
 }
 
 // A checked batched GEMM of integer operand codes: out [..., M, N] from lhs
@@ -169,16 +178,7 @@ inline ffi::Error CheckIntGemm(const char* target, ffi::Span<const int64_t> ld,
         std::string(target) + ": shapes do not chain: lhs " + DimsString(ld) +
         ", rhs " + DimsString(rd) + ", out " + DimsString(od));
   }
-  s->out_lead.assign(od.begin(), od.end() - 2);
-  s->batch = 1;
-  for (int64_t d : s->out_lead) s->batch *= d;
-  if (auto e = LeadStrides(target, "lhs", ld, s->out_lead, &s->a); e.failure()) {
-    return e;
-  }
-  if (auto e = LeadStrides(target, "rhs", rd, s->out_lead, &s->b); e.failure()) {
-    return e;
-  }
-  return td ? LeadStrides(target, "lut", *td, s->out_lead, &s->l) : ffi::Error::Success();
+  return BatchOperands(target, od, 2, "lhs", ld, "rhs", rd, td, s);
 }
 
 inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
@@ -206,16 +206,7 @@ inline ffi::Error CheckMultiply(ffi::Span<const int64_t> ad,
   s->m_rows = 1;
   s->depth = 1;
   s->n_cols = n;
-  s->out_lead.assign(od.begin(), od.end() - 1);
-  s->batch = 1;
-  for (int64_t d : s->out_lead) s->batch *= d;
-  if (auto e = LeadStrides(target, "a", ad, s->out_lead, &s->a); e.failure()) {
-    return e;
-  }
-  if (auto e = LeadStrides(target, "b", bd, s->out_lead, &s->b); e.failure()) {
-    return e;
-  }
-  return LeadStrides(target, "lut", lud, s->out_lead, &s->l);
+  return BatchOperands(target, od, 1, "a", ad, "b", bd, &lud, s);
 }
 
 // An implicit-im2col GEMM (approxjax_conv_gemm): the lhs is the patches of a
@@ -311,16 +302,7 @@ inline ffi::Error CheckConvGemm(ffi::Span<const int64_t> xd,
   g.depth = transposed ? batch * pixels : taps * channels;
   g.n_cols = od[rank - 1];
   if (auto e = TableBits(target, lud, &g.m); e.failure()) return e;
-  g.out_lead.assign(od.begin(), od.begin() + lead);
-  g.batch = 1;
-  for (int64_t d : g.out_lead) g.batch *= d;
-  if (auto e = LeadStrides(target, "x", xd, g.out_lead, &g.a); e.failure()) {
-    return e;
-  }
-  if (auto e = LeadStrides(target, "rhs", wd, g.out_lead, &g.b); e.failure()) {
-    return e;
-  }
-  return LeadStrides(target, "lut", lud, g.out_lead, &g.l);
+  return BatchOperands(target, od, out_core, "x", xd, "rhs", wd, &lud, &g);
 }
 
 }  // namespace approxjax
