@@ -39,13 +39,13 @@ namespace {
 
 // The bytes of a worker's per-tile tables (k of them per pass over the
 // rows; the pass also reads and writes the rows' sums of the block). The
-// paired sweep (AVX-512 VNNI) takes half the L2 (1024^3 8-bit GEMM on a
+// paired AVX-512 sweep (VNNI) takes half the L2 (1024^3 8-bit GEMM on a
 // 2-core Zen 4 with 1 MiB of L2, medians of alternated runs: 128 KiB 41 ms,
 // 256 KiB 29, 384-1024 KiB 24-26); the others 256 KiB (AVX2 on the same
 // machine: 256 KiB 37 ms, 384-640 KiB 39-40).
 int64_t TableBudget(const IntegerWays& ways) {
   constexpr int64_t kDefault = 256 * 1024;
-  if (!ways.paired) return kDefault;
+  if (!ways.paired || !ways.words) return kDefault;  // words: AVX-512BW
 #ifdef _SC_LEVEL2_CACHE_SIZE
   const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // 0 or -1 where unknown
 #else
