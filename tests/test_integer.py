@@ -62,6 +62,33 @@ def test_catalog_equals_its_c_twin(make, source, function, flags):
     np.testing.assert_array_equal(np.asarray(twin.table), np.asarray(mult.table))
 
 
+@pytest.mark.slow
+def test_wide_twins_on_dense_pairs(monkeypatch):
+    """The catalog's C twins over 12 bits against their NumPy definitions on
+    4M random pairs and on every code of each operand against the other's
+    extreme values (the check a wide design runs when it is made, denser:
+    a difference raises)."""
+    from approxjax._src.arithmetic import integer_catalog
+
+    monkeypatch.setattr(integer_catalog, "_TWIN_SAMPLES", 1 << 22)
+    monkeypatch.setattr(integer_catalog, "_TWIN_LINES", True)
+    for make in (
+        lambda: ax.integer.exact(16, signed=True),
+        lambda: ax.integer.mitchell(16, signed=True),
+        lambda: ax.integer.mitchell(16, signed=False),
+        lambda: ax.integer.drum(16, 6, signed=True),
+        lambda: ax.integer.truncated(16, 12),
+        lambda: ax.integer.broken_array((16, 13), 3, 10, signed=True),
+        lambda: ax.integer.kulkarni(16),
+        lambda: ax.integer.kulkarni(15, signed=True),
+    ):
+        make()
+    # the check is the one that refuses a wrong twin
+    monkeypatch.setitem(integer_catalog._TWINS, "kulkarni", ("int_exact.c", "exact_imul", {}))
+    with pytest.raises(RuntimeError, match="the C twin int_exact.c gives"):
+        ax.integer.kulkarni(13)
+
+
 def test_catalog_designs_by_their_definitions():
     v = np.arange(256)
     np.testing.assert_array_equal(ax.integer.exact(8, signed=False).table, np.outer(v, v))
