@@ -47,12 +47,13 @@ int64_t TableBudget(const IntegerWays& ways) {
   constexpr int64_t kDefault = 256 * 1024;
   if (!ways.paired || !ways.words) return kDefault;  // words: AVX-512BW
 #ifdef _SC_LEVEL2_CACHE_SIZE
-  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // 0 or -1 where unknown
+  static const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);  // 0 or -1 where unknown
 #else
-  const long l2 = 0;
+  constexpr long l2 = 0;
 #endif
   return l2 <= 0 ? kDefault : std::clamp<int64_t>(l2 / 2, kDefault, 1024 * 1024);
 }
+
 constexpr int64_t kMaxSide = 4096;  // 12-bit codes
 
 ffi::Error Invalid(const std::string& what) {
