@@ -221,7 +221,9 @@ def test_bad_formats_and_roundings_are_named(call, error, match):
         call()
 
 
-@pytest.mark.parametrize("spec", ["e2m1", "e3m2", "e4m3", "e5m2", "e5m10", "e8m7", "e8m10", "e6m1"])
+@pytest.mark.parametrize(
+    "spec", ["e2m1", "e3m2", "e4m3", "e5m2", "e5m10", "e8m7", "e8m10", "e6m1", "e7m23"]
+)
 def test_nearest_by_bits_equals_the_general_rule(spec):
     """The few-operation nearest-even rounding (integer rounding of the bits,
     a float addition below the smallest normal) equals the general rule on

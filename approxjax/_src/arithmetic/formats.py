@@ -323,8 +323,10 @@ def _nearest_magnitude(bits, fmt: Format):
     |x| is far below q / 2 and rounds to zero either way)."""
     low = (1 << (23 - fmt.mantissa_bits)) - 1
     a = bits & _U32(0x7FFFFFFF)
-    lsb = (a >> _U32(23 - fmt.mantissa_bits)) & _U32(1)
-    mag = (a + _U32(low >> 1) + lsb) & _U32(~low & 0xFFFFFFFF)
+    mag = a  # with 23 fraction bits, a normal float32 is the format's already
+    if low:
+        lsb = (a >> _U32(23 - fmt.mantissa_bits)) & _U32(1)
+        mag = (a + _U32(low >> 1) + lsb) & _U32(~low & 0xFFFFFFFF)
     if fmt.emin == -126:
         return mag
     magic = np.float32(1.5 * 2.0 ** (fmt.emin - fmt.mantissa_bits + 23))
