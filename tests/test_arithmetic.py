@@ -239,6 +239,18 @@ def test_vmap_over_a_stack_of_arithmetics(rng):
         ax.stack([items[0], items[1].replace(accumulator="bfloat16")])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_formats_of_23_fraction_bits_round_nothing_in_range(variant, rng):
+    """A product format with float32's 23 fraction bits (and fewer exponent
+    bits) leaves an odd float32 product as it is, in the vectorised path
+    (its nearest-even rule once added the last bit instead)."""
+    x = (1 + rng.integers(1, 1 << 20, (6, 30)) * 2.0**-23).astype(np.float32)
+    w = np.ones((30, 17), np.float32)
+    arith = ax.Arithmetic(product="e7m23", accumulator="e8m21")
+    got = ax.dot_general(x, w, DN, multiplier=arith, options=kernel_options(variant))
+    assert_matches_reference(got, x, w, DN, arith)
+
+
 @pytest.mark.filterwarnings("ignore:.*indexes .* mantissa bits:UserWarning")
 def test_narrow_operands_sweep_a_subsampled_table(rng):
     """Operand formats narrower than the table (both): the GEMMs sweep every

@@ -813,6 +813,25 @@ struct RoundingConsts {
         active(on) {}
 };
 
+// Float32 bits rounded nearest-even at the format's last fraction bit (c.low
+// the bits below it, at least one; a carry steps into the next binade).
+APPROXJAX_INLINE VecU NearestEvenBits(VecU b, const RoundingConsts& c) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  // b + half where the last kept bit is odd, else b + half - 1, truncated.
+  __m512i v;
+  std::memcpy(&v, &b, sizeof(v));
+  const __m512i half = _mm512_set1_epi32(static_cast<int>((c.low >> 1) + 1));
+  const __mmask16 odd = _mm512_test_epi32_mask(v, _mm512_set1_epi32(static_cast<int>(c.low + 1)));
+  const __m512i up = _mm512_mask_add_epi32(
+      _mm512_add_epi32(v, _mm512_set1_epi32(static_cast<int>(c.low >> 1))), odd, v, half);
+  const __m512i r = _mm512_andnot_si512(_mm512_set1_epi32(static_cast<int>(c.low)), up);
+  std::memcpy(&b, &r, sizeof(b));
+  return b;
+#else
+  return (b + (c.low >> 1) + ((b >> c.low_bits) & 1u)) & ~c.low;
+#endif
+}
+
 // The lanes of s rounded at the format's precision by its mode (s exact, or
 // rounded to odd); `bad` gets the lanes this cannot do: overflow, inf, NaN,
 // and (but nearest-even) the subnormal range.
@@ -829,9 +848,8 @@ APPROXJAX_INLINE Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
     r = b & ~c.low;
   } else if (c.mode == kAwayFromZero) {
     r = (b + c.low) & ~c.low;
-  } else {  // nearest-even
-    const uint32_t lsb = c.low + 1u;
-    r = (b + (c.low >> 1) + ((b & lsb) != 0u ? 1u : 0u)) & ~c.low;
+  } else {  // nearest-even (23 fraction bits: nothing to round)
+    r = c.low == 0 ? b : NearestEvenBits(b, c);
   }
   if (c.wide) {  // overflow toward or away from zero: the scalar rule
     if (c.checked || c.mode != kNearestEven) *bad |= mag > c.max;
@@ -909,24 +927,13 @@ APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
     std::memcpy(&b, &s, sizeof(b));
     *bad |= (b & 0x7fffffffu) > c.max;
   }
-  if constexpr (kRule == SumRule::kWide) {
-#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
-    // b + half where the last kept bit is odd, else b + half - 1, truncated.
-    const __m512i b = reinterpret_cast<const __m512i&>(s);
-    const __m512i half = _mm512_set1_epi32(static_cast<int>((c.low >> 1) + 1));
-    const __mmask16 odd = _mm512_test_epi32_mask(b, _mm512_set1_epi32(static_cast<int>(c.low + 1)));
-    const __m512i up = _mm512_mask_add_epi32(
-        _mm512_add_epi32(b, _mm512_set1_epi32(static_cast<int>(c.low >> 1))), odd, b, half);
-    const __m512i r = _mm512_andnot_si512(_mm512_set1_epi32(static_cast<int>(c.low)), up);
-    return reinterpret_cast<const Vec&>(r);
-#else
+  if constexpr (kRule == SumRule::kWide) {  // (wide formats have m <= 21)
     VecU b;
     std::memcpy(&b, &s, sizeof(b));
-    b = (b + (c.low >> 1) + ((b >> c.low_bits) & 1u)) & ~c.low;
+    b = NearestEvenBits(b, c);
     Vec v;
     std::memcpy(&v, &b, sizeof(v));
     return v;
-#endif
   }
   if constexpr (kRule == SumRule::kHalf) return HalfRounded(s);
   return RoundLanes(s, c, bad);
