@@ -125,6 +125,32 @@ def test_reduced_sums_at_the_edges_of_their_range(acc, rounding, variant, rng):
     assert (np.abs(np.asarray(got)[:2, :8]) == (top if rounding == "toward_zero" else np.inf)).all()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bfloat16_sums_that_cancel_into_subnormals_in_wide_blocks(variant, rng):
+    """bfloat16 sums of Mitchell products in blocks of 64 columns, which
+    AVX-512 BF16 CPUs round two vectors per instruction (vcvtne2ps2bf16,
+    which flushes subnormals: the plan narrows the regular range so that no
+    sum is subnormal, and the operands beyond it take the scalar rule):
+    products near 2**-124 whose sums cancel into the subnormal range,
+    products at the narrowed range's edge, and ordinary ones, bit for bit
+    the reference in every kernel variant."""
+    options = kernel_options(variant)
+    k, n = 96, 256
+    x = random_nonzero(rng, (256, k)).astype(np.float32)
+    w = random_nonzero(rng, (k, n)).astype(np.float32)
+    signs = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+    for row, tiny in ((1, 2.0**-62), (2, 2.0**-61), (3, 2.0**-59)):
+        x[row] = tiny * (1.0 + np.arange(k) % 3 / 64.0) * signs
+    for cols, tiny in ((slice(n // 2, 3 * n // 4), 2.0**-62), (slice(3 * n // 4, n), 2.0**-61)):
+        w[:, cols] = tiny * (1.0 + rng.integers(0, 4, (k, n // 4)) / 128.0)
+    x, w = x.astype(np.float32), w.astype(np.float32)
+    arith = ax.Arithmetic(multiplier=ax.mitchell(7), accumulator="bfloat16")
+    got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith, options=options))
+    assert_matches_reference(got, x, w, DN, arith)
+    sub = (got != 0) & (np.abs(got) < np.finfo(np.float32).tiny)
+    assert sub[1:3].any()  # the case in point: sums in the subnormal range
+
+
 @pytest.mark.parametrize(
     "mbits,kwargs",
     [

@@ -47,6 +47,10 @@ struct FormatSpec {
     return m == 23 && emin == -126 && subnormals && overflow == 0 && has_inf &&
            rounding == kNearestEven;
   }
+  bool IsBfloat16NearestEven() const {
+    return m == 7 && emin == -126 && subnormals && overflow == 0 && has_inf &&
+           rounding == kNearestEven && max == 3.3895313892515355e38f;
+  }
 };
 
 // The arithmetic attribute of the GEMM targets (Arithmetic in Python);
@@ -87,6 +91,8 @@ struct Accumulator {
   uint64_t seed = 0;
   // The most significant bits of any product (24 where unknown).
   int product_bits = 24;
+  // The plan keeps every sum normal or zero (Plan::bfloat16_pairs).
+  bool sums_normal = false;
 
   // Whether the vectorised path applies (the rest is scalar).
   bool FastPath() const {
@@ -103,6 +109,11 @@ struct Accumulator {
   bool NearestSumsExact() const {
     return adder == 0 && !round_product && acc.rounding == kNearestEven &&
            acc.m <= 10 && product_bits <= acc.m + 1;
+  }
+  // Whether bfloat16 sums may be rounded by vcvtne2ps2bf16, which flushes
+  // subnormals: where no sum is subnormal and no rounding to odd is needed.
+  bool Bfloat16Pairs() const {
+    return sums_normal && NearestSumsExact() && acc.IsBfloat16NearestEven();
   }
   bool Stochastic() const {
     return acc.rounding == kStochastic ||

@@ -341,6 +341,7 @@ class AccumulateSweep final : public TileSweep {
     if (!a.exact_product) {
       a.product_bits = TableFacts(p.FactsOf(ol), p.m).significant_bits();
     }
+    a.sums_normal = p.bfloat16_pairs;
     if (p.accumulate_compact) {
       p.block->accumulate_compact_sweep(t.cblk, t.rows, t.idx, t.scale, t.lr,
                                         t.lk, t.kc, BuildCompactTables(p, ol, t, s),
@@ -715,6 +716,9 @@ ffi::Error SummarizeTables(const Problem& p, const char* target,
                           facts.has(kBfloat16Exact) && p.m <= kCompactMaxBits;
     summary->planes = (first || summary->planes) && facts.has(kPlanes);
     summary->codes = summary->codes || facts.has(kCodes);
+    summary->significant_bits = first ? facts.significant_bits()
+                                      : std::max(summary->significant_bits,
+                                                 facts.significant_bits());
     first = false;
   }
   return ffi::Error::Success();
@@ -732,10 +736,23 @@ bool CpuHasVbmi() {
 #endif
 }
 
+bool CpuHasBf16() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool bf16 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return bf16;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 Capabilities CapabilitiesOf(const KernelTable& kernels) {
   Capabilities caps;
+  caps.bfloat16_pairs = kernels.bfloat16_pairs && CpuHasBf16();
   caps.planes = kernels.wide.build_compact_planes != nullptr;
   caps.codes = caps.planes && kernels.wide.build_compact_codes != nullptr &&
                CpuHasVbmi();
@@ -807,6 +824,9 @@ ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
     shape.conv = p.conv;
     shape.accumulate = p.accumulator.enabled;
     shape.exact_product = p.accumulator.exact_product;
+    const Accumulator& acc = p.accumulator;
+    shape.bfloat16_sums = acc.enabled && !acc.exact_product && acc.adder == 0 &&
+                          !acc.round_product && acc.acc.IsBfloat16NearestEven();
     static_cast<Plan&>(p) = PlanGemm(shape, summary, options,
                                      CapabilitiesOf(kernels), pool.num_threads());
     p.block = p.nc == kWideCols ? &kernels.wide : &kernels.narrow;

@@ -187,6 +187,10 @@ constexpr int kCompactMaxBits = 7;
 
 struct KernelTable {
   const char* name;
+  // Whether the accumulating sweeps can round bfloat16 sums of two vectors
+  // by one instruction (AVX-512 BF16; used where the CPU has it and the
+  // plan allows: Plan::bfloat16_pairs).
+  bool bfloat16_pairs;
 
   // Packs `rows` x `k` operand elements src[r * rs + k * ks] into the table
   // index (top m fraction bits) and the exact scale (sign * 2**exponent, a

@@ -55,6 +55,8 @@ struct ProblemShape {
   bool conv = false;   // the lhs is a padded input's patches (implicit im2col)
   bool accumulate = false;     // a reduced or approximate accumulator
   bool exact_product = false;  // IEEE float32 products (no table)
+  // bfloat16 sums, nearest-even, exact adder, products not rounded
+  bool bfloat16_sums = false;
 };
 
 // What the planner needs to know of the call's tables (from their facts).
@@ -66,12 +68,14 @@ struct TableSummary {
   bool compact_ok = false;   // every table bfloat16-exact (and m small)
   bool planes = false;       // every table has planes
   bool codes = false;        // some table has byte codes
+  int significant_bits = 24;  // the most of any table's entries
 };
 
 // What the chosen kernel variant and the CPU can do.
 struct Capabilities {
   bool planes = false;  // compact tables built from planes (AVX-512BW)
   bool codes = false;   // ... from byte codes (AVX-512 VBMI)
+  bool bfloat16_pairs = false;  // bfloat16 rounding by vcvtne2ps2bf16
 };
 
 enum class Sweep : int {
@@ -101,6 +105,9 @@ struct Plan : Tiling {
   bool rounded = false;
   bool accumulate_separable = false;  // kAccumulate on transformed operands
   bool accumulate_compact = false;    // kAccumulate on compact tables
+  // kAccumulate: bfloat16 sums rounded by vcvtne2ps2bf16 (Capabilities),
+  // the range narrowed so that no sum is subnormal (PlanBfloat16Pairs).
+  bool bfloat16_pairs = false;
   bool transposed_lut = false;  // tables read along the rhs index: lut^T
   bool planes = false;  // compact tables from planes, where a table has them
   bool codes = false;   // ... or from codes, where a table has them
