@@ -724,38 +724,33 @@ ffi::Error SummarizeTables(const Problem& p, const char* target,
   return ffi::Error::Success();
 }
 
-bool CpuHasVbmi() {
-#if defined(__x86_64__) || defined(_M_X64)
-  static const bool vbmi = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") != 0;
-  }();
-  return vbmi;
-#else
-  return false;
-#endif
-}
+// The instruction-set extensions the kernels ask for at run time.
+struct CpuExtensions {
+  bool vbmi = false;  // AVX-512 VBMI: byte permutes
+  bool bf16 = false;  // AVX-512 BF16: vcvtne2ps2bf16
+};
 
-bool CpuHasBf16() {
+const CpuExtensions& Cpu() {
+  static const CpuExtensions cpu = [] {
+    CpuExtensions c;
 #if defined(__x86_64__) || defined(_M_X64)
-  static const bool bf16 = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-  }();
-  return bf16;
-#else
-  return false;
+    c.vbmi = __builtin_cpu_supports("avx512vbmi") != 0;
+    c.bf16 = __builtin_cpu_supports("avx512bf16") != 0;
 #endif
+    return c;
+  }();
+  return cpu;
 }
 
 }  // namespace
 
 Capabilities CapabilitiesOf(const KernelTable& kernels) {
   Capabilities caps;
-  caps.bfloat16_pairs = kernels.bfloat16_pairs && CpuHasBf16();
+  caps.bfloat16_pairs = kernels.bfloat16_pairs && Cpu().bf16;
   caps.planes = kernels.wide.build_compact_planes != nullptr;
   caps.codes = caps.planes && kernels.wide.build_compact_codes != nullptr &&
-               CpuHasVbmi();
+               Cpu().vbmi;
   return caps;
 }
 
