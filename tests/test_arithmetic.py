@@ -152,6 +152,51 @@ def test_bfloat16_sums_that_cancel_into_subnormals_in_wide_blocks(variant, rng):
 
 
 @pytest.mark.parametrize(
+    "acc,bits,rounding",
+    [
+        ("float32", 8, "nearest_even"),
+        ("float32", 20, "nearest_even"),
+        ("bfloat16", 3, "away_from_zero"),
+        ("float16", 4, "nearest_even"),
+    ],
+)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loa_sums_vectorised_bit_for_bit(acc, bits, rounding, variant, rng):
+    """The lower-part-OR adder in the vector sweep (LoaLanes) against the
+    scalar reference: mixed signs and exact cancellations, carries into the
+    next binade, zero products, operands a few and 80 binades apart, sums near
+    float16's largest finite and below its least normal, and products whose
+    quantum falls below float32's normal range (those lanes take the scalar
+    rule), in wide and narrow blocks and every kernel variant."""
+    options = kernel_options(variant)
+    k = 40
+    x = random_nonzero(rng, (8, k))
+    w = random_nonzero(rng, (k, 80))
+    x[1] = np.where(np.arange(k) % 2 == 0, 1.5, -1.5)  # cancels to exact zeros
+    w[:, 1] = 1.0
+    x[2] = 1.0 - 2.0**-6  # the sums carry across binades
+    x[3, ::3] = 0.0  # zero products
+    x[4] *= 2.0 ** rng.integers(-12, 12, k)
+    x[7] *= np.where(np.arange(k) % 2 == 0, 2.0**40, 2.0**-40)  # aligned to nothing
+    big = {"float16": 2.0**6, "bfloat16": 2.0**60, "float32": 2.0**60}[acc]
+    tiny = {"float16": 2.0**-9, "bfloat16": 2.0**-62, "float32": 2.0**-60}[acc]
+    x[5] *= big
+    # tiny x tiny (regular operands): the quantum or the sum below the normal range
+    x[6] = tiny * (1.0 + rng.random(k)) * rng.choice([-1.0, 1.0], k)
+    w[:, 2] = tiny * (1.0 + rng.random(k))
+    x, w = x.astype(np.float32), w.astype(np.float32)
+    arith = ax.Arithmetic(
+        multiplier=ax.mitchell(7),
+        accumulator=acc,
+        accumulator_rounding=rounding,
+        adder=ax.LOA(bits),
+    )
+    for cols in (80, 16):
+        got = ax.dot_general(x, w[:, :cols], DN, multiplier=arith, options=options)
+        assert_matches_reference(got, x, w[:, :cols], DN, arith)
+
+
+@pytest.mark.parametrize(
     "mbits,kwargs",
     [
         (7, dict(multiplier=ax.truncated(7), accumulator="bfloat16")),

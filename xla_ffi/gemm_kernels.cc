@@ -941,6 +941,52 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 #endif
 }
 
+// The lower-part-OR adder's sums of the lanes (LoaSum, then rounded to the
+// format as AddRounded rounds them; c the accumulator's constants, m its
+// fraction bits): both significands aligned to the larger exponent's quantum
+// at m fraction bits, the `bits` low bits ORed where the signs agree, else
+// the difference; a zero lane gives the other operand. The aligned sum
+// (at most m + 2 bits) becomes a float by one conversion (nearest-even,
+// which is the rounding of float32 sums) and is scaled by the quantum, an
+// exact power of two; narrower formats then round it by RoundLanes. `bad`
+// gets the lanes this does not do: inf, NaN, subnormal operands, a quantum
+// below the normal range (or, for a format with a narrow exponent range,
+// operands below its least normal), and what RoundLanes refuses.
+APPROXJAX_INLINE Vec LoaLanes(Vec x, Vec y, const RoundingConsts& c, int m, int bits,
+                              VecI* bad) {
+  VecU bx, by;
+  std::memcpy(&bx, &x, sizeof(bx));
+  std::memcpy(&by, &y, sizeof(by));
+  const VecU ex = (bx >> 23) & 0xffu, ey = (by >> 23) & 0xffu;
+  const VecI zx = (bx & 0x7fffffffu) == 0u, zy = (by & 0x7fffffffu) == 0u;
+  const VecU emax = ex > ey ? ex : ey;
+  // The least biased exponent whose quantum 2**(e - 127 - m) is a normal
+  // float32 and which is at least the format's least normal.
+  const uint32_t least = std::max(static_cast<uint32_t>(1 + m), c.min_normal >> 23);
+  *bad |= (ex == 255u) | (ey == 255u) | ((ex == 0u) & ~zx) | ((ey == 0u) & ~zy) |
+          (~zx & ~zy & (emax < least));
+  const uint32_t drop = static_cast<uint32_t>(23 - m);
+  const VecU sx = emax - ex + drop, sy = emax - ey + drop;
+  const VecU ax = ((bx & 0x7fffffu) | 0x800000u) >> (sx < 31u ? sx : 31u);
+  const VecU ay = ((by & 0x7fffffu) | 0x800000u) >> (sy < 31u ? sy : 31u);
+  const VecI same = ((bx ^ by) & 0x80000000u) == 0u;
+  const uint32_t low = (1u << bits) - 1u;
+  const VecU ored = (((ax >> bits) + (ay >> bits)) << bits) | ((ax | ay) & low);
+  const VecI x_larger = ax >= ay;
+  const VecU mag = same ? ored : x_larger ? ax - ay : ay - ax;
+  const VecU sign = (same | x_larger ? bx : by) & 0x80000000u;
+  const VecU quantum_bits = (emax - static_cast<uint32_t>(m)) << 23;
+  Vec quantum;
+  std::memcpy(&quantum, &quantum_bits, sizeof(quantum));
+  Vec r = __builtin_convertvector((VecI)mag, Vec) * quantum;  // mag < 2**26
+  VecU rb;
+  std::memcpy(&rb, &r, sizeof(rb));
+  rb |= mag == 0u ? 0u : sign;  // an exact cancellation is +0
+  std::memcpy(&r, &rb, sizeof(r));
+  r = zy ? (zx ? x + y : x) : (zx ? y : r);
+  return m < 23 ? RoundLanes(r, c, bad) : r;
+}
+
 // How an accumulating sweep forms and rounds each sum, fixed per call so
 // that its inner loop has no branch: the float32 sum rounded to nearest or
 // to odd (kNearest: Accumulator::NearestSumsExact), then rounded to the
@@ -948,9 +994,10 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 // by the integer rule of a wide format (kWide, nearest-even) or the
 // conversion instructions of float16 (kHalf) or of bfloat16, two vectors at
 // a time (kBfloat16Pairs: Accumulator::Bfloat16Pairs), which check no lane
-// unless the products may be inf or NaN (kChecked: RoundingConsts::checked);
-// products rounded to a product format or not (kProduct).
-enum class SumRule { kAny, kWide, kHalf, kBfloat16Pairs };
+// unless the products may be inf or NaN (kChecked: RoundingConsts::checked),
+// or the lower-part-OR adder's (kLoa: LoaLanes); products rounded to a
+// product format or not (kProduct).
+enum class SumRule { kAny, kWide, kHalf, kBfloat16Pairs, kLoa };
 
 template <SumRule kRule, bool kChecked>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
@@ -984,7 +1031,7 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
                            const RoundingConsts& ac, const TileCoords& at,
                            Step step, Exact exact) {
   constexpr int kV = NC / kLanes;
-  if (a.FastPath()) {
+  if (kRule == SumRule::kLoa || a.FastPath()) {
     Vec acc[R][kV];
     std::memcpy(acc, out, sizeof(acc));
     VecI bad = {};
@@ -1006,6 +1053,10 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
         for (int v = 0; v < kV; ++v) {
           Vec p = step(q, kk, v);
           if constexpr (kProduct) p = RoundLanes(p, pc, &bad);
+          if constexpr (kRule == SumRule::kLoa) {
+            acc[q][v] = LoaLanes(acc[q][v], p, ac, a.acc.m, a.loa_bits, &bad);
+            continue;
+          }
           const Vec sum = kNearest ? acc[q][v] + p : SumToOddLanes(acc[q][v], p);
           acc[q][v] = RoundSum<kRule, kChecked>(sum, ac, &bad);
         }
@@ -1089,6 +1140,19 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
     }
   };
   using Any = std::integral_constant<SumRule, SumRule::kAny>;
+  if (a.adder == 1) {  // LOA: vectorised where the format's rounding is
+    const bool stochastic = a.Stochastic();
+    const bool rounds = a.acc.m <= 21 || a.acc.IsFloat32NearestEven();
+    if (!stochastic && rounds) {
+      using Loa = std::integral_constant<SumRule, SumRule::kLoa>;
+      if (a.round_product) {
+        run(std::false_type{}, Loa{}, std::true_type{}, std::true_type{});
+      } else {
+        run(std::false_type{}, Loa{}, std::true_type{}, std::false_type{});
+      }
+      return;
+    }
+  }
   if (a.round_product) {
     run(std::false_type{}, Any{}, std::true_type{}, std::true_type{});
   } else if (ac.half) {
