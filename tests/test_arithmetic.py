@@ -125,30 +125,41 @@ def test_reduced_sums_at_the_edges_of_their_range(acc, rounding, variant, rng):
     assert (np.abs(np.asarray(got)[:2, :8]) == (top if rounding == "toward_zero" else np.inf)).all()
 
 
+@pytest.mark.parametrize("name", ["mitchell", "truncated"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bfloat16_sums_that_cancel_into_subnormals_in_wide_blocks(variant, rng):
-    """bfloat16 sums of Mitchell products in blocks of 64 columns, which
-    AVX-512 BF16 CPUs round two vectors per instruction (vcvtne2ps2bf16,
-    which flushes subnormals: the plan narrows the regular range so that no
-    sum is subnormal, and the operands beyond it take the scalar rule):
-    products near 2**-124 whose sums cancel into the subnormal range,
-    products at the narrowed range's edge, and ordinary ones, bit for bit
-    the reference in every kernel variant."""
+def test_bfloat16_sums_that_cancel_into_subnormals_in_wide_blocks(name, variant, rng):
+    """bfloat16 sums in blocks of 64 columns, which AVX-512 BF16 CPUs round
+    two vectors per instruction (vcvtne2ps2bf16, which flushes subnormals:
+    the plan narrows the regular range so that no sum is subnormal, and the
+    operands beyond it take the scalar rule), of Mitchell products (8 bits:
+    float32 sums rounded to nearest first) and truncated ones (16 bits, a
+    separable table: rounded to odd first): products near 2**-124 whose sums
+    cancel into the subnormal range, products at the narrowed range's edge,
+    and ordinary ones, bit for bit the reference in every kernel variant."""
     options = kernel_options(variant)
     k, n = 96, 256
     x = random_nonzero(rng, (256, k)).astype(np.float32)
     w = random_nonzero(rng, (k, n)).astype(np.float32)
     signs = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
-    for row, tiny in ((1, 2.0**-62), (2, 2.0**-61), (3, 2.0**-59)):
-        x[row] = tiny * (1.0 + np.arange(k) % 3 / 64.0) * signs
-    for cols, tiny in ((slice(n // 2, 3 * n // 4), 2.0**-62), (slice(3 * n // 4, n), 2.0**-61)):
+    # Past the narrowed range (63 - 4 for Mitchell's 8-bit entries, 63 - 8
+    # for truncated(7)'s 16-bit ones), at it, and just inside it.
+    e = {"mitchell": 62, "truncated": 57}[name]
+    for row, tiny in ((1, 2.0**-e), (2, 2.0 ** (1 - e)), (3, 2.0 ** (3 - e))):
+        x[row] = tiny * (1.0 + np.arange(k) % 5 / 128.0) * signs
+    quarters = (slice(n // 2, 3 * n // 4), slice(3 * n // 4, n))
+    for cols, tiny in zip(quarters, (2.0**-e, 2.0 ** (1 - e)), strict=True):
         w[:, cols] = tiny * (1.0 + rng.integers(0, 4, (k, n // 4)) / 128.0)
+    # Two products that cancel to -2**-127 (truncated(7)'s are exact: 128 *
+    # 130, a bfloat16, minus 129 * 129), then zeros.
+    x[4] = 0.0
+    x[4, :2] = 2.0**-e * np.array([1.0, -129 / 128])
+    w[:2, 3 * n // 4 :] = 2.0 ** (1 - e) * np.array([[130 / 128], [129 / 128]])
     x, w = x.astype(np.float32), w.astype(np.float32)
-    arith = ax.Arithmetic(multiplier=ax.mitchell(7), accumulator="bfloat16")
+    arith = ax.Arithmetic(multiplier=getattr(ax, name)(7), accumulator="bfloat16")
     got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith, options=options))
     assert_matches_reference(got, x, w, DN, arith)
     sub = (got != 0) & (np.abs(got) < np.finfo(np.float32).tiny)
-    assert sub[1:3].any()  # the case in point: sums in the subnormal range
+    assert sub[1:5].any()  # the case in point: sums in the subnormal range
 
 
 @pytest.mark.parametrize(

@@ -110,10 +110,11 @@ struct Accumulator {
     return adder == 0 && !round_product && acc.rounding == kNearestEven &&
            acc.m <= 10 && product_bits <= acc.m + 1;
   }
-  // Whether bfloat16 sums may be rounded by vcvtne2ps2bf16, which flushes
-  // subnormals: where no sum is subnormal and no rounding to odd is needed.
+  // Whether bfloat16 sums may be rounded by vcvtne2ps2bf16 (of the float32
+  // sum rounded to nearest or to odd), which flushes subnormals: where no
+  // sum is subnormal.
   bool Bfloat16Pairs() const {
-    return sums_normal && NearestSumsExact() && acc.IsBfloat16NearestEven();
+    return sums_normal && adder == 0 && !round_product && acc.IsBfloat16NearestEven();
   }
   bool Stochastic() const {
     return acc.rounding == kStochastic ||

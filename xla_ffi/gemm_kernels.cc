@@ -1040,7 +1040,9 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
       for (int q = 0; q < R; ++q) {
         if constexpr (kRule == SumRule::kBfloat16Pairs) {
           for (int v = 0; v < kV; v += 2) {
-            Vec s0 = acc[q][v] + step(q, kk, v), s1 = acc[q][v + 1] + step(q, kk, v + 1);
+            const Vec p0 = step(q, kk, v), p1 = step(q, kk, v + 1);
+            Vec s0 = kNearest ? acc[q][v] + p0 : SumToOddLanes(acc[q][v], p0);
+            Vec s1 = kNearest ? acc[q][v + 1] + p1 : SumToOddLanes(acc[q][v + 1], p1);
             if constexpr (kChecked) {  // overflow, inf, NaN: scalar
               bad |= (((VecU)s0 & 0x7fffffffu) > ac.max) | (((VecU)s1 & 0x7fffffffu) > ac.max);
             }
@@ -1160,8 +1162,7 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
   } else if (ac.wide && ac.mode == kNearestEven) {
     if constexpr (kBfloat16Pairs && NC / kLanes % 2 == 0) {
       if (a.Bfloat16Pairs()) {
-        by_check(std::true_type{},
-                 std::integral_constant<SumRule, SumRule::kBfloat16Pairs>{});
+        by_sum(std::integral_constant<SumRule, SumRule::kBfloat16Pairs>{});
         return;
       }
     }

@@ -132,20 +132,21 @@ void PlanPrepack(const ProblemShape& s, bool enabled, Plan* p) {
 }
 
 // bfloat16 sums rounded by vcvtne2ps2bf16, which flushes subnormals, where
-// the products come from tables whose entries have b <= 8 significant bits
-// (so that no sum needs rounding to odd). A product of exponent e is then a
-// multiple of 2**(e - b + 1); narrowing the regular range by b / 2 keeps
-// e >= -126 + b - 1 (RegularExponentRange: e >= -126 for the full range),
-// so every product, every sum of them (from zero) and every sum rounded to
-// bfloat16 or float32 is a multiple of 2**-126: zero or normal. Operands
-// beyond the narrowed range (|x| < 2**-59 for Mitchell's tables) take the
-// exact scalar rule, as other irregular operands do.
+// the products come from tables (or their separable factors) whose entries
+// have b significant bits. A product of exponent e is then a multiple of
+// 2**(e - b + 1); narrowing the regular range by b / 2 keeps e >= -126 + b
+// - 1 (RegularExponentRange: e >= -126 for the full range, the separable
+// range likewise), so every product, every sum of them (from zero) and
+// every sum rounded to bfloat16, or to nearest or odd at float32, is a
+// multiple of 2**-126: zero or normal. Operands beyond the narrowed range
+// (|x| < 2**-59 for Mitchell's tables) take the exact scalar rule, as other
+// irregular operands do. IEEE products of raw operands have no range.
 void PlanBfloat16Pairs(const ProblemShape& s, const TableSummary& tables,
-                       const Capabilities& caps, bool separable, Plan* p) {
+                       const Capabilities& caps, Plan* p) {
   constexpr int kLeastRange = 32;  // not worth narrowing below
   const int narrowed = p->range - tables.significant_bits / 2;
-  if (!s.accumulate || !s.bfloat16_sums || !caps.bfloat16_pairs || separable ||
-      p->nc != kWideCols || tables.significant_bits > 8 || narrowed < kLeastRange) {
+  if (!s.accumulate || !s.bfloat16_sums || !caps.bfloat16_pairs || s.exact_product ||
+      p->nc != kWideCols || narrowed < kLeastRange) {
     return;
   }
   p->bfloat16_pairs = true;
@@ -183,7 +184,7 @@ Plan PlanGemm(const ProblemShape& s, const TableSummary& tables,
     p.accumulate_compact = compact;
     p.sweep = Sweep::kAccumulate;
     p.range = s.exact_product ? -1 : p.range;
-    PlanBfloat16Pairs(s, tables, caps, separable, &p);
+    PlanBfloat16Pairs(s, tables, caps, &p);
   }
   const bool direct = p.sweep == Sweep::kGathers;
   p.transposed_lut = p.swap == direct && !separable;
