@@ -91,8 +91,9 @@ struct Accumulator {
   uint64_t seed = 0;
   // The most significant bits of any product (24 where unknown).
   int product_bits = 24;
-  // The plan keeps every sum normal or zero (Plan::bfloat16_pairs).
-  bool sums_normal = false;
+  // bfloat16 sums rounded by vcvtne2ps2bf16 (the plan's choice, which
+  // keeps every sum normal or zero: Plan::bfloat16_pairs).
+  bool bfloat16_pairs = false;
 
   // Whether the vectorised path applies (the rest is scalar).
   bool FastPath() const {
@@ -110,11 +111,11 @@ struct Accumulator {
     return adder == 0 && !round_product && acc.rounding == kNearestEven &&
            acc.m <= 10 && product_bits <= acc.m + 1;
   }
-  // Whether bfloat16 sums may be rounded by vcvtne2ps2bf16 (of the float32
-  // sum rounded to nearest or to odd), which flushes subnormals: where no
-  // sum is subnormal.
-  bool Bfloat16Pairs() const {
-    return sums_normal && adder == 0 && !round_product && acc.IsBfloat16NearestEven();
+  // bfloat16 nearest-even sums of float32 additions (the float32 sum
+  // rounded to nearest or to odd, then to bfloat16) of table products.
+  bool Bfloat16Sums() const {
+    return enabled && !exact_product && adder == 0 && !round_product &&
+           acc.IsBfloat16NearestEven();
   }
   bool Stochastic() const {
     return acc.rounding == kStochastic ||

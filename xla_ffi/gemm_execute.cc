@@ -341,7 +341,7 @@ class AccumulateSweep final : public TileSweep {
     if (!a.exact_product) {
       a.product_bits = TableFacts(p.FactsOf(ol), p.m).significant_bits();
     }
-    a.sums_normal = p.bfloat16_pairs;
+    a.bfloat16_pairs = p.bfloat16_pairs;
     if (p.accumulate_compact) {
       p.block->accumulate_compact_sweep(t.cblk, t.rows, t.idx, t.scale, t.lr,
                                         t.lk, t.kc, BuildCompactTables(p, ol, t, s),
@@ -819,9 +819,7 @@ ffi::Future RunGemm(std::unique_ptr<Problem> problem, ffi::ThreadPool pool,
     shape.conv = p.conv;
     shape.accumulate = p.accumulator.enabled;
     shape.exact_product = p.accumulator.exact_product;
-    const Accumulator& acc = p.accumulator;
-    shape.bfloat16_sums = acc.enabled && !acc.exact_product && acc.adder == 0 &&
-                          !acc.round_product && acc.acc.IsBfloat16NearestEven();
+    shape.bfloat16_sums = p.accumulator.Bfloat16Sums();
     static_cast<Plan&>(p) = PlanGemm(shape, summary, options,
                                      CapabilitiesOf(kernels), pool.num_threads());
     p.block = p.nc == kWideCols ? &kernels.wide : &kernels.narrow;

@@ -993,19 +993,23 @@ APPROXJAX_INLINE Vec LoaLanes(Vec x, Vec y, const RoundingConsts& c, int m, int 
 // format by the rule for any format (kAny: RoundLanes, with its checks), or
 // by the integer rule of a wide format (kWide, nearest-even) or the
 // conversion instructions of float16 (kHalf) or of bfloat16, two vectors at
-// a time (kBfloat16Pairs: Accumulator::Bfloat16Pairs), which check no lane
+// a time (kBfloat16Pairs: Plan::bfloat16_pairs), which check no lane
 // unless the products may be inf or NaN (kChecked: RoundingConsts::checked),
 // or the lower-part-OR adder's (kLoa: LoaLanes); products rounded to a
 // product format or not (kProduct).
 enum class SumRule { kAny, kWide, kHalf, kBfloat16Pairs, kLoa };
 
+// Lanes beyond the format's largest finite (overflow, inf, NaN) to `bad`:
+// the scalar rule does them.
+APPROXJAX_INLINE void FlagBeyondMax(Vec s, const RoundingConsts& c, VecI* bad) {
+  VecU b;
+  std::memcpy(&b, &s, sizeof(b));
+  *bad |= (b & 0x7fffffffu) > c.max;
+}
+
 template <SumRule kRule, bool kChecked>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
-  if constexpr (kRule != SumRule::kAny && kChecked) {  // overflow, inf, NaN: scalar
-    VecU b;
-    std::memcpy(&b, &s, sizeof(b));
-    *bad |= (b & 0x7fffffffu) > c.max;
-  }
+  if constexpr (kRule != SumRule::kAny && kChecked) FlagBeyondMax(s, c, bad);
   if constexpr (kRule == SumRule::kWide) {  // (wide formats have m <= 21)
     VecU b;
     std::memcpy(&b, &s, sizeof(b));
@@ -1036,15 +1040,19 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
     std::memcpy(acc, out, sizeof(acc));
     VecI bad = {};
     [[maybe_unused]] const Bfloat16Widen widen;
+    // The float32 sum, rounded to nearest or to odd.
+    const auto add = [](Vec sum, Vec p) __attribute__((always_inline)) {
+      return kNearest ? sum + p : SumToOddLanes(sum, p);
+    };
     for (int64_t kk = 0; kk < kc; ++kk) {
       for (int q = 0; q < R; ++q) {
         if constexpr (kRule == SumRule::kBfloat16Pairs) {
           for (int v = 0; v < kV; v += 2) {
-            const Vec p0 = step(q, kk, v), p1 = step(q, kk, v + 1);
-            Vec s0 = kNearest ? acc[q][v] + p0 : SumToOddLanes(acc[q][v], p0);
-            Vec s1 = kNearest ? acc[q][v + 1] + p1 : SumToOddLanes(acc[q][v + 1], p1);
-            if constexpr (kChecked) {  // overflow, inf, NaN: scalar
-              bad |= (((VecU)s0 & 0x7fffffffu) > ac.max) | (((VecU)s1 & 0x7fffffffu) > ac.max);
+            Vec s0 = add(acc[q][v], step(q, kk, v));
+            Vec s1 = add(acc[q][v + 1], step(q, kk, v + 1));
+            if constexpr (kChecked) {
+              FlagBeyondMax(s0, ac, &bad);
+              FlagBeyondMax(s1, ac, &bad);
             }
             RoundBfloat16Pair(&s0, &s1, widen);
             acc[q][v] = s0;
@@ -1059,8 +1067,7 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
             acc[q][v] = LoaLanes(acc[q][v], p, ac, a.acc.m, a.loa_bits, &bad);
             continue;
           }
-          const Vec sum = kNearest ? acc[q][v] + p : SumToOddLanes(acc[q][v], p);
-          acc[q][v] = RoundSum<kRule, kChecked>(sum, ac, &bad);
+          acc[q][v] = RoundSum<kRule, kChecked>(add(acc[q][v], p), ac, &bad);
         }
       }
     }
@@ -1161,7 +1168,7 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
     by_sum(std::integral_constant<SumRule, SumRule::kHalf>{});
   } else if (ac.wide && ac.mode == kNearestEven) {
     if constexpr (kBfloat16Pairs && NC / kLanes % 2 == 0) {
-      if (a.Bfloat16Pairs()) {
+      if (a.bfloat16_pairs) {
         by_sum(std::integral_constant<SumRule, SumRule::kBfloat16Pairs>{});
         return;
       }
