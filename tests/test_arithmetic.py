@@ -162,6 +162,39 @@ def test_bfloat16_sums_that_cancel_into_subnormals_in_wide_blocks(name, variant,
     assert sub[1:5].any()  # the case in point: sums in the subnormal range
 
 
+@pytest.mark.parametrize("operands", ["e7m1", "e7m2", "e5m2"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bfloat16_sums_of_ieee_products_in_wide_blocks(operands, variant, rng):
+    """IEEE products (no multiplier) with bfloat16 sums in blocks of 64
+    columns: AVX-512 BF16 CPUs round them by pairs of vectors (flushing
+    subnormals) only where the operand formats make every product a multiple
+    of 2**-126, as e7m1's least quantum 2**-63 squared is and e7m2's 2**-64
+    squared is not (its sums here fall in bfloat16's subnormal range).
+    Products of the formats' subnormals whose sums cancel, inf and NaN
+    operands (e5m2 keeps inf), and ordinary values, bit for bit the reference
+    in every kernel variant."""
+    options = kernel_options(variant)
+    fmt = {"e7m1": ax.formats.Format(exponent_bits=7, mantissa_bits=1),
+           "e7m2": ax.formats.Format(exponent_bits=7, mantissa_bits=2),
+           "e5m2": "e5m2"}[operands]  # fmt: skip
+    least = (ax.formats.get(fmt) if isinstance(fmt, str) else fmt).smallest_subnormal
+    k, n = 96, 256
+    x = random_nonzero(rng, (128, k)).astype(np.float32)
+    w = random_nonzero(rng, (k, n)).astype(np.float32)
+    signs = np.where(np.arange(k) % 2 == 0, 1.0, -1.0)
+    # Multiples of the least quantum (subnormals of the format): products of
+    # quantum**2 times small integers, whose alternating sums cancel.
+    x[1:4] = least * (1 + np.arange(3 * k).reshape(3, k) % 3) * signs
+    w[:, n // 2 :] = least * (1 + rng.integers(0, 3, (k, n // 2)))
+    x[5, 7], x[6, 8], w[9, 3] = np.inf, np.nan, -np.inf
+    arith = ax.Arithmetic(lhs=fmt, rhs=fmt, accumulator="bfloat16")
+    got = np.asarray(ax.dot_general(x, w, DN, multiplier=arith, options=options))
+    assert_matches_reference(got, x, w, DN, arith)
+    if operands == "e7m2":  # the case in point: sums in the subnormal range
+        sub = (got != 0) & (np.abs(got) < np.finfo(np.float32).tiny)
+        assert sub[1:4].any()
+
+
 @pytest.mark.parametrize(
     "acc,bits,rounding",
     [

@@ -59,6 +59,12 @@ struct ArithmeticSpec {
   bool enabled = false;        // anything but float32 nearest-even sums
   bool exact_product = false;  // IEEE float32 products, no table
   int64_t product_bits = 24;   // at most, of IEEE products (operand formats)
+  // Every IEEE product is a multiple of 2**product_exponent (the operand
+  // formats' least quanta multiplied).
+  int64_t product_exponent = -298;
+  // Every IEEE product is exact in float32 (at most 24 bits, a quantum of at
+  // least 2**-149, below 2**127).
+  bool products_exact = false;
   int64_t acc_m = 23, acc_emin = -126;
   float acc_max = 3.4028234663852886e38f;
   bool acc_subnormals = true;
@@ -91,6 +97,12 @@ struct Accumulator {
   uint64_t seed = 0;
   // The most significant bits of any product (24 where unknown).
   int product_bits = 24;
+  // Every product is a multiple of 2**product_exponent (-298 where unknown).
+  int product_exponent = -298;
+  // Every product is exact in float32, so that a fused multiply-add of its
+  // factors gives the same sum (IEEE products of narrow formats, or a
+  // separable table's products that need no rounding).
+  bool products_exact = false;
   // bfloat16 sums rounded by vcvtne2ps2bf16 (the plan's choice, which
   // keeps every sum normal or zero: Plan::bfloat16_pairs).
   bool bfloat16_pairs = false;
@@ -112,10 +124,12 @@ struct Accumulator {
            acc.m <= 10 && product_bits <= acc.m + 1;
   }
   // bfloat16 nearest-even sums of float32 additions (the float32 sum
-  // rounded to nearest or to odd, then to bfloat16) of table products.
+  // rounded to nearest or to odd, then to bfloat16) of table products, or of
+  // IEEE products that are multiples of 2**-126 (so every sum is zero or
+  // normal).
   bool Bfloat16Sums() const {
-    return enabled && !exact_product && adder == 0 && !round_product &&
-           acc.IsBfloat16NearestEven();
+    return enabled && adder == 0 && !round_product && acc.IsBfloat16NearestEven() &&
+           (!exact_product || product_exponent >= -126);
   }
   bool Stochastic() const {
     return acc.rounding == kStochastic ||
@@ -148,6 +162,8 @@ inline Accumulator MakeAccumulator(const ArithmeticSpec& s, uint64_t seed) {
                       s.prod_overflow, s.prod_nan, s.prod_inf, s.prod_rounding);
   a.round_product = s.product;
   a.product_bits = static_cast<int>(s.product_bits);
+  a.product_exponent = static_cast<int>(s.product_exponent);
+  a.products_exact = s.exact_product && s.products_exact;
   a.adder = static_cast<int>(s.adder);
   a.loa_bits = static_cast<int>(s.loa_bits);
   a.user = reinterpret_cast<UserAdder>(static_cast<uintptr_t>(s.adder_address));

@@ -26,6 +26,8 @@ XLA_FFI_REGISTER_STRUCT_ATTR_DECODING(
     approxjax::ArithmeticSpec, ::xla::ffi::StructMember<bool>("enabled"),
     ::xla::ffi::StructMember<bool>("exact_product"),
     ::xla::ffi::StructMember<int64_t>("product_bits"),
+    ::xla::ffi::StructMember<int64_t>("product_exponent"),
+    ::xla::ffi::StructMember<bool>("products_exact"),
     ::xla::ffi::StructMember<int64_t>("acc_m"),
     ::xla::ffi::StructMember<int64_t>("acc_emin"),
     ::xla::ffi::StructMember<float>("acc_max"),

@@ -340,6 +340,9 @@ class AccumulateSweep final : public TileSweep {
     // too), so it has the entry's bits; IEEE products of raw operands any.
     if (!a.exact_product) {
       a.product_bits = TableFacts(p.FactsOf(ol), p.m).significant_bits();
+      // Separable factors' products that need no rounding are exact (the
+      // float32 separable sweep fuses them likewise).
+      a.products_exact = p.accumulate_separable && !p.rounded;
     }
     a.bfloat16_pairs = p.bfloat16_pairs;
     if (p.accumulate_compact) {

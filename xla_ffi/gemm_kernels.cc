@@ -993,10 +993,12 @@ APPROXJAX_INLINE Vec LoaLanes(Vec x, Vec y, const RoundingConsts& c, int m, int 
 // format by the rule for any format (kAny: RoundLanes, with its checks), or
 // by the integer rule of a wide format (kWide, nearest-even) or the
 // conversion instructions of float16 (kHalf) or of bfloat16, two vectors at
-// a time (kBfloat16Pairs: Plan::bfloat16_pairs), which check no lane
-// unless the products may be inf or NaN (kChecked: RoundingConsts::checked),
-// or the lower-part-OR adder's (kLoa: LoaLanes); products rounded to a
-// product format or not (kProduct).
+// a time (kBfloat16Pairs: Plan::bfloat16_pairs), which check no lane (the
+// integer rule checks lanes where the products may be inf or NaN, which it
+// could turn into inf: kChecked, RoundingConsts::checked; the conversions
+// round inf, NaN and overflow as the scalar rule does), or the
+// lower-part-OR adder's (kLoa: LoaLanes); products rounded to a product
+// format or not (kProduct).
 enum class SumRule { kAny, kWide, kHalf, kBfloat16Pairs, kLoa };
 
 // Lanes beyond the format's largest finite (overflow, inf, NaN) to `bad`:
@@ -1009,7 +1011,7 @@ APPROXJAX_INLINE void FlagBeyondMax(Vec s, const RoundingConsts& c, VecI* bad) {
 
 template <SumRule kRule, bool kChecked>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
-  if constexpr (kRule != SumRule::kAny && kChecked) FlagBeyondMax(s, c, bad);
+  if constexpr (kRule == SumRule::kWide && kChecked) FlagBeyondMax(s, c, bad);
   if constexpr (kRule == SumRule::kWide) {  // (wide formats have m <= 21)
     VecU b;
     std::memcpy(&b, &s, sizeof(b));
@@ -1050,10 +1052,6 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
           for (int v = 0; v < kV; v += 2) {
             Vec s0 = add(acc[q][v], step(q, kk, v));
             Vec s1 = add(acc[q][v + 1], step(q, kk, v + 1));
-            if constexpr (kChecked) {
-              FlagBeyondMax(s0, ac, &bad);
-              FlagBeyondMax(s1, ac, &bad);
-            }
             RoundBfloat16Pair(&s0, &s1, widen);
             acc[q][v] = s0;
             acc[q][v + 1] = s1;
@@ -1135,7 +1133,7 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
         cblk, rows, kc, a, pc, ac, at, step, exact);
   };
   const auto by_check = [&](auto nearest, auto rule) {
-    if (ac.checked) {
+    if (ac.checked && decltype(rule)::value == SumRule::kWide) {
       run(nearest, rule, std::true_type{}, std::false_type{});
     } else {
       run(nearest, rule, std::false_type{}, std::false_type{});
@@ -1222,18 +1220,30 @@ void AccumulateCompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
       });
 }
 
+// Products of separable factors or raw operands: where every product is
+// exact in float32 (Accumulator::products_exact) the compiler may fuse it
+// with the sum it is added to (one instruction, the same bits), else each is
+// rounded on its own.
 template <int NC>
 void AccumulateScaledSweep(float* cblk, int64_t rows, const float* a_vals,
                            int64_t lr, int64_t lk, int64_t kc, const float* tab,
                            const Accumulator& a, const TileCoords& at) {
-  AccumulateAll<NC>(
-      cblk, rows, kc, a, at,
-      [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
-        Vec t;
-        std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
-        return Opaque(t * a_vals[r * lr + kk * lk]);
-      },
-      [&](int64_t r, int64_t kk, int c) { return tab[kk * NC + c] * a_vals[r * lr + kk * lk]; });
+  const auto run = [&](auto fused) {
+    AccumulateAll<NC>(
+        cblk, rows, kc, a, at,
+        [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
+          Vec t;
+          std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
+          const Vec p = t * a_vals[r * lr + kk * lk];
+          return decltype(fused)::value ? p : Opaque(p);
+        },
+        [&](int64_t r, int64_t kk, int c) { return tab[kk * NC + c] * a_vals[r * lr + kk * lk]; });
+  };
+  if (a.products_exact) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
 }
 
 #if defined(__AVX512BW__) && APPROXJAX_VEC_BYTES == 64

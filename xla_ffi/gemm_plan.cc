@@ -140,15 +140,22 @@ void PlanPrepack(const ProblemShape& s, bool enabled, Plan* p) {
 // every sum rounded to bfloat16, or to nearest or odd at float32, is a
 // multiple of 2**-126: zero or normal. Operands beyond the narrowed range
 // (|x| < 2**-59 for Mitchell's tables) take the exact scalar rule, as other
-// irregular operands do. IEEE products of raw operands have no range.
+// irregular operands do. IEEE products of raw operands have no range: they
+// take the pairs where the operand formats make every product a multiple of
+// 2**-126 (ProblemShape::bfloat16_sums: E4M3 x E4M3 products are multiples
+// of 2**-18), not otherwise.
 void PlanBfloat16Pairs(const ProblemShape& s, const TableSummary& tables,
                        const Capabilities& caps, Plan* p) {
   constexpr int kLeastRange = 32;  // not worth narrowing below
-  const int narrowed = p->range - tables.significant_bits / 2;
-  if (!s.accumulate || !s.bfloat16_sums || !caps.bfloat16_pairs || s.exact_product ||
-      p->nc != kWideCols || narrowed < kLeastRange) {
+  if (!s.accumulate || !s.bfloat16_sums || !caps.bfloat16_pairs || p->nc != kWideCols) {
     return;
   }
+  if (s.exact_product) {  // IEEE products: multiples of 2**-126 (bfloat16_sums)
+    p->bfloat16_pairs = true;
+    return;
+  }
+  const int narrowed = p->range - tables.significant_bits / 2;
+  if (narrowed < kLeastRange) return;
   p->bfloat16_pairs = true;
   p->range = narrowed;
 }

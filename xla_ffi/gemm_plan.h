@@ -55,7 +55,8 @@ struct ProblemShape {
   bool conv = false;   // the lhs is a padded input's patches (implicit im2col)
   bool accumulate = false;     // a reduced or approximate accumulator
   bool exact_product = false;  // IEEE float32 products (no table)
-  // bfloat16 sums, nearest-even, exact adder, products not rounded
+  // bfloat16 sums, nearest-even, exact adder, products not rounded (and
+  // IEEE products multiples of 2**-126: Accumulator::Bfloat16Sums)
   bool bfloat16_sums = false;
 };
 

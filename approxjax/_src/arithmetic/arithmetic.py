@@ -455,12 +455,23 @@ def kernel_attribute(spec: GemmSpec) -> ArithmeticAttribute:
         }
 
     adder = spec.adder
-    # IEEE products of operands of a and b significant bits have at most a + b.
-    operand_bits = sum((f or _F32).mantissa_bits + 1 for f in (spec.lhs, spec.rhs))
+    # IEEE products of operands of a and b significant bits have at most a + b,
+    # and are multiples of the operands' least quanta multiplied.
+    lhs, rhs = spec.lhs or _F32, spec.rhs or _F32
+    operand_bits = lhs.mantissa_bits + 1 + rhs.mantissa_bits + 1
+    product_exponent = lhs.emin - lhs.mantissa_bits + rhs.emin - rhs.mantissa_bits
+    products_exact = (
+        not spec.has_multiplier
+        and operand_bits <= 24
+        and product_exponent >= -149
+        and lhs.max * rhs.max < 2.0**127
+    )
     return ArithmeticAttribute(
         enabled=not spec.default_sums or not spec.has_multiplier,
         exact_product=not spec.has_multiplier,
         product_bits=operand_bits if not spec.has_multiplier else 24,
+        product_exponent=product_exponent,
+        products_exact=products_exact,
         product=spec.product is not None,
         adder=0 if adder is None else 1 if isinstance(adder, LOA) else 2,
         loa_bits=adder.bits if isinstance(adder, LOA) else 0,

@@ -122,12 +122,18 @@ class ArithmeticAttribute:
     stochastic), overflow (0 inf, 1 NaN, 2 saturate) and NaN (0 kept, 2 none)
     rules, and the adder (0 exact, 1 LOA, 2 a C function at ``adder_address``).
     ``product_bits`` bounds the significant bits of IEEE products (those of
-    a table come with its facts). The default is off: float32 nearest-even
-    sums of the table's products."""
+    a table come with its facts); every IEEE product is a multiple of
+    ``2**product_exponent`` (the operand formats' least quanta multiplied),
+    and ``products_exact`` says that float32 holds each exactly (at most 24
+    bits, no quantum below 2**-149, none beyond 2**127), so that a fused
+    multiply-add gives the sum of the product. The default is off: float32
+    nearest-even sums of the table's products."""
 
     enabled: bool = False
     exact_product: bool = False
     product_bits: int = 24
+    product_exponent: int = -298
+    products_exact: bool = False
     acc_m: int = 23
     acc_emin: int = -126
     acc_max: float = float(np.finfo(np.float32).max)
