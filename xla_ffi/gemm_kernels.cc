@@ -941,6 +941,33 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 #endif
 }
 
+// An exact product kept as its two factors (Accumulator::products_exact),
+// so that the sum it is added to is formed by one fused multiply-add.
+struct ExactProduct {
+  Vec x, y;
+};
+
+APPROXJAX_INLINE Vec ProductValue(Vec p) { return p; }
+APPROXJAX_INLINE Vec ProductValue(const ExactProduct& p) { return p.x * p.y; }
+
+// sum + x * y (exact) rounded to odd at float32 precision: SumToOddLanes
+// with the product fused into the additions rounded down and up (AVX-512).
+APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, const ExactProduct& p) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __m512 a = reinterpret_cast<const __m512&>(p.x);
+  const __m512 b = reinterpret_cast<const __m512&>(p.y);
+  const __m512 c = reinterpret_cast<const __m512&>(sum);
+  const __m512 down = _mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 up = _mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+  const __mmask16 odd =
+      _mm512_test_epi32_mask(_mm512_castps_si512(down), _mm512_set1_epi32(1));
+  const __m512 r = _mm512_mask_blend_ps(odd, up, down);
+  return reinterpret_cast<const Vec&>(r);
+#else
+  return SumToOddLanes(sum, p.x * p.y);
+#endif
+}
+
 // The lower-part-OR adder's sums of the lanes (LoaSum, then rounded to the
 // format as AddRounded rounds them; c the accumulator's constants, m its
 // fraction bits): both significands aligned to the larger exponent's quantum
@@ -1042,9 +1069,14 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
     std::memcpy(acc, out, sizeof(acc));
     VecI bad = {};
     [[maybe_unused]] const Bfloat16Widen widen;
-    // The float32 sum, rounded to nearest or to odd.
-    const auto add = [](Vec sum, Vec p) __attribute__((always_inline)) {
-      return kNearest ? sum + p : SumToOddLanes(sum, p);
+    // The float32 sum, rounded to nearest or to odd (a product given by
+    // its factors fused into it).
+    const auto add = [](Vec sum, const auto& p) __attribute__((always_inline)) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(p)>, ExactProduct>) {
+        return kNearest ? p.x * p.y + sum : SumToOddLanes(sum, p);
+      } else {
+        return kNearest ? sum + p : SumToOddLanes(sum, p);
+      }
     };
     for (int64_t kk = 0; kk < kc; ++kk) {
       for (int q = 0; q < R; ++q) {
@@ -1059,13 +1091,17 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
           continue;
         }
         for (int v = 0; v < kV; ++v) {
-          Vec p = step(q, kk, v);
-          if constexpr (kProduct) p = RoundLanes(p, pc, &bad);
-          if constexpr (kRule == SumRule::kLoa) {
-            acc[q][v] = LoaLanes(acc[q][v], p, ac, a.acc.m, a.loa_bits, &bad);
+          if constexpr (kProduct || kRule == SumRule::kLoa) {
+            Vec p = ProductValue(step(q, kk, v));
+            if constexpr (kProduct) p = RoundLanes(p, pc, &bad);
+            if constexpr (kRule == SumRule::kLoa) {
+              acc[q][v] = LoaLanes(acc[q][v], p, ac, a.acc.m, a.loa_bits, &bad);
+            } else {
+              acc[q][v] = RoundSum<kRule, kChecked>(add(acc[q][v], p), ac, &bad);
+            }
             continue;
           }
-          acc[q][v] = RoundSum<kRule, kChecked>(add(acc[q][v], p), ac, &bad);
+          acc[q][v] = RoundSum<kRule, kChecked>(add(acc[q][v], step(q, kk, v)), ac, &bad);
         }
       }
     }
@@ -1221,28 +1257,35 @@ void AccumulateCompactSweep(float* cblk, int64_t rows, const uint16_t* idx,
 }
 
 // Products of separable factors or raw operands: where every product is
-// exact in float32 (Accumulator::products_exact) the compiler may fuse it
-// with the sum it is added to (one instruction, the same bits), else each is
-// rounded on its own.
+// exact in float32 (Accumulator::products_exact) they are passed as their
+// factors, fused with the sum they are added to (the same bits, one
+// instruction fewer), else each is rounded on its own.
 template <int NC>
 void AccumulateScaledSweep(float* cblk, int64_t rows, const float* a_vals,
                            int64_t lr, int64_t lk, int64_t kc, const float* tab,
                            const Accumulator& a, const TileCoords& at) {
-  const auto run = [&](auto fused) {
+  const auto row = [&](int64_t kk, int v) __attribute__((always_inline)) {
+    Vec t;
+    std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
+    return t;
+  };
+  const auto exact = [&](int64_t r, int64_t kk, int c) {
+    return tab[kk * NC + c] * a_vals[r * lr + kk * lk];
+  };
+  if (a.products_exact) {
     AccumulateAll<NC>(
         cblk, rows, kc, a, at,
         [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
-          Vec t;
-          std::memcpy(&t, tab + kk * NC + v * kLanes, sizeof(t));
-          const Vec p = t * a_vals[r * lr + kk * lk];
-          return decltype(fused)::value ? p : Opaque(p);
+          return ExactProduct{row(kk, v), Vec{} + a_vals[r * lr + kk * lk]};
         },
-        [&](int64_t r, int64_t kk, int c) { return tab[kk * NC + c] * a_vals[r * lr + kk * lk]; });
-  };
-  if (a.products_exact) {
-    run(std::true_type{});
+        exact);
   } else {
-    run(std::false_type{});
+    AccumulateAll<NC>(
+        cblk, rows, kc, a, at,
+        [&](int64_t r, int64_t kk, int v) __attribute__((always_inline)) {
+          return Opaque(row(kk, v) * a_vals[r * lr + kk * lk]);
+        },
+        exact);
   }
 }
 
