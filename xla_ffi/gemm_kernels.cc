@@ -1160,7 +1160,8 @@ inline void AccumulateAll(float* cblk, int64_t rows, int64_t kc,
                           const Accumulator& a, const TileCoords& at, Step step,
                           Exact exact) {
   // IEEE products of raw operands may be inf or NaN (no regular range):
-  // their sums keep the checks.
+  // their sums keep the checks where the integer rule rounds them (kWide)
+  // and in the general rule (RoundLanes).
   const RoundingConsts pc(a.prod, a.round_product, true);
   const RoundingConsts ac(a.acc, true, a.exact_product);
   const auto run = [&](auto nearest, auto rule, auto checked, auto product) {
