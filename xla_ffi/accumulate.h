@@ -163,7 +163,7 @@ inline Accumulator MakeAccumulator(const ArithmeticSpec& s, uint64_t seed) {
   a.round_product = s.product;
   a.product_bits = static_cast<int>(s.product_bits);
   a.product_exponent = static_cast<int>(s.product_exponent);
-  a.products_exact = s.exact_product && s.products_exact;
+  a.products_exact = s.products_exact;
   a.adder = static_cast<int>(s.adder);
   a.loa_bits = static_cast<int>(s.loa_bits);
   a.user = reinterpret_cast<UserAdder>(static_cast<uintptr_t>(s.adder_address));

@@ -909,20 +909,26 @@ APPROXJAX_INLINE Vec RoundLanes(Vec s, const RoundingConsts& c, VecI* bad) {
   return v;
 }
 
-// sum + p rounded to odd at float32 precision (exact where it is exact).
-// With AVX-512: the sum rounded down and up (embedded rounding); they are
-// equal where it is exact, else neighbours of which one is odd: that one.
-// Otherwise TwoSum gives the error and an even inexact sum steps outward.
-APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
 #if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
-  const __m512 a = reinterpret_cast<const __m512&>(sum);
-  const __m512 b = reinterpret_cast<const __m512&>(p);
-  const __m512 down = _mm512_add_round_ps(a, b, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 up = _mm512_add_round_ps(a, b, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+// Of a sum rounded down and up (embedded rounding), the one rounded to odd:
+// they are equal where the sum is exact, else neighbours of which one is odd.
+APPROXJAX_INLINE Vec OddOf(__m512 down, __m512 up) {
   const __mmask16 odd =
       _mm512_test_epi32_mask(_mm512_castps_si512(down), _mm512_set1_epi32(1));
   const __m512 r = _mm512_mask_blend_ps(odd, up, down);
   return reinterpret_cast<const Vec&>(r);
+}
+#endif
+
+// sum + p rounded to odd at float32 precision (exact where it is exact).
+// With AVX-512: the sum rounded down and up (OddOf). Otherwise TwoSum gives
+// the error and an even inexact sum steps outward.
+APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, Vec p) {
+#if defined(__AVX512F__) && APPROXJAX_VEC_BYTES == 64
+  const __m512 a = reinterpret_cast<const __m512&>(sum);
+  const __m512 b = reinterpret_cast<const __m512&>(p);
+  return OddOf(_mm512_add_round_ps(a, b, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
+               _mm512_add_round_ps(a, b, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
 #else
   const Vec s = sum + p;
   const Vec bb = s - sum;
@@ -950,6 +956,10 @@ struct ExactProduct {
 APPROXJAX_INLINE Vec ProductValue(Vec p) { return p; }
 APPROXJAX_INLINE Vec ProductValue(const ExactProduct& p) { return p.x * p.y; }
 
+// sum + p rounded to nearest at float32 precision (an exact product fused).
+APPROXJAX_INLINE Vec NearestSum(Vec sum, Vec p) { return sum + p; }
+APPROXJAX_INLINE Vec NearestSum(Vec sum, const ExactProduct& p) { return p.x * p.y + sum; }
+
 // sum + x * y (exact) rounded to odd at float32 precision: SumToOddLanes
 // with the product fused into the additions rounded down and up (AVX-512).
 APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, const ExactProduct& p) {
@@ -957,12 +967,8 @@ APPROXJAX_INLINE Vec SumToOddLanes(Vec sum, const ExactProduct& p) {
   const __m512 a = reinterpret_cast<const __m512&>(p.x);
   const __m512 b = reinterpret_cast<const __m512&>(p.y);
   const __m512 c = reinterpret_cast<const __m512&>(sum);
-  const __m512 down = _mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 up = _mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-  const __mmask16 odd =
-      _mm512_test_epi32_mask(_mm512_castps_si512(down), _mm512_set1_epi32(1));
-  const __m512 r = _mm512_mask_blend_ps(odd, up, down);
-  return reinterpret_cast<const Vec&>(r);
+  return OddOf(_mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC),
+               _mm512_fmadd_round_ps(a, b, c, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
 #else
   return SumToOddLanes(sum, p.x * p.y);
 #endif
@@ -1028,20 +1034,12 @@ APPROXJAX_INLINE Vec LoaLanes(Vec x, Vec y, const RoundingConsts& c, int m, int 
 // format or not (kProduct).
 enum class SumRule { kAny, kWide, kHalf, kBfloat16Pairs, kLoa };
 
-// Lanes beyond the format's largest finite (overflow, inf, NaN) to `bad`:
-// the scalar rule does them.
-APPROXJAX_INLINE void FlagBeyondMax(Vec s, const RoundingConsts& c, VecI* bad) {
-  VecU b;
-  std::memcpy(&b, &s, sizeof(b));
-  *bad |= (b & 0x7fffffffu) > c.max;
-}
-
 template <SumRule kRule, bool kChecked>
 APPROXJAX_INLINE Vec RoundSum(Vec s, const RoundingConsts& c, VecI* bad) {
-  if constexpr (kRule == SumRule::kWide && kChecked) FlagBeyondMax(s, c, bad);
   if constexpr (kRule == SumRule::kWide) {  // (wide formats have m <= 21)
     VecU b;
     std::memcpy(&b, &s, sizeof(b));
+    if constexpr (kChecked) *bad |= (b & 0x7fffffffu) > c.max;  // overflow, inf, NaN
     b = NearestEvenBits(b, c);
     Vec v;
     std::memcpy(&v, &b, sizeof(v));
@@ -1072,11 +1070,7 @@ APPROXJAX_INLINE void AccumulateRows(float* out, int64_t r0, int64_t kc,
     // The float32 sum, rounded to nearest or to odd (a product given by
     // its factors fused into it).
     const auto add = [](Vec sum, const auto& p) __attribute__((always_inline)) {
-      if constexpr (std::is_same_v<std::decay_t<decltype(p)>, ExactProduct>) {
-        return kNearest ? p.x * p.y + sum : SumToOddLanes(sum, p);
-      } else {
-        return kNearest ? sum + p : SumToOddLanes(sum, p);
-      }
+      return kNearest ? NearestSum(sum, p) : SumToOddLanes(sum, p);
     };
     for (int64_t kk = 0; kk < kc; ++kk) {
       for (int q = 0; q < R; ++q) {
