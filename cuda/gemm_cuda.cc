@@ -192,7 +192,7 @@ ffi::Error ApproxMultiplyImpl(cudaStream_t stream, int32_t device,
 ffi::Error IntegerGemmImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                            ffi::Buffer<ffi::U16> lhs, ffi::Buffer<ffi::U16> rhs,
                            ffi::Buffer<ffi::S32> lut, ffi::ResultBuffer<ffi::S32> out,
-                           int64_t, int64_t, bool, bool) {
+                           int64_t, int64_t, bool, bool, bool) {
   const char* target = "approxjax_int_gemm";
   const auto ld = lhs.dimensions(), rd = rhs.dimensions(), td = lut.dimensions(),
              od = out->dimensions();
@@ -278,7 +278,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IntegerGemmCuda, IntegerGemmImpl,
                                   .Attr<int64_t>("variant")      // CPU only
                                   .Attr<int64_t>("gemm")         // CPU only
                                   .Attr<bool>("pairs")           // CPU only
-                                  .Attr<bool>("bytes"));         // CPU only
+                                  .Attr<bool>("bytes")           // CPU only
+                                  .Attr<bool>("huge_pages"));    // CPU only
 
 #define APPROXJAX_GEMM_BINDING                                   \
   ffi::Ffi::Bind()                                               \

@@ -198,5 +198,6 @@ def test_kernel_checks_its_own_shapes(shapes, match):
     with pytest.raises(Exception, match=match):
         jax.block_until_ready(
             call(jnp.zeros(ld, jnp.uint16), jnp.zeros(rd, jnp.uint16), jnp.ones(td, jnp.int32),
-                 variant=np.int64(0), gemm=np.int64(0), pairs=False, bytes=False)
+                 variant=np.int64(0), gemm=np.int64(0), pairs=False, bytes=False,
+                 huge_pages=False)
         )  # fmt: skip

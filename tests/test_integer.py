@@ -457,6 +457,22 @@ def test_vmap_over_a_stack_is_one_call():
         ax.dot_general(a, b, MATMUL, multiplier=stacked)
 
 
+@pytest.mark.parametrize("huge_pages", [True, False])
+def test_stack_with_a_large_output(huge_pages):
+    """Outputs of 4 MiB and more are put on 2 MiB pages (MADV_HUGEPAGE, a
+    hint about how their memory is backed): the same bits either way."""
+    rng = np.random.default_rng(4)
+    mults = [ax.integer.drum(8, 4, signed=True), ax.integer.kulkarni(8, signed=True)]
+    a = codes(rng, mults[0], 0, (1000, 9))
+    b = codes(rng, mults[0], 1, (9, 600))  # two 1000 x 600 int32 outputs: 4.6 MiB
+    options = ax.KernelOptions(huge_pages=huge_pages)
+    f = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, MATMUL, multiplier=mm, options=options)))
+    out = np.asarray(f(ax.stack(mults)))
+    for i, mm in enumerate(mults):
+        want = np.asarray(ax.reference.integer_dot_general(a, b, MATMUL, mm))
+        np.testing.assert_array_equal(out[i], want)
+
+
 def test_gemm_bad_input():
     mult = ax.integer.mitchell(8)
     a = np.ones((4, 5), np.int8)

@@ -674,27 +674,6 @@ void Worker(const std::shared_ptr<SharedState>& state) {
   state->done.CountDown();
 }
 
-// Asks Linux for 2 MiB pages under the whole 2 MiB pages of a large output
-// (MADV_HUGEPAGE: only a hint for how the pages are backed; the memory stays
-// XLA's). XLA allocates outputs anew per call, and where transparent huge
-// pages are "madvise" (as here) their first touch otherwise faults every
-// 4 KiB page: a stack of eight 1024^3 outputs, 32 MiB, faulted 8,000 pages
-// per call. KernelOptions(huge_pages=False) turns it off.
-void AdviseHugePages(void* data, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < int64_t{4} << 20) return;
-  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
-  const uintptr_t begin = (at + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (at + bytes) & ~(kHuge - 1);
-  if (end > begin) {
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-#else
-  (void)data, (void)bytes;
-#endif
-}
-
 // The summary of the call's tables, from their facts (checked to be theirs).
 ffi::Error SummarizeTables(const Problem& p, const char* target,
                            TableSummary* summary) {
@@ -747,6 +726,27 @@ const CpuExtensions& Cpu() {
 }
 
 }  // namespace
+
+// Asks Linux for 2 MiB pages under the whole 2 MiB pages of a large output
+// (MADV_HUGEPAGE: only a hint for how the pages are backed; the memory stays
+// XLA's). XLA allocates outputs anew per call, and where transparent huge
+// pages are "madvise" (as here) their first touch otherwise faults every
+// 4 KiB page: a stack of eight 1024^3 outputs, 32 MiB, faulted 8,000 pages
+// per call. KernelOptions(huge_pages=False) turns it off.
+void AdviseHugePages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < int64_t{4} << 20) return;
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (at + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (at + bytes) & ~(kHuge - 1);
+  if (end > begin) {
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#else
+  (void)data, (void)bytes;
+#endif
+}
 
 Capabilities CapabilitiesOf(const KernelTable& kernels) {
   Capabilities caps;

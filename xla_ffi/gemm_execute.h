@@ -124,6 +124,10 @@ inline ffi::Future Done() {
   return future;
 }
 
+// Asks Linux for 2 MiB pages under the whole 2 MiB pages of an output of
+// at least 4 MiB (gemm_execute.cc).
+void AdviseHugePages(void* data, int64_t bytes);
+
 // Runs worker(state) on `workers` threads, this one and workers - 1 of the
 // pool; the future completes when each has counted state->done down.
 template <typename State, typename Worker>

@@ -40,7 +40,9 @@ class KernelOptions:
       pairs: integer multipliers: sum two k per instruction (AVX-512 VNNI
         ``vpdpwssd``, AVX2 ``vpmaddwd``).
       prepack: pack the streamed operand once per call.
-      huge_pages: ask Linux for 2 MiB pages under large outputs.
+      huge_pages: ask Linux for 2 MiB pages under outputs of 4 MiB and more
+        (float and integer GEMMs; a stack of eight 1024 x 1024 outputs
+        otherwise faults 8,000 pages a call).
       conv: convolutions read their patches in place (``"implicit"``; CPU
         only, no groups), build them (``"patches"``), or ``"auto"``.
       variant: the instruction-set variant of the CPU kernels; one the CPU

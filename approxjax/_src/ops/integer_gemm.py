@@ -95,14 +95,16 @@ def function_sums(qa, qb, function, bits, signed, dtype=jnp.int32) -> jax.Array:
     )  # fmt: skip
 
 
-def _raw_int_gemm(a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool):
+def _raw_int_gemm(
+    a, b, table, *, variant: int, gemm: int, pairs: bool, bytes_: bool, huge_pages: bool
+):
     # CPU and CUDA (cuda/integer_kernels.cu) both register this target.
     shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2], table.shape[:-2])
     out = jax.ShapeDtypeStruct((*shape, a.shape[-2], b.shape[-1]), jnp.int32)
     call = jax.ffi.ffi_call(INT_GEMM_TARGET, out, vmap_method="expand_dims")
     return call(
         a, b, table, variant=np.int64(variant), gemm=np.int64(gemm), pairs=bool(pairs),
-        bytes=bool(bytes_),
+        bytes=bool(bytes_), huge_pages=bool(huge_pages),
     )  # fmt: skip
 
 
@@ -114,7 +116,11 @@ def int_bmm(
     of ``b^T`` against ``a^T`` under ``table^T``."""
     attr = options.attribute()  # the float kernels' codes of gemm and variant
     opts = dict(
-        variant=attr["variant"], gemm=attr["gemm"], pairs=options.pairs, bytes_=options.codes
+        variant=attr["variant"],
+        gemm=attr["gemm"],
+        pairs=options.pairs,
+        bytes_=options.codes,
+        huge_pages=options.huge_pages,
     )
     if not swap:
         return _raw_int_gemm(a, b, table[None], **opts)
