@@ -12,7 +12,7 @@ does: an AVX-512 machine measures the AVX2 path too.)
    operands of the same shape (target <= 3) and to XLA's int8 dot of the
    same codes (int32 sums).
 2. A vmapped stack of 8 integer multipliers against one (target <= 8), at
-   size^3.
+   size^3, and the same 8 GEMMs as separate calls in one jit against one.
 3. Wider tables: 10 x 10 and 12 x 12 bits (int32 entries; 12 bits: a 64 MiB
    table) at 256 x 128 x 256 and 1024 x 128 x 1024 (K bounded by the int32 sums).
 4. 16 x 16-bit function models (from_c with bits=16: one call of the compiled
@@ -129,13 +129,20 @@ def main(argv=None) -> int:
     a, b = _codes(rng, designs[0], 0, (n, n)), _codes(rng, designs[0], 1, (n, n))
     many = jax.jit(jax.vmap(lambda mm: ax.dot_general(a, b, DN, multiplier=mm, options=opts)))
     one = jax.jit(lambda mm: ax.dot_general(a, b, DN, multiplier=mm, options=opts))
-    t_many, t_one = time_pair(
-        lambda: many(stack), lambda: one(designs[0]), max(3, args.repeats // 3)
-    )
+    calls = jax.jit(lambda ds: [ax.dot_general(a, b, DN, multiplier=d, options=opts) for d in ds])
+    # Medians of at least 10 alternated calls each (a median of 3 moved by
+    # 10% between runs on a shared 2-core VM); the same GEMMs as separate
+    # calls in one jit show what the stack saves over them.
+    repeats = max(10, args.repeats)
+    t_many, t_one = time_pair(lambda: many(stack), lambda: one(designs[0]), repeats)
+    t_calls, t_one2 = time_pair(lambda: calls(designs), lambda: one(designs[0]), repeats)
     print(f"\nstack of {len(designs)} at {n}^3: {t_many:.1f} ms, one {t_one:.1f} ms, "
-          f"ratio {t_many / t_one:.2f} (target <= {len(designs)})", flush=True)  # fmt: skip
+          f"ratio {t_many / t_one:.2f} (target <= {len(designs)}); {len(designs)} calls in one "
+          f"jit {t_calls / t_one2:.2f} x one", flush=True)  # fmt: skip
     stack_row = [f"stack of {len(designs)} (vmap)", f"{n}^3", f"{t_many:.1f}", "",
                  "", f"{t_many / t_one:.2f} x one", ""]  # fmt: skip
+    calls_row = [f"{len(designs)} calls in one jit", f"{n}^3", f"{t_calls:.1f}", "", "",
+                 f"{t_calls / t_one2:.2f} x one", ""]  # fmt: skip
 
     wide_rows = []
     print("\nwide tables (ms)", flush=True)
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
             + ("" if args.variant == "auto" else f" Kernels forced to --variant {args.variant}."),
             ["multiplier", "shape", "lut ms", "f32 dot ms", "int8 dot ms", "lut/f32",
              "lut/int8"],
-            rows + [stack_row] + wide_rows,
+            rows + [stack_row, calls_row] + wide_rows,
         )  # fmt: skip
         if fn_rows:
             _record_function_models(fn_rows)
