@@ -176,8 +176,8 @@ def test_bfloat16_sums_of_ieee_products_in_wide_blocks(operands, variant, rng):
     options = kernel_options(variant)
     fmt = {"e7m1": ax.formats.Format(exponent_bits=7, mantissa_bits=1),
            "e7m2": ax.formats.Format(exponent_bits=7, mantissa_bits=2),
-           "e5m2": "e5m2"}[operands]  # fmt: skip
-    least = (ax.formats.get(fmt) if isinstance(fmt, str) else fmt).smallest_subnormal
+           "e5m2": ax.formats.get("e5m2")}[operands]  # fmt: skip
+    least = fmt.smallest_subnormal
     k, n = 96, 256
     x = random_nonzero(rng, (128, k)).astype(np.float32)
     w = random_nonzero(rng, (k, n)).astype(np.float32)

@@ -150,14 +150,12 @@ void PlanBfloat16Pairs(const ProblemShape& s, const TableSummary& tables,
   if (!s.accumulate || !s.bfloat16_sums || !caps.bfloat16_pairs || p->nc != kWideCols) {
     return;
   }
-  if (s.exact_product) {  // IEEE products: multiples of 2**-126 (bfloat16_sums)
-    p->bfloat16_pairs = true;
-    return;
+  if (!s.exact_product) {  // (IEEE products are multiples of 2**-126: bfloat16_sums)
+    const int narrowed = p->range - tables.significant_bits / 2;
+    if (narrowed < kLeastRange) return;
+    p->range = narrowed;
   }
-  const int narrowed = p->range - tables.significant_bits / 2;
-  if (narrowed < kLeastRange) return;
   p->bfloat16_pairs = true;
-  p->range = narrowed;
 }
 
 }  // namespace
