@@ -731,8 +731,8 @@ const CpuExtensions& Cpu() {
 // (MADV_HUGEPAGE: only a hint for how the pages are backed; the memory stays
 // XLA's). XLA allocates outputs anew per call, and where transparent huge
 // pages are "madvise" (as here) their first touch otherwise faults every
-// 4 KiB page: a stack of eight 1024^3 outputs, 32 MiB, faulted 8,000 pages
-// per call. KernelOptions(huge_pages=False) turns it off.
+// 4 KiB page: a stack of eight 1024 x 1024 outputs, 32 MiB, faulted 8,000
+// pages per call. KernelOptions(huge_pages=False) turns it off.
 void AdviseHugePages(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
